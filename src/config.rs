@@ -1,0 +1,308 @@
+//! Settings: `config/default.toml`, the user's file over it, `HOOKD_*` env over both.
+//!
+//! In: an optional file path and the process environment. Out: validated
+//! [`Settings`], or a [`ConfigError`] naming the key and the bad value. Unknown
+//! keys are refused (`deny_unknown_fields`), so a typo never silently falls
+//! back to a default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Toml};
+use figment::Figment;
+use serde::Deserialize;
+
+/// The embedded defaults; every key is documented there.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub integrations: IntegrationSettings,
+    pub worker: WorkerSettings,
+    pub delivery: DeliverySettings,
+    pub metrics: MetricsSettings,
+    pub log: LogSettings,
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    pub events_topic: String,
+    pub dead_letter_topic: String,
+    pub create_topics: bool,
+    pub topic_partitions: i32,
+    /// librdkafka properties passed through unchanged.
+    #[serde(default)]
+    pub client: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntegrationSettings {
+    /// File or directory of JSON integrations; empty for none.
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub max_inflight_events: usize,
+    pub max_inflight_deliveries: usize,
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverySettings {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub max_response_bytes: usize,
+    pub pool_max_idle_per_host: usize,
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    pub integration_label: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub filter: String,
+}
+
+/// A refused configuration: the key and what was wrong with its value.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: &str, reason: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        reason,
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file`, then the `HOOKD_*` environment.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, std::env::vars().collect())
+    }
+
+    /// As [`Settings::load`] with an explicit environment, so tests never
+    /// touch the process's own.
+    pub fn load_from(file: Option<&Path>, env: Vec<(String, String)>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let mut overrides = String::new();
+        let mut secrets = BTreeMap::new();
+        for (name, value) in env {
+            if let Some(secret) = name.strip_prefix("HOOKD_SECRET_") {
+                secrets.insert(secret.to_owned(), value);
+            } else if let Some(key) = name.strip_prefix("HOOKD_") {
+                let key = key.to_ascii_lowercase().replace("__", ".");
+                overrides.push_str(&format!("{key} = {}\n", toml_value(&value)));
+            }
+        }
+        if !overrides.is_empty() {
+            // Dotted keys in a TOML document: the values are typed like the
+            // file's (numbers, booleans, strings), and a bad key is refused.
+            figment = figment.merge(Toml::string(&overrides));
+        }
+        let mut settings: Settings = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        settings.secrets.extend(secrets);
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let w = &self.worker;
+        if w.max_inflight_events == 0 {
+            return Err(invalid("worker.max_inflight_events", "must be at least 1, got 0".into()));
+        }
+        if w.max_inflight_deliveries == 0 {
+            return Err(invalid("worker.max_inflight_deliveries", "must be at least 1, got 0".into()));
+        }
+        let d = &self.delivery;
+        if d.timeout.is_zero() {
+            return Err(invalid("delivery.timeout", "must be longer than 0s, got 0s".into()));
+        }
+        if d.connect_timeout.is_zero() {
+            return Err(invalid("delivery.connect_timeout", "must be longer than 0s, got 0s".into()));
+        }
+        if d.max_response_bytes == 0 {
+            return Err(invalid("delivery.max_response_bytes", "must be at least 1, got 0".into()));
+        }
+        let k = &self.kafka;
+        for (key, value) in [
+            ("kafka.brokers", &k.brokers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.events_topic", &k.events_topic),
+            ("kafka.dead_letter_topic", &k.dead_letter_topic),
+        ] {
+            if value.trim().is_empty() {
+                return Err(invalid(key, "must not be empty".into()));
+            }
+        }
+        if k.topic_partitions < 1 {
+            return Err(invalid("kafka.topic_partitions", format!("must be at least 1, got {}", k.topic_partitions)));
+        }
+        for name in self.secrets.keys() {
+            let mut chars = name.chars();
+            let ok = chars.next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+                && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(invalid(
+                    &format!("secrets.{name}"),
+                    format!("secret name {name:?} must match [A-Z_][A-Z0-9_]*"),
+                ));
+            }
+            if name.starts_with("PARTICLE_") || name.starts_with("PRODUCT_") || name.starts_with("SPARK_") {
+                return Err(invalid(
+                    &format!("secrets.{name}"),
+                    format!("secret name {name:?} would hide a predefined variable"),
+                ));
+            }
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
+            .map_err(|e| invalid("log.filter", format!("{:?} is not a valid filter: {e}", self.log.filter)))?;
+        Ok(())
+    }
+}
+
+/// A `host:port` address, refused with the value quoted.
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse()
+        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an address of the form 127.0.0.1:9464")))
+}
+
+/// An environment value as TOML: numbers, booleans and durations-as-strings
+/// keep their type; anything else becomes a string.
+fn toml_value(raw: &str) -> String {
+    let is_number = raw.parse::<i64>().is_ok() || raw.parse::<f64>().is_ok_and(|f| f.is_finite());
+    if is_number || raw == "true" || raw == "false" {
+        raw.to_owned()
+    } else {
+        toml_string(raw)
+    }
+}
+
+fn toml_string(s: &str) -> String {
+    serde_json::to_string(s).expect("strings always serialize")
+}
+
+/// figment's message names the key; add the value's source.
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let src = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            if key.is_empty() {
+                format!("{} ({src})", e.kind)
+            } else {
+                format!("{key}: {} ({src})", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(contents: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(contents.as_bytes()).unwrap();
+        f
+    }
+
+    fn load(contents: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let f = file(contents);
+        Settings::load_from(Some(f.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load_from(None, vec![]).unwrap();
+        assert_eq!(s.kafka.events_topic, "device-events");
+        assert_eq!(s.delivery.timeout, Duration::from_secs(20));
+        assert_eq!(s.worker.max_inflight_events, 1024);
+        assert!(s.metrics.integration_label);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let s = load(
+            "[kafka]\nbrokers = \"a:1\"\n[kafka.client]\n\"fetch.wait.max.ms\" = \"10\"\n[worker]\nmax_inflight_events = 5\n",
+            &[("HOOKD_WORKER__MAX_INFLIGHT_EVENTS", "7"), ("HOOKD_DELIVERY__TIMEOUT", "3s"), ("HOOKD_SECRET_API_KEY", "k"), ("OTHER", "x")],
+        )
+        .unwrap();
+        assert_eq!(s.kafka.brokers, "a:1");
+        assert_eq!(s.kafka.client["fetch.wait.max.ms"], "10");
+        assert_eq!(s.worker.max_inflight_events, 7);
+        assert_eq!(s.delivery.timeout, Duration::from_secs(3));
+        assert_eq!(s.secrets["API_KEY"], "k");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let err = load("[worker]\nmax_inflight = 5\n", &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown field: found `max_inflight`"), "{err}");
+        let err = load("", &[("HOOKD_KAFKA__BROKER", "x")]).unwrap_err().to_string();
+        assert!(err.contains("`broker`"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_key_and_value() {
+        let err = load("[worker]\nmax_inflight_events = \"lots\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("worker.max_inflight_events: invalid type: found string \"lots\""), "{err}");
+        let err = load("[delivery]\ntimeout = \"soon\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("delivery.timeout:") && err.contains("soon"), "{err}");
+        let err = load("[metrics]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
+        assert!(err.starts_with("metrics.listen:") && err.contains("nowhere"), "{err}");
+        let err = load("[worker]\nmax_inflight_events = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "worker.max_inflight_events: must be at least 1, got 0");
+        let err = load("[secrets]\napi_key = \"x\"\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "secrets.api_key: secret name \"api_key\" must match [A-Z_][A-Z0-9_]*");
+        let err = load("[secrets]\nPARTICLE_X = \"x\"\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "secrets.PARTICLE_X: secret name \"PARTICLE_X\" would hide a predefined variable");
+        let err = load("[kafka]\ntopic_partitions = 0\n", &[]).unwrap_err().to_string();
+        assert_eq!(err, "kafka.topic_partitions: must be at least 1, got 0");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let err = Settings::load_from(Some(Path::new("/nonexistent/hookd.toml")), vec![]).unwrap_err();
+        assert_eq!(err.to_string(), "config file /nonexistent/hookd.toml does not exist");
+    }
+}

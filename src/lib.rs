@@ -1,0 +1,44 @@
+//! hookd: a webhook dispatch engine for IoT device events.
+//!
+//! ```text
+//!  device-events ──► consume ──► resolve ──► render ──► deliver ──► record
+//!   (Kafka)         (worker,    (resolve,   (render,   (deliver)   (record,
+//!                    offsets,    Index)      template)              telemetry)
+//!                    event)
+//!                       │
+//!                       └─ undecodable ──► hookd.dead-letter (dead_letter)
+//! ```
+//!
+//! # Layout
+//!
+//! - [`event`]: decode and validate one record into a [`event::DeviceEvent`].
+//! - [`integration`]: an integration record validated and compiled.
+//! - [`template`]: mustache semantics on handlebars.
+//! - [`resolve`]: the [`resolve::Index`] from product and owner to
+//!   integrations, and the live [`resolve::IndexHandle`] swapped as a whole.
+//! - [`render`]: integration + event → [`render::RenderedRequest`].
+//! - [`deliver`]: the pooled HTTP client → [`deliver::Outcome`].
+//! - [`record`]: outcomes → metrics and the per-(integration, product) tally.
+//! - [`offsets`]: at-least-once commit points per partition.
+//! - [`worker`]: the consume loop tying the stages together, with
+//!   backpressure and graceful shutdown.
+//! - [`kafka`]: client configuration and topic creation.
+//! - [`dead_letter`]: the record written for what cannot be delivered.
+//! - [`source`]: integrations from a file or directory.
+//! - [`config`]: typed settings from defaults, file and environment.
+//! - [`telemetry`]: metric names, Prometheus, tracing; [`health`] serves them.
+//! - [`simulate`]: simulated devices, for `publish --simulate` and the demo.
+//! - [`cli`]: the commands behind `main.rs`.
+
+pub mod config;
+pub mod dead_letter;
+pub mod deliver;
+pub mod event;
+pub mod integration;
+pub mod offsets;
+pub mod record;
+pub mod render;
+pub mod resolve;
+pub mod source;
+pub mod telemetry;
+pub mod template;

@@ -1,0 +1,134 @@
+//! Record: count every delivery's outcome per integration and per product.
+//!
+//! In: a [`Match`] and its [`Outcome`]. Out: Prometheus series
+//! (`hookd_webhook_attempts_total`, `hookd_webhook_duration_seconds`) and an
+//! in-process [`Tally`] of success / error / skipped per (integration,
+//! product), which the demo prints and the stats publisher reads.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::deliver::Outcome;
+use crate::resolve::Match;
+use crate::telemetry::{WEBHOOK_ATTEMPTS, WEBHOOK_DURATION};
+
+/// What an attempt counts as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutcomeKind {
+    Success,
+    Error,
+    Skipped,
+}
+
+impl OutcomeKind {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            OutcomeKind::Success => "success",
+            OutcomeKind::Error => "error",
+            OutcomeKind::Skipped => "skipped",
+        }
+    }
+}
+
+/// Counts of one (integration, product).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub success: u64,
+    pub error: u64,
+    pub skipped: u64,
+}
+
+impl Counts {
+    pub fn total(&self) -> u64 {
+        self.success + self.error + self.skipped
+    }
+
+    fn add(&mut self, kind: OutcomeKind) {
+        match kind {
+            OutcomeKind::Success => self.success += 1,
+            OutcomeKind::Error => self.error += 1,
+            OutcomeKind::Skipped => self.skipped += 1,
+        }
+    }
+}
+
+/// Key of a tally row: integration id and the product the event came from
+/// (`None` for sandbox deliveries of non-product devices).
+pub type TallyKey = (Arc<str>, Option<u32>);
+
+/// In-process counters. A plain mutex: the critical section is one hash
+/// update, far shorter than anything that would justify a sharded map.
+#[derive(Debug, Default, Clone)]
+pub struct Tally(Arc<Mutex<HashMap<TallyKey, Counts>>>);
+
+impl Tally {
+    pub fn add(&self, integration: &Arc<str>, product: Option<u32>, kind: OutcomeKind) {
+        let mut map = self.0.lock().expect("tally lock is never poisoned");
+        map.entry((integration.clone(), product)).or_default().add(kind);
+    }
+
+    /// A copy of every row, sorted by integration then product.
+    pub fn snapshot(&self) -> Vec<(TallyKey, Counts)> {
+        let map = self.0.lock().expect("tally lock is never poisoned");
+        let mut rows: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
+    /// Sum over every integration for one product.
+    pub fn product_total(&self, product: u32) -> Counts {
+        let map = self.0.lock().expect("tally lock is never poisoned");
+        map.iter()
+            .filter(|((_, p), _)| *p == Some(product))
+            .fold(Counts::default(), |mut acc, (_, c)| {
+                acc.success += c.success;
+                acc.error += c.error;
+                acc.skipped += c.skipped;
+                acc
+            })
+    }
+
+    pub fn get(&self, integration: &str, product: Option<u32>) -> Counts {
+        let map = self.0.lock().expect("tally lock is never poisoned");
+        map.get(&(Arc::from(integration), product)).copied().unwrap_or_default()
+    }
+}
+
+/// Records outcomes to metrics and the tally.
+#[derive(Debug, Clone)]
+pub struct Recorder {
+    tally: Tally,
+    /// Config `metrics.integration_label`: off for fleets with very many
+    /// integrations, where one series per integration costs too much.
+    integration_label: bool,
+}
+
+impl Recorder {
+    pub fn new(tally: Tally, integration_label: bool) -> Recorder {
+        Recorder {
+            tally,
+            integration_label,
+        }
+    }
+
+    pub fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    pub fn record(&self, m: &Match, outcome: &Outcome) {
+        let kind = if outcome.is_success() {
+            OutcomeKind::Success
+        } else {
+            OutcomeKind::Error
+        };
+        self.tally.add(&m.integration.id, m.product, kind);
+        let product = m.product.map(|p| p.to_string()).unwrap_or_default();
+        if self.integration_label {
+            metrics::counter!(WEBHOOK_ATTEMPTS, "integration" => m.integration.id.to_string(), "product" => product, "outcome" => kind.as_label())
+                .increment(1);
+        } else {
+            metrics::counter!(WEBHOOK_ATTEMPTS, "product" => product, "outcome" => kind.as_label()).increment(1);
+        }
+        metrics::histogram!(WEBHOOK_DURATION, "outcome" => kind.as_label()).record(outcome.elapsed.as_secs_f64());
+    }
+}

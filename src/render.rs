@@ -1,0 +1,493 @@
+//! Render: an integration and an event become the HTTP request to send.
+//!
+//! In: a resolved [`Integration`] and the [`EventContext`] of one event (built
+//! once per event, shared by every integration it fans out to). Out: a
+//! [`RenderedRequest`] with the complete URL, every header that will be sent
+//! and the body, or a [`RenderFailure`] saying which field failed and why; a
+//! failure is an error outcome of that delivery, never a panic.
+//!
+//! Secrets: the context either reveals secrets (what is sent) or shows them as
+//! `[[SENSITIVE]]` (what is displayed: the `render` command, logs, the delivery
+//! log), so displayed requests never contain a secret's value.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine;
+use bytes::Bytes;
+use handlebars::Context;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::event::DeviceEvent;
+use crate::integration::{BodyTemplate, Integration, JsonTemplate, Method};
+use crate::template::Template;
+
+/// What `{{{SECRET}}}` shows wherever a request is displayed.
+pub const SENSITIVE: &str = "[[SENSITIVE]]";
+
+/// `User-Agent` of every request: hookd and its version.
+pub const USER_AGENT: &str = concat!("hookd/", env!("CARGO_PKG_VERSION"));
+
+/// Header carrying the idempotency key; identical when an event is redelivered.
+pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
+
+/// Named secret values from config, usable as `{{{NAME}}}` in any field.
+pub type Secrets = Arc<BTreeMap<String, String>>;
+
+/// Whether secrets render as their values (to send) or masked (to show).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretMode {
+    Reveal,
+    Mask,
+}
+
+/// The template variables of one event. The handlebars context is built on
+/// first use, so integrations without templates never pay for it.
+pub struct EventContext {
+    event: DeviceEvent,
+    secrets: Secrets,
+    mode: SecretMode,
+    context: OnceLock<Context>,
+}
+
+impl EventContext {
+    pub fn new(event: DeviceEvent, secrets: Secrets, mode: SecretMode) -> EventContext {
+        EventContext {
+            event,
+            secrets,
+            mode,
+            context: OnceLock::new(),
+        }
+    }
+
+    pub fn event(&self) -> &DeviceEvent {
+        &self.event
+    }
+
+    fn context(&self) -> &Context {
+        self.context.get_or_init(|| {
+            Context::wraps(variables(&self.event, &self.secrets, self.mode))
+                .expect("a JSON object is always a valid context")
+        })
+    }
+
+    fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
+        match t {
+            Template::Literal(s) => Ok(s.clone()),
+            _ => t.render(self.context()).map_err(|e| RenderFailure::Template {
+                field: field.to_owned(),
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Every variable of PARTICLE.md ("Templates"). Precedence, lowest first: the
+/// keys of JSON event data, then secrets, then the predefined variables, so a
+/// device can never replace a secret or a predefined value.
+pub fn variables(event: &DeviceEvent, secrets: &BTreeMap<String, String>, mode: SecretMode) -> Value {
+    let mut vars = match serde_json::from_str::<Value>(&event.data) {
+        Ok(Value::Object(map)) => map,
+        _ => Map::new(),
+    };
+    for (name, value) in secrets {
+        let shown = match mode {
+            SecretMode::Reveal => value.clone(),
+            SecretMode::Mask => SENSITIVE.to_owned(),
+        };
+        vars.insert(name.clone(), Value::String(shown));
+    }
+    let s = |v: &str| Value::String(v.to_owned());
+    let opt = |v: Option<String>| Value::String(v.unwrap_or_default());
+    vars.insert("PARTICLE_DEVICE_ID".into(), s(&event.device_id));
+    vars.insert("PARTICLE_EVENT_NAME".into(), s(&event.name));
+    vars.insert("PARTICLE_EVENT_VALUE".into(), s(&event.data));
+    vars.insert("SPARK_EVENT_VALUE".into(), s(&event.data));
+    vars.insert("PARTICLE_PUBLISHED_AT".into(), s(&event.published_at));
+    vars.insert("SPARK_PUBLISHED_AT".into(), s(&event.published_at));
+    vars.insert("PARTICLE_EVENT_ID".into(), s(&event.id));
+    vars.insert("PRODUCT_ID".into(), opt(event.product_id.map(|p| p.to_string())));
+    vars.insert("PRODUCT_USER_ID".into(), opt(event.user_id.clone()));
+    vars.insert("PRODUCT_VERSION".into(), opt(event.version.map(|v| v.to_string())));
+    vars.insert("PARTICLE_EVENT_JSON".into(), s(&event.raw));
+    vars.insert(
+        "PARTICLE_EVENT_BASE64".into(),
+        Value::String(base64::engine::general_purpose::STANDARD.encode(&event.raw)),
+    );
+    Value::Object(vars)
+}
+
+/// The request exactly as it will be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedRequest {
+    pub method: Method,
+    /// Complete URL, query string included.
+    pub url: String,
+    /// In sending order; names as configured.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+}
+
+impl RenderedRequest {
+    /// `{"method","url","headers":{name: value},"body"}`, as the `render`
+    /// command prints it.
+    pub fn to_json(&self) -> Value {
+        let headers: Map<String, Value> = self
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        serde_json::json!({
+            "method": self.method.as_str(),
+            "url": self.url,
+            "headers": headers,
+            "body": String::from_utf8_lossy(&self.body),
+        })
+    }
+}
+
+/// Why a request could not be rendered. Messages name the field; they never
+/// quote rendered values, which may hold secrets.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderFailure {
+    #[error("{field}: template failed to render: {message}")]
+    Template { field: String, message: String },
+    #[error("json: the template did not render to valid JSON: {0}")]
+    JsonText(String),
+    #[error("url: the rendered URL is not a valid http(s) URL: {0}")]
+    Url(String),
+    #[error("headers: rendered header {0:?} has an invalid name or value")]
+    Header(String),
+}
+
+/// Renders `integration`'s request for the event in `ctx`.
+pub fn render(integration: &Integration, ctx: &EventContext) -> Result<RenderedRequest, RenderFailure> {
+    let req = &integration.request;
+    let event = ctx.event();
+    let defaults: [(&str, &str); 4] = [
+        ("event", &event.name),
+        ("data", &event.data),
+        ("published_at", &event.published_at),
+        ("coreid", &event.device_id),
+    ];
+    let with_defaults = !req.no_defaults;
+    let mut headers: Vec<(String, String)> = Vec::with_capacity(4 + req.headers.len());
+    let mut query: Vec<(String, String)> = render_pairs(ctx, "query", &req.query)?;
+    let is_get = req.method == Method::Get;
+    if is_get && with_defaults {
+        query.extend(defaults.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    }
+
+    let body: Bytes = match &req.body {
+        BodyTemplate::Defaults if is_get || !with_defaults => Bytes::new(),
+        BodyTemplate::Defaults => {
+            headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+            encode_form(defaults.iter().map(|(k, v)| (*k, *v))).into()
+        }
+        BodyTemplate::Form(pairs) => {
+            let mut pairs = render_pairs(ctx, "form", pairs)?;
+            if is_get {
+                query.append(&mut pairs);
+                Bytes::new()
+            } else {
+                if with_defaults {
+                    for (k, v) in defaults {
+                        if !pairs.iter().any(|(pk, _)| pk == k) {
+                            pairs.push((k.to_owned(), v.to_owned()));
+                        }
+                    }
+                }
+                headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+                encode_form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).into()
+            }
+        }
+        BodyTemplate::Json(t) => {
+            let mut value = render_json(ctx, "json", t)?;
+            json_body(&mut value, with_defaults && !is_get, &defaults, &mut headers)
+        }
+        BodyTemplate::JsonText(t) => {
+            let text = ctx.render("json", t)?;
+            let mut value: Value =
+                serde_json::from_str(&text).map_err(|e| RenderFailure::JsonText(e.to_string()))?;
+            json_body(&mut value, with_defaults && !is_get, &defaults, &mut headers)
+        }
+        BodyTemplate::Raw(t) => ctx.render("body", t)?.into(),
+    };
+
+    let url = build_url(&ctx.render("url", &req.url)?, &query)?;
+
+    if let Some((user, pass)) = &req.auth {
+        let user = ctx.render("auth.username", user)?;
+        let pass = ctx.render("auth.password", pass)?;
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        headers.push(("Authorization".into(), format!("Basic {token}")));
+    }
+    for (name, value) in &req.headers {
+        let name = ctx.render("headers", name)?;
+        let value = ctx.render(&format!("headers.{name}"), value)?;
+        if http::HeaderName::try_from(name.as_str()).is_err() || http::HeaderValue::try_from(value.as_str()).is_err() {
+            return Err(RenderFailure::Header(name));
+        }
+        // A configured header replaces a generated one of the same name.
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
+        headers.push((name, value));
+    }
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("user-agent")) {
+        headers.push(("User-Agent".into(), USER_AGENT.into()));
+    }
+    headers.push((IDEMPOTENCY_HEADER.into(), idempotency_key(&event.id, &integration.id)));
+    Ok(RenderedRequest {
+        method: req.method,
+        url,
+        headers,
+        body,
+    })
+}
+
+/// Stable across redeliveries of the same event to the same integration:
+/// the receiver can drop duplicates by it.
+pub fn idempotency_key(event_id: &str, integration_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(event_id.as_bytes());
+    h.update([0]);
+    h.update(integration_id.as_bytes());
+    let digest = h.finalize();
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn json_body(value: &mut Value, add_defaults: bool, defaults: &[(&str, &str); 4], headers: &mut Vec<(String, String)>) -> Bytes {
+    if add_defaults {
+        if let Value::Object(map) = value {
+            for (k, v) in defaults {
+                if !map.contains_key(*k) {
+                    map.insert((*k).to_owned(), Value::String((*v).to_owned()));
+                }
+            }
+        }
+    }
+    headers.push(("Content-Type".into(), "application/json".into()));
+    serde_json::to_vec(value).expect("a JSON value always serializes").into()
+}
+
+fn render_pairs(ctx: &EventContext, field: &str, pairs: &[(Template, Template)]) -> Result<Vec<(String, String)>, RenderFailure> {
+    pairs
+        .iter()
+        .map(|(k, v)| Ok((ctx.render(field, k)?, ctx.render(field, v)?)))
+        .collect()
+}
+
+fn render_json(ctx: &EventContext, field: &str, t: &JsonTemplate) -> Result<Value, RenderFailure> {
+    Ok(match t {
+        JsonTemplate::Str(s) => Value::String(ctx.render(field, s)?),
+        JsonTemplate::Array(items) => Value::Array(items.iter().map(|i| render_json(ctx, field, i)).collect::<Result<_, _>>()?),
+        JsonTemplate::Object(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| Ok((ctx.render(field, k)?, render_json(ctx, field, v)?)))
+                .collect::<Result<_, RenderFailure>>()?,
+        ),
+        JsonTemplate::Other(v) => v.clone(),
+    })
+}
+
+fn encode_form<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+fn build_url(rendered: &str, query: &[(String, String)]) -> Result<String, RenderFailure> {
+    let mut url = url::Url::parse(rendered.trim()).map_err(|e| RenderFailure::Url(e.to_string()))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(RenderFailure::Url(format!("scheme {:?} is not http or https", url.scheme())));
+    }
+    if !query.is_empty() {
+        let mut q = url.query_pairs_mut();
+        for (k, v) in query {
+            q.append_pair(k, v);
+        }
+    }
+    Ok(url.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Origin;
+    use serde_json::json;
+
+    fn event(data: &str) -> DeviceEvent {
+        let raw = json!({"name": "temperature/basement", "data": data, "published_at": "2016-04-16T13:37:08.728Z",
+            "coreid": "e00fce68aaaaaaaaaaaaaaaa", "userid": "u1", "productID": 30301, "version": 3});
+        DeviceEvent::decode(
+            raw.to_string().as_bytes(),
+            &Origin { topic: "device-events".into(), partition: 0, offset: 7 },
+            chrono::DateTime::UNIX_EPOCH,
+        )
+        .unwrap()
+    }
+
+    fn secrets() -> Secrets {
+        Arc::new(BTreeMap::from([("API_KEY".to_owned(), "s3cr3t".to_owned())]))
+    }
+
+    fn integration(extra: Value) -> Integration {
+        let mut base = json!({"id": "i1", "product_id": 30301, "event": "temp", "url": "https://example.com/in"});
+        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Integration::from_json(base.to_string().as_bytes()).unwrap()
+    }
+
+    fn run(extra: Value, data: &str) -> RenderedRequest {
+        let ctx = EventContext::new(event(data), secrets(), SecretMode::Reveal);
+        render(&integration(extra), &ctx).unwrap()
+    }
+
+    fn header<'a>(r: &'a RenderedRequest, name: &str) -> Option<&'a str> {
+        r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    fn body_json(r: &RenderedRequest) -> Value {
+        serde_json::from_slice(&r.body).unwrap()
+    }
+
+    #[test]
+    fn only_event_and_url_posts_the_defaults_as_a_form() {
+        let r = run(json!({}), "21.5");
+        assert_eq!(r.method, Method::Post);
+        assert_eq!(r.url, "https://example.com/in");
+        assert_eq!(
+            r.body,
+            "event=temperature%2Fbasement&data=21.5&published_at=2016-04-16T13%3A37%3A08.728Z&coreid=e00fce68aaaaaaaaaaaaaaaa"
+        );
+        assert_eq!(header(&r, "content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(header(&r, "user-agent"), Some(USER_AGENT));
+    }
+
+    #[test]
+    fn get_puts_defaults_and_form_in_the_query_string() {
+        let r = run(json!({"requestType": "GET", "form": {"f": "{{{PARTICLE_EVENT_VALUE}}}"}, "query": {"q": "1"}}), "21.5");
+        assert_eq!(
+            r.url,
+            "https://example.com/in?q=1&event=temperature%2Fbasement&data=21.5&published_at=2016-04-16T13%3A37%3A08.728Z&coreid=e00fce68aaaaaaaaaaaaaaaa&f=21.5"
+        );
+        assert!(r.body.is_empty());
+        let r = run(json!({"requestType": "GET", "noDefaults": true}), "x");
+        assert_eq!(r.url, "https://example.com/in");
+    }
+
+    #[test]
+    fn json_objects_render_values_and_merge_defaults() {
+        let r = run(json!({"json": {"t": "{{{PARTICLE_EVENT_VALUE}}}", "n": 5, "nested": {"{{{PRODUCT_ID}}}": ["{{{PRODUCT_VERSION}}}"]}}}), "21.5");
+        assert_eq!(header(&r, "content-type"), Some("application/json"));
+        assert_eq!(
+            body_json(&r),
+            json!({"t": "21.5", "n": 5, "nested": {"30301": ["3"]}, "event": "temperature/basement", "data": "21.5",
+                   "published_at": "2016-04-16T13:37:08.728Z", "coreid": "e00fce68aaaaaaaaaaaaaaaa"})
+        );
+        let r = run(json!({"json": {"t": 1}, "noDefaults": true}), "x");
+        assert_eq!(r.body, r#"{"t":1}"#);
+    }
+
+    #[test]
+    fn json_given_as_a_string_is_parsed_after_rendering() {
+        let r = run(json!({"json": "{\"temp\": {{{t}}}, \"ok\": true}", "noDefaults": true}), r#"{"t": 21.5}"#);
+        assert_eq!(body_json(&r), json!({"temp": 21.5, "ok": true}));
+        let ctx = EventContext::new(event("{}"), secrets(), SecretMode::Reveal);
+        let err = render(&integration(json!({"json": "{\"temp\": {{{t}}} }"})), &ctx).unwrap_err();
+        assert!(matches!(err, RenderFailure::JsonText(_)), "{err}");
+    }
+
+    #[test]
+    fn form_body_merges_defaults() {
+        let r = run(json!({"form": {"a": "{{{PARTICLE_DEVICE_ID}}}"}, "requestType": "PUT"}), "d");
+        assert_eq!(r.method, Method::Put);
+        assert_eq!(
+            r.body,
+            "a=e00fce68aaaaaaaaaaaaaaaa&event=temperature%2Fbasement&data=d&published_at=2016-04-16T13%3A37%3A08.728Z&coreid=e00fce68aaaaaaaaaaaaaaaa"
+        );
+    }
+
+    #[test]
+    fn raw_body_has_no_content_type_and_no_defaults() {
+        let r = run(json!({"body": "v={{{PARTICLE_EVENT_VALUE}}}"}), "7");
+        assert_eq!(r.body, "v=7");
+        assert_eq!(header(&r, "content-type"), None);
+    }
+
+    #[test]
+    fn all_predefined_variables_and_aliases() {
+        let template = "{{{PARTICLE_DEVICE_ID}}}|{{{PARTICLE_EVENT_NAME}}}|{{{PARTICLE_EVENT_VALUE}}}|{{{PARTICLE_PUBLISHED_AT}}}|{{{PARTICLE_EVENT_ID}}}|{{{PRODUCT_ID}}}|{{{PRODUCT_USER_ID}}}|{{{PRODUCT_VERSION}}}|{{{SPARK_EVENT_VALUE}}}|{{{SPARK_PUBLISHED_AT}}}";
+        let r = run(json!({"body": template}), "v");
+        assert_eq!(
+            r.body,
+            "e00fce68aaaaaaaaaaaaaaaa|temperature/basement|v|2016-04-16T13:37:08.728Z|device-events/0/7|30301|u1|3|v|2016-04-16T13:37:08.728Z"
+        );
+        let r = run(json!({"body": "{{{PARTICLE_EVENT_JSON}}}"}), "v");
+        let ev: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(ev["name"], "temperature/basement");
+        let r = run(json!({"body": "{{{PARTICLE_EVENT_BASE64}}}"}), "v");
+        let decoded = base64::engine::general_purpose::STANDARD.decode(&r.body).unwrap();
+        assert_eq!(decoded, event("v").raw.as_bytes());
+    }
+
+    #[test]
+    fn json_event_data_keys_are_variables() {
+        let data = r#"{"a": {"aa": "x"}, "b": true, "c": [{"ca": "first"}, {"ca": "second"}], "PARTICLE_DEVICE_ID": "spoof"}"#;
+        let r = run(json!({"body": "{{{a.aa}}}|{{{c.0.ca}}}|{{#c}}{{{ca}}}~{{/c}}|{{^z}}Missing{{/z}}|{{#b}}B{{/b}}|{{{PARTICLE_DEVICE_ID}}}"}), data);
+        assert_eq!(r.body, "x|first|first~second~|Missing|B|e00fce68aaaaaaaaaaaaaaaa");
+    }
+
+    #[test]
+    fn headers_query_and_basic_auth() {
+        let r = run(
+            json!({"headers": {"X-Dev": "{{{PARTICLE_DEVICE_ID}}}", "Content-Type": "text/plain"}, "query": {"k": "{{{API_KEY}}}"},
+                   "auth": {"username": "user", "password": "{{{API_KEY}}}"}, "body": "b"}),
+            "",
+        );
+        assert_eq!(header(&r, "x-dev"), Some("e00fce68aaaaaaaaaaaaaaaa"));
+        assert_eq!(header(&r, "content-type"), Some("text/plain"));
+        assert_eq!(r.url, "https://example.com/in?k=s3cr3t");
+        let expected = base64::engine::general_purpose::STANDARD.encode("user:s3cr3t");
+        assert_eq!(header(&r, "authorization"), Some(format!("Basic {expected}").as_str()));
+    }
+
+    #[test]
+    fn secrets_are_masked_when_displayed() {
+        let i = integration(json!({"url": "https://example.com/{{{API_KEY}}}", "json": {"k": "{{{API_KEY}}}"}, "headers": {"X-K": "{{{API_KEY}}}"}}));
+        let shown = render(&i, &EventContext::new(event("x"), secrets(), SecretMode::Mask)).unwrap();
+        let text = shown.to_json().to_string();
+        assert!(!text.contains("s3cr3t"), "{text}");
+        assert_eq!(header(&shown, "x-k"), Some(SENSITIVE));
+        assert_eq!(shown.url, "https://example.com/[[SENSITIVE]]");
+        let sent = render(&i, &EventContext::new(event("x"), secrets(), SecretMode::Reveal)).unwrap();
+        assert_eq!(sent.url, "https://example.com/s3cr3t");
+    }
+
+    #[test]
+    fn url_templates_are_checked_after_rendering() {
+        let ctx = EventContext::new(event(r#"{"base": "ftp://x"}"#), secrets(), SecretMode::Reveal);
+        let err = render(&integration(json!({"url": "{{{base}}}/p"})), &ctx).unwrap_err();
+        assert!(matches!(err, RenderFailure::Url(_)), "{err}");
+        let ctx = EventContext::new(event(r#"{"base": "http://h.example"}"#), secrets(), SecretMode::Reveal);
+        assert_eq!(render(&integration(json!({"url": "{{{base}}}/p"})), &ctx).unwrap().url, "http://h.example/p");
+    }
+
+    #[test]
+    fn header_injection_is_refused() {
+        let ctx = EventContext::new(event(r#"{"v": "a\r\nX-Evil: 1"}"#), secrets(), SecretMode::Reveal);
+        let err = render(&integration(json!({"headers": {"X-V": "{{{v}}}"}})), &ctx).unwrap_err();
+        assert_eq!(err, RenderFailure::Header("X-V".into()));
+    }
+
+    #[test]
+    fn idempotency_key_depends_on_event_and_integration_only() {
+        let a = run(json!({}), "1");
+        let b = run(json!({}), "2");
+        assert_eq!(header(&a, IDEMPOTENCY_HEADER), header(&b, IDEMPOTENCY_HEADER), "same event id");
+        assert_ne!(idempotency_key("e", "i1"), idempotency_key("e", "i2"));
+        assert_ne!(idempotency_key("e1", "i"), idempotency_key("e", "1i"));
+    }
+}

@@ -1,0 +1,99 @@
+//! Integration sources: where the worker's integrations come from.
+//!
+//! In: a JSON file (one integration object, or an array of them) or a
+//! directory of such files. Out: a built [`Index`], or every refused record
+//! with its file and the field at fault. A source that fails to load leaves
+//! the running index untouched.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::integration::{Integration, InvalidIntegration};
+use crate::resolve::{DuplicateId, Index};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("{path}: not JSON: {error}")]
+    Json { path: PathBuf, error: serde_json::Error },
+    #[error("{path}: integration {position}: {error}")]
+    Invalid {
+        path: PathBuf,
+        position: String,
+        error: InvalidIntegration,
+    },
+    #[error("{0}")]
+    Duplicate(#[from] DuplicateId),
+}
+
+/// Loads every integration under `path` (a file or a directory of `*.json`).
+pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
+    let files = if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|error| SourceError::Io { path: path.to_owned(), error })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        files.sort();
+        files
+    } else {
+        vec![path.to_owned()]
+    };
+    let mut out = Vec::new();
+    for file in files {
+        let text = std::fs::read(&file).map_err(|error| SourceError::Io { path: file.clone(), error })?;
+        let value: Value = serde_json::from_slice(&text).map_err(|error| SourceError::Json { path: file.clone(), error })?;
+        let records = match value {
+            Value::Array(items) => items,
+            other => vec![other],
+        };
+        for (i, record) in records.into_iter().enumerate() {
+            let position = record
+                .get("id")
+                .and_then(Value::as_str)
+                .map(|id| format!("{id:?}"))
+                .unwrap_or_else(|| format!("#{i}"));
+            let integration = Integration::from_value(record)
+                .map_err(|error| SourceError::Invalid { path: file.clone(), position, error })?;
+            out.push(integration);
+        }
+    }
+    Ok(out)
+}
+
+/// Loads `path` into an index; an empty path is an empty index.
+pub fn load_index(path: &Path) -> Result<Index, SourceError> {
+    if path.as_os_str().is_empty() {
+        return Ok(Index::default());
+    }
+    Ok(Index::build(load_integrations(path)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loads_a_directory_and_names_the_bad_record() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.json"), r#"{"id":"a","product_id":1,"event":"t","url":"http://h/"}"#).unwrap();
+        std::fs::write(dir.path().join("b.json"), r#"[{"id":"b","owner":"u","event":"t","url":"http://h/"}]"#).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        assert_eq!(load_index(dir.path()).unwrap().len(), 2);
+
+        std::fs::write(dir.path().join("c.json"), r#"[{"id":"c","product_id":1,"event":"t","url":"http://h/","form":{},"json":{}}]"#).unwrap();
+        let err = load_index(dir.path()).unwrap_err().to_string();
+        assert!(err.ends_with("c.json: integration \"c\": json/form: json and form are mutually exclusive; give only one body"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_ids_across_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["a.json", "b.json"] {
+            std::fs::write(dir.path().join(f), r#"{"id":"same","product_id":1,"event":"t","url":"http://h/"}"#).unwrap();
+        }
+        assert_eq!(load_index(dir.path()).unwrap_err().to_string(), "integration id \"same\" is defined twice");
+    }
+}
