@@ -39,6 +39,7 @@ pub struct KafkaSettings {
     pub dead_letter_topic: String,
     pub create_topics: bool,
     pub topic_partitions: i32,
+    pub topic_replication: i32,
     /// librdkafka properties passed through unchanged.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
@@ -170,6 +171,9 @@ impl Settings {
             if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty".into()));
             }
+        }
+        if k.topic_replication < 1 {
+            return Err(invalid("kafka.topic_replication", format!("must be at least 1, got {}", k.topic_replication)));
         }
         if k.topic_partitions < 1 {
             return Err(invalid("kafka.topic_partitions", format!("must be at least 1, got {}", k.topic_partitions)));

@@ -30,15 +30,20 @@
 //! - [`simulate`]: simulated devices, for `publish --simulate` and the demo.
 //! - [`cli`]: the commands behind `main.rs`.
 
+pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod deliver;
 pub mod event;
+pub mod health;
 pub mod integration;
+pub mod kafka;
 pub mod offsets;
 pub mod record;
 pub mod render;
 pub mod resolve;
+pub mod simulate;
 pub mod source;
 pub mod telemetry;
 pub mod template;
+pub mod worker;

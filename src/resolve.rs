@@ -120,6 +120,67 @@ impl Index {
     }
 }
 
+/// Why an integration does not fire for an event (the `render` command's
+/// answer).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Miss {
+    #[error("the integration is disabled")]
+    Disabled,
+    #[error("{0:?} is a response event (hook-sent/hook-response/hook-error), which never triggers integrations")]
+    ResponseEvent(String),
+    #[error("event name {name:?} does not start with the integration's event prefix {prefix:?} (case-sensitive)")]
+    Prefix { name: String, prefix: String },
+    #[error("the event's product {event:?} is not the integration's product(s) {scope:?}")]
+    Product { event: Option<u32>, scope: Vec<u32> },
+    #[error("the event's device is claimed by {event:?}, not by the integration's owner {owner:?}")]
+    Owner { event: Option<String>, owner: String },
+    #[error("the event's device {event:?} is not the integration's deviceID {device:?}")]
+    Device { event: String, device: String },
+}
+
+/// Decides one integration against one event; the reference the [`Index`]
+/// must agree with (a property test holds them together).
+pub fn check(i: &Integration, event: &DeviceEvent) -> Result<(), Miss> {
+    if event.is_response_event() {
+        return Err(Miss::ResponseEvent(event.name.clone()));
+    }
+    if i.disabled {
+        return Err(Miss::Disabled);
+    }
+    if !i.trigger.matches(&event.name) {
+        return Err(Miss::Prefix {
+            name: event.name.clone(),
+            prefix: i.trigger.as_str().to_owned(),
+        });
+    }
+    match &i.scope {
+        Scope::Product { product } if event.product_id != Some(*product) => Err(Miss::Product {
+            event: event.product_id,
+            scope: vec![*product],
+        }),
+        Scope::Org { products, .. } if !event.product_id.is_some_and(|p| products.ids().contains(&p)) => Err(Miss::Product {
+            event: event.product_id,
+            scope: products.ids().to_vec(),
+        }),
+        Scope::Sandbox { owner } => {
+            if event.user_id.as_deref() != Some(owner.as_str()) {
+                return Err(Miss::Owner {
+                    event: event.user_id.clone(),
+                    owner: owner.clone(),
+                });
+            }
+            match &i.device_id {
+                Some(d) if !d.eq_ignore_ascii_case(&event.device_id) => Err(Miss::Device {
+                    event: event.device_id.clone(),
+                    device: d.clone(),
+                }),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The live index: cheap lock-free reads, whole-snapshot swaps.
 #[derive(Debug, Clone)]
 pub struct IndexHandle(Arc<ArcSwap<Index>>);
@@ -209,6 +270,42 @@ mod tests {
         assert_eq!(ids(&idx.resolve(&event("tick", Some(1), "", DEV_A))), pairs(&[]), "disabled never fires");
         assert_eq!(ids(&idx.resolve(&event("hook-response/temp/0", Some(3), "u1", DEV_A))), pairs(&[]));
         assert_eq!(ids(&idx.resolve(&event("hook-sent/temp", Some(3), "u1", DEV_A))), pairs(&[]));
+    }
+
+    proptest::proptest! {
+        /// The index fires exactly the integrations `check` accepts.
+        #[test]
+        fn index_agrees_with_check(
+            name in proptest::sample::select(vec!["temp", "temperature", "t", "high_temp", "hook-sent/temp", "tick"]),
+            product in proptest::option::of(1u32..5),
+            user in proptest::sample::select(vec!["", "u1", "u2"]),
+            device in proptest::sample::select(vec![DEV_A, DEV_B]),
+        ) {
+            let idx = index();
+            let e = event(name, product, user, device);
+            let mut fired: Vec<String> = idx.resolve(&e).iter().map(|m| m.integration.id.to_string()).collect();
+            fired.sort();
+            let mut expected: Vec<String> = idx.iter().filter(|i| check(i, &e).is_ok()).map(|i| i.id.to_string()).collect();
+            expected.sort();
+            proptest::prop_assert_eq!(fired, expected);
+        }
+    }
+
+    #[test]
+    fn misses_say_why() {
+        let idx = index();
+        let p1 = idx.get("p1").unwrap();
+        assert_eq!(
+            check(p1, &event("high_temp", Some(1), "", DEV_A)).unwrap_err().to_string(),
+            "event name \"high_temp\" does not start with the integration's event prefix \"temp\" (case-sensitive)"
+        );
+        assert_eq!(
+            check(idx.get("org").unwrap(), &event("temp", Some(3), "", DEV_A)).unwrap_err().to_string(),
+            "the event's product Some(3) is not the integration's product(s) [1, 2]"
+        );
+        assert_eq!(check(idx.get("off").unwrap(), &event("t", Some(1), "", DEV_A)).unwrap_err(), Miss::Disabled);
+        assert!(matches!(check(idx.get("sb-dev").unwrap(), &event("temp", None, "u1", DEV_B)), Err(Miss::Device { .. })));
+        assert!(matches!(check(idx.get("sb").unwrap(), &event("temp", None, "u2", DEV_B)), Err(Miss::Owner { .. })));
     }
 
     #[test]

@@ -1,0 +1,169 @@
+//! `hookd demo`: the whole system in one process. An embedded broker
+//! (librdkafka's mock cluster), the sample integrations of
+//! `config/integrations` (an org integration shared by two products, a
+//! product integration, a sandbox integration), a local receiver standing in
+//! for the users' endpoints, simulated devices, and a worker; live counts are
+//! printed every few seconds until Ctrl-C.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use axum::extract::{Request, State};
+use axum::Router;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::integration::Integration;
+use crate::record::Tally;
+use crate::resolve::{Index, IndexHandle};
+use crate::simulate::Fleet;
+use crate::worker::Worker;
+
+/// The samples, embedded so the demo runs from any directory.
+const SAMPLES: [(&str, &str); 3] = [
+    ("org-telemetry.json", include_str!("../../config/integrations/org-telemetry.json")),
+    ("product-status.json", include_str!("../../config/integrations/product-status.json")),
+    ("sandbox-motion.json", include_str!("../../config/integrations/sandbox-motion.json")),
+];
+
+/// The samples' destination, replaced by the demo receiver's address.
+const SAMPLE_ORIGIN: &str = "http://localhost:8788";
+
+const PRODUCTS: [u32; 3] = [1001, 1002, 1003];
+const USER: &str = "demo-user";
+
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Simulated events per second.
+    #[arg(long, default_value_t = 200)]
+    pub rate: u32,
+    /// Stop after this many seconds instead of waiting for Ctrl-C.
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Seconds between two printouts.
+    #[arg(long, default_value_t = 3)]
+    pub every: u64,
+}
+
+/// Requests the demo receiver got, by path.
+type Received = Arc<Mutex<BTreeMap<String, u64>>>;
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::load(None)?;
+    crate::telemetry::init_tracing("error");
+    let cluster = MockCluster::new(1).context("starting the embedded broker")?;
+    let k = &mut settings.kafka;
+    k.brokers = cluster.bootstrap_servers();
+    cluster.create_topic(&k.events_topic, 3, 1)?;
+    cluster.create_topic(&k.dead_letter_topic, 1, 1)?;
+    k.create_topics = false;
+    settings.secrets.insert("DEMO_API_KEY".into(), "demo-secret-key".into());
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(crate::cli::worker::cancel_on_signal(shutdown.clone()));
+    let received: Received = Received::default();
+    let receiver = start_receiver(received.clone(), shutdown.clone()).await?;
+    let index = sample_index(&format!("http://{receiver}"))?;
+
+    println!("hookd demo: embedded broker at {}", settings.kafka.brokers);
+    println!("  receiver (stands in for your endpoints): http://{receiver}");
+    for i in index.iter() {
+        println!("  integration {:<16} {}", i.id, i.name);
+    }
+    println!("  simulated devices publish {} events/s over products {PRODUCTS:?};", args.rate);
+    println!("  one record in 250 is malformed and goes to {}; Ctrl-C stops\n", settings.kafka.dead_letter_topic);
+
+    let worker = Worker::new(settings.clone(), IndexHandle::new(index));
+    let tally = worker.tally();
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let producer: FutureProducer = crate::kafka::producer_config(&settings.kafka).create()?;
+    let devices = tokio::spawn(simulate(producer, settings.kafka.events_topic.clone(), args.rate, shutdown.clone()));
+
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(args.every.max(1)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => print_counts(started, &tally, &received),
+        }
+        if args.seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+            shutdown.cancel();
+        }
+    }
+    let produced = devices.await.unwrap_or(0);
+    worker_task.await.context("worker task")??;
+    print_counts(started, &tally, &received);
+    println!("demo stopped after {produced} events");
+    Ok(())
+}
+
+fn sample_index(receiver: &str) -> anyhow::Result<Index> {
+    let mut integrations = Vec::new();
+    for (file, text) in SAMPLES {
+        let mut spec: crate::integration::IntegrationSpec =
+            serde_json::from_str(text).with_context(|| format!("sample {file}"))?;
+        spec.url = spec.url.map(|u| u.replace(SAMPLE_ORIGIN, receiver));
+        integrations.push(Integration::try_from(spec).with_context(|| format!("sample {file}"))?);
+    }
+    Ok(Index::build(integrations)?)
+}
+
+async fn start_receiver(received: Received, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new().fallback(receive).with_state(received);
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    });
+    Ok(addr)
+}
+
+async fn receive(State(received): State<Received>, req: Request) -> &'static str {
+    let path = req.uri().path().to_owned();
+    *received.lock().expect("receiver lock is never poisoned").entry(path).or_default() += 1;
+    "ok"
+}
+
+/// Simulated devices: a quarter claimed by the demo user; one record in 250
+/// is malformed, to show the dead-letter path.
+async fn simulate(producer: FutureProducer, topic: String, rate: u32, shutdown: CancellationToken) -> u64 {
+    let fleet = Fleet::new(40, &PRODUCTS, &[USER], 4);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return n,
+            _ = tick.tick() => {}
+        }
+        let (key, payload) = if n % 250 == 249 {
+            ("broken".to_owned(), "{\"name\": \"temperature\", \"data\": ".to_owned())
+        } else {
+            fleet.event(n, &mut rng)
+        };
+        let record = FutureRecord::<str, str>::to(&topic).key(&key).payload(&payload);
+        if let Err((e, _)) = producer.send_result(record) {
+            tracing::warn!(error = %e, "demo producer queue full");
+        }
+        n += 1;
+    }
+}
+
+fn print_counts(started: Instant, tally: &Tally, received: &Received) {
+    let received = received.lock().expect("receiver lock is never poisoned").clone();
+    let total: u64 = received.values().sum();
+    println!("after {:>4}s: receiver got {total} requests {received:?}", started.elapsed().as_secs());
+    println!("  {:<16} {:>8} {:>8} {:>8} {:>8}", "integration", "product", "success", "error", "skipped");
+    for ((id, product), c) in tally.snapshot() {
+        let product = product.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        println!("  {:<16} {:>8} {:>8} {:>8} {:>8}", id, product, c.success, c.error, c.skipped);
+    }
+    println!();
+}

@@ -1,0 +1,6 @@
+//! The commands behind `main.rs`, one file each.
+
+pub mod demo;
+pub mod publish;
+pub mod render;
+pub mod worker;

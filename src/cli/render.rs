@@ -1,0 +1,54 @@
+//! `hookd render --integration FILE --event FILE`: a dry run. Prints, as one
+//! JSON object, the request the integration would send for the event
+//! (secrets masked), or why it would not fire.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+
+use crate::config::Settings;
+use crate::event::{DeviceEvent, Origin};
+use crate::integration::Integration;
+use crate::render::{render, EventContext, SecretMode};
+use crate::resolve::check;
+
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// One integration record (JSON).
+    #[arg(long)]
+    pub integration: PathBuf,
+    /// One device event (JSON, as on the events topic).
+    #[arg(long)]
+    pub event: PathBuf,
+    /// Settings whose [secrets] the templates may use (shown masked).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(args: RenderArgs) -> anyhow::Result<Value> {
+    let settings = Settings::load(args.config.as_deref())?;
+    let raw = std::fs::read(&args.integration).with_context(|| format!("reading {}", args.integration.display()))?;
+    let integration = Integration::from_json(&raw).with_context(|| format!("invalid integration {}", args.integration.display()))?;
+    let raw = std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
+    let origin = Origin {
+        topic: "render".into(),
+        partition: 0,
+        offset: 0,
+    };
+    let event = DeviceEvent::decode(&raw, &origin, chrono::Utc::now())
+        .with_context(|| format!("invalid event {}", args.event.display()))?;
+    Ok(dry_run(&integration, event, &settings))
+}
+
+/// The answer for one integration and one event.
+pub fn dry_run(integration: &Integration, event: DeviceEvent, settings: &Settings) -> Value {
+    if let Err(miss) = check(integration, &event) {
+        return json!({"fires": false, "reason": miss.to_string()});
+    }
+    let ctx = EventContext::new(event, std::sync::Arc::new(settings.secrets.clone()), SecretMode::Mask);
+    match render(integration, &ctx) {
+        Ok(request) => json!({"fires": true, "request": request.to_json()}),
+        Err(e) => json!({"fires": true, "error": e.to_string()}),
+    }
+}

@@ -1,0 +1,63 @@
+//! `hookd worker --config FILE`: the dispatch worker with its health and
+//! metrics endpoints, stopped by SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::resolve::IndexHandle;
+use crate::worker::Worker;
+
+#[derive(Debug, clap::Args)]
+pub struct WorkerArgs {
+    /// TOML settings laid over config/default.toml (then HOOKD_* env over both).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+}
+
+pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let settings = Settings::load(args.config.as_deref())?;
+    crate::telemetry::init_tracing(&settings.log.filter);
+    let metrics = crate::telemetry::metrics_handle();
+    let index = crate::source::load_index(&settings.integrations.path)
+        .with_context(|| format!("loading integrations from {}", settings.integrations.path.display()))?;
+    tracing::info!(integrations = index.len(), "integrations loaded");
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let listener = TcpListener::bind(settings.metrics.listen)
+        .await
+        .with_context(|| format!("binding metrics.listen {}", settings.metrics.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let worker = Worker::new(settings, IndexHandle::new(index));
+    let endpoints_stop = CancellationToken::new();
+    let endpoints = tokio::spawn(crate::health::serve(listener, metrics, worker.readiness(), endpoints_stop.clone()));
+
+    let result = worker.run(shutdown).await;
+    endpoints_stop.cancel();
+    let _ = endpoints.await;
+    result?;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutdown requested");
+    token.cancel();
+}

@@ -1,0 +1,77 @@
+//! Kafka plumbing shared by the worker and the commands: client configs with
+//! the operator's pass-through settings, and topic creation.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::ClientConfig;
+
+use crate::config::KafkaSettings;
+
+/// Base config for every client: brokers, then `[kafka.client]` verbatim, so
+/// an operator's security and tuning settings reach every connection.
+pub fn client_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &k.brokers);
+    c.set("client.id", concat!("hookd/", env!("CARGO_PKG_VERSION")));
+    for (key, value) in &k.client {
+        c.set(key, value);
+    }
+    c
+}
+
+/// Consumer of the events topic. Offsets are stored by hookd only once an
+/// event is completely handled (`enable.auto.offset.store=false`) and
+/// committed in the background from that store.
+pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    merge(c, client_config(k))
+}
+
+/// Producer for the dead-letter (and later response, retry, stats) topics:
+/// idempotent, acknowledged by all in-sync replicas.
+pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    merge(c, client_config(k))
+}
+
+/// `base` with `overrides` laid over it: the operator's settings win.
+fn merge(mut base: ClientConfig, overrides: ClientConfig) -> ClientConfig {
+    for (k, v) in overrides.config_map() {
+        base.set(k, v);
+    }
+    base
+}
+
+/// Creates `topics` that do not exist yet; existing ones are left alone.
+pub async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(k).create()?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, k.topic_partitions, TopicReplication::Fixed(k.topic_replication)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    for result in admin.create_topics(&new, &opts).await? {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaError::AdminOp(code)).inspect_err(|_| {
+                    tracing::error!(topic, error = %code, "cannot create topic");
+                })
+            }
+        }
+    }
+    Ok(())
+}
