@@ -1,0 +1,289 @@
+//! Shared by the integration tests: a broker (the embedded mock cluster, or a
+//! real one named by `E2E_BROKERS`), worker settings on unique topics, and a
+//! real HTTP receiver on loopback whose behaviour a test can change.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hookd::config::Settings;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message};
+use tokio::net::TcpListener;
+
+/// The broker a test runs against. `E2E_BROKERS` set: that real broker
+/// (scripts/e2e starts tansu and sets it); unset: an embedded mock cluster
+/// of this test's own.
+pub struct Broker {
+    mock: Option<MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    bootstrap: String,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        match std::env::var("E2E_BROKERS") {
+            Ok(b) if !b.is_empty() => Broker { mock: None, bootstrap: b },
+            _ => {
+                let mock = MockCluster::new(1).expect("mock cluster");
+                let bootstrap = mock.bootstrap_servers();
+                Broker { mock: Some(mock), bootstrap }
+            }
+        }
+    }
+
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    pub fn is_real(&self) -> bool {
+        self.mock.is_none()
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        match &self.mock {
+            Some(m) => m.create_topic(name, partitions, 1).expect("create topic"),
+            None => {
+                let admin: AdminClient<DefaultClientContext> = self.client().create().expect("admin client");
+                let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+                let res = admin
+                    .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+                    .await
+                    .expect("create topics");
+                for r in res {
+                    r.expect("topic created");
+                }
+            }
+        }
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        if self.is_real() {
+            // tansu's fetch waits needlessly otherwise (DESIGN.md).
+            c.set("fetch.wait.max.ms", "10");
+        }
+        c
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        self.client().set("linger.ms", "5").create().expect("producer")
+    }
+
+    /// Reads every record of `topic` that arrives within `wait` of the last.
+    pub async fn read_all(&self, topic: &str, expect: usize, deadline: Duration) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+        let consumer: StreamConsumer = self
+            .client()
+            .set("group.id", unique("reader"))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let mut out = Vec::new();
+        let end = tokio::time::Instant::now() + deadline;
+        while out.len() < expect {
+            match tokio::time::timeout_at(end, consumer.recv()).await {
+                Ok(Ok(m)) => out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec())),
+                Ok(Err(e)) => panic!("reading {topic}: {e}"),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+/// A name no other test (or earlier run against the same real broker) uses.
+pub fn unique(base: &str) -> String {
+    format!("{base}-{:016x}", rand::random::<u64>())
+}
+
+/// Worker settings on fresh topics of `broker`; the test creates the topics.
+pub fn settings(broker: &Broker) -> Settings {
+    let mut s = Settings::load_from(None, vec![]).expect("default settings");
+    s.kafka.brokers = broker.bootstrap().to_owned();
+    s.kafka.events_topic = unique("events");
+    s.kafka.dead_letter_topic = unique("dead-letter");
+    s.kafka.group_id = unique("hookd");
+    s.kafka.create_topics = false;
+    if broker.is_real() {
+        s.kafka.client.insert("fetch.wait.max.ms".into(), "10".into());
+    }
+    s.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    s.worker.shutdown_grace = Duration::from_secs(10);
+    s
+}
+
+/// Creates the worker's topics.
+pub async fn create_topics(broker: &Broker, s: &Settings, partitions: i32) {
+    broker.create_topic(&s.kafka.events_topic, partitions).await;
+    broker.create_topic(&s.kafka.dead_letter_topic, 1).await;
+}
+
+/// Produces `(key, payload)` records and waits for every acknowledgement.
+pub async fn produce(broker: &Broker, topic: &str, records: &[(String, String)]) {
+    let producer = broker.producer();
+    let mut pending = Vec::with_capacity(records.len());
+    for (key, payload) in records {
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err(_) => {
+                    for f in pending.drain(..) {
+                        f.await.expect("delivery future").expect("produced");
+                    }
+                }
+            }
+        }
+    }
+    for f in pending {
+        f.await.expect("delivery future").expect("produced");
+    }
+    rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(10))).expect("flush");
+}
+
+/// One request as the receiver saw it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+    pub version: String,
+}
+
+/// How the receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Status(u16),
+    /// Answer 200 after this long.
+    Delay(Duration),
+    /// Close the connection without answering.
+    Close,
+    /// Read the request and never answer.
+    Hang,
+    /// 200 with a body of this many bytes.
+    Big(usize),
+}
+
+/// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1, recording every request
+/// (svix's TestReceiver, in spirit).
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mode: Arc<Mutex<Mode>>,
+    /// Requests that arrived (including ones never answered).
+    arrived: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let r = Receiver {
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            mode: Arc::new(Mutex::new(Mode::Status(200))),
+            arrived: Arc::default(),
+        };
+        let this = r.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((socket, _)) = listener.accept().await else { return };
+                if *this.mode.lock().unwrap() == Mode::Close {
+                    drop(socket);
+                    continue;
+                }
+                let this = this.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let this = this.clone();
+                        async move { Ok::<_, Infallible>(this.answer(req).await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(socket), svc)
+                        .await;
+                });
+            }
+        });
+        r
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn arrived(&self) -> usize {
+        self.arrived.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn answer(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+        let (parts, body) = req.into_parts();
+        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mode = *self.mode.lock().unwrap();
+        match mode {
+            Mode::Hang => std::future::pending::<()>().await,
+            Mode::Delay(d) => tokio::time::sleep(d).await,
+            _ => {}
+        }
+        let seen = Seen {
+            method: parts.method.to_string(),
+            target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").to_owned()))
+                .collect(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+            version: format!("{:?}", parts.version),
+        };
+        self.seen.lock().unwrap().push(seen);
+        let (status, body) = match mode {
+            Mode::Status(s) => (s, Bytes::from_static(b"ok")),
+            Mode::Big(n) => (200, Bytes::from(vec![b'x'; n])),
+            _ => (200, Bytes::from_static(b"ok")),
+        };
+        hyper::Response::builder().status(status).body(Full::new(body)).unwrap()
+    }
+}
+
+/// Waits until `done` holds, polling every 50 ms; panics with `what` after
+/// `limit` (a deadline so a broken test fails instead of hanging, not a
+/// performance assertion).
+pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let end = tokio::time::Instant::now() + limit;
+    while !done() {
+        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
