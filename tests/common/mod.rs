@@ -4,7 +4,6 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -215,7 +214,7 @@ impl Receiver {
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let this = this.clone();
-                        async move { Ok::<_, Infallible>(this.answer(req).await) }
+                        async move { this.answer(req).await }
                     });
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(socket), svc)
@@ -246,12 +245,14 @@ impl Receiver {
         self.arrived.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    async fn answer(&self, req: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    /// An `Err` makes hyper drop the connection without a response.
+    async fn answer(&self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
         self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mode = *self.mode.lock().unwrap();
         match mode {
+            Mode::Close => return Err(std::io::Error::other("closing without an answer")),
             Mode::Hang => std::future::pending::<()>().await,
             Mode::Delay(d) => tokio::time::sleep(d).await,
             _ => {}
@@ -273,7 +274,7 @@ impl Receiver {
             Mode::Big(n) => (200, Bytes::from(vec![b'x'; n])),
             _ => (200, Bytes::from_static(b"ok")),
         };
-        hyper::Response::builder().status(status).body(Full::new(body)).unwrap()
+        Ok(hyper::Response::builder().status(status).body(Full::new(body)).unwrap())
     }
 }
 

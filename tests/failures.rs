@@ -1,0 +1,59 @@
+//! A receiver that answers 500, closes connections, or never answers: every
+//! attempt is counted as an error, the worker keeps flowing, and events
+//! after the receiver recovers are delivered.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{create_topics, produce, settings, wait_until, Broker, Mode, Receiver};
+use hookd::integration::Integration;
+use hookd::resolve::{Index, IndexHandle};
+use hookd::worker::Worker;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+fn batch(from: usize, n: usize) -> Vec<(String, String)> {
+    (from..from + n)
+        .map(|i| {
+            let device = format!("{:024x}", i % 7);
+            (device.clone(), json!({"name": "temp", "data": i.to_string(), "coreid": device, "productID": 5, "id": format!("f-{i}")}).to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_are_counted_and_the_worker_keeps_flowing() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    let mut s = settings(&broker);
+    s.delivery.timeout = Duration::from_millis(500);
+    create_topics(&broker, &s, 2).await;
+    let hook = Integration::from_value(json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")})).unwrap();
+    let worker = Worker::new(s.clone(), IndexHandle::new(Index::build([hook]).unwrap()));
+    let tally = worker.tally();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn(worker.run(shutdown.clone()));
+    let counts = || tally.get("h", Some(5));
+
+    // Each phase: the receiver misbehaves one way; 30 events all end as errors.
+    let phases = [Mode::Status(500), Mode::Close, Mode::Hang, Mode::Status(404)];
+    for (i, mode) in phases.into_iter().enumerate() {
+        receiver.set_mode(mode);
+        produce(&broker, &s.kafka.events_topic, &batch(i * 30, 30)).await;
+        let want = (i as u64 + 1) * 30;
+        wait_until(&format!("errors under {mode:?}"), Duration::from_secs(60), || counts().error >= want).await;
+        assert_eq!(counts().error, want, "{mode:?}");
+        assert_eq!(counts().success, 0);
+    }
+    assert!(receiver.arrived() >= 60, "the 500 and 404 phases reached the receiver");
+
+    // Recovered: the next events are delivered.
+    receiver.set_mode(Mode::Status(200));
+    produce(&broker, &s.kafka.events_topic, &batch(1000, 30)).await;
+    wait_until("successes after recovery", Duration::from_secs(60), || counts().success >= 30).await;
+    assert_eq!(counts(), hookd::record::Counts { success: 30, error: 120, skipped: 0 });
+
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+}
