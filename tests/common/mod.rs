@@ -191,6 +191,8 @@ pub struct Receiver {
     mode: Arc<Mutex<Mode>>,
     /// Requests that arrived (including ones never answered).
     arrived: Arc<std::sync::atomic::AtomicUsize>,
+    /// TCP connections accepted.
+    connections: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -201,11 +203,13 @@ impl Receiver {
             seen: Arc::default(),
             mode: Arc::new(Mutex::new(Mode::Status(200))),
             arrived: Arc::default(),
+            connections: Arc::default(),
         };
         let this = r.clone();
         tokio::spawn(async move {
             loop {
                 let Ok((socket, _)) = listener.accept().await else { return };
+                this.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if *this.mode.lock().unwrap() == Mode::Close {
                     drop(socket);
                     continue;
@@ -239,6 +243,10 @@ impl Receiver {
 
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn arrived(&self) -> usize {
