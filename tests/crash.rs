@@ -147,7 +147,7 @@ async fn sigterm_drains_commits_and_exits_zero() {
     let done = wait_until_all(&receiver, &want).await;
     second.kill().unwrap();
     second.wait().unwrap();
-    done.unwrap_or_else(|missing| panic!("{missing} events never delivered"));
+    done.unwrap_or_else(|missing| panic!("{missing} events never delivered; log:\n{}", std::fs::read_to_string(&log).unwrap()));
     let seen = by_key(&receiver);
     let dups: Vec<_> = seen.iter().filter(|(_, b)| b.len() > 1).map(|(k, _)| k).collect();
     assert!(dups.is_empty(), "a drained worker commits what it finished; redelivered: {dups:?}");
