@@ -114,7 +114,10 @@ impl Settings {
 
     /// As [`Settings::load`] with an explicit environment, so tests never
     /// touch the process's own.
-    pub fn load_from(file: Option<&Path>, env: Vec<(String, String)>) -> Result<Settings, ConfigError> {
+    pub fn load_from(
+        file: Option<&Path>,
+        env: Vec<(String, String)>,
+    ) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
         if let Some(path) = file {
             if !path.exists() {
@@ -137,7 +140,9 @@ impl Settings {
             // file's (numbers, booleans, strings), and a bad key is refused.
             figment = figment.merge(Toml::string(&overrides));
         }
-        let mut settings: Settings = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        let mut settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
         settings.secrets.extend(secrets);
         settings.validate()?;
         Ok(settings)
@@ -146,20 +151,35 @@ impl Settings {
     fn validate(&self) -> Result<(), ConfigError> {
         let w = &self.worker;
         if w.max_inflight_events == 0 {
-            return Err(invalid("worker.max_inflight_events", "must be at least 1, got 0".into()));
+            return Err(invalid(
+                "worker.max_inflight_events",
+                "must be at least 1, got 0".into(),
+            ));
         }
         if w.max_inflight_deliveries == 0 {
-            return Err(invalid("worker.max_inflight_deliveries", "must be at least 1, got 0".into()));
+            return Err(invalid(
+                "worker.max_inflight_deliveries",
+                "must be at least 1, got 0".into(),
+            ));
         }
         let d = &self.delivery;
         if d.timeout.is_zero() {
-            return Err(invalid("delivery.timeout", "must be longer than 0s, got 0s".into()));
+            return Err(invalid(
+                "delivery.timeout",
+                "must be longer than 0s, got 0s".into(),
+            ));
         }
         if d.connect_timeout.is_zero() {
-            return Err(invalid("delivery.connect_timeout", "must be longer than 0s, got 0s".into()));
+            return Err(invalid(
+                "delivery.connect_timeout",
+                "must be longer than 0s, got 0s".into(),
+            ));
         }
         if d.max_response_bytes == 0 {
-            return Err(invalid("delivery.max_response_bytes", "must be at least 1, got 0".into()));
+            return Err(invalid(
+                "delivery.max_response_bytes",
+                "must be at least 1, got 0".into(),
+            ));
         }
         let k = &self.kafka;
         for (key, value) in [
@@ -173,14 +193,22 @@ impl Settings {
             }
         }
         if k.topic_replication < 1 {
-            return Err(invalid("kafka.topic_replication", format!("must be at least 1, got {}", k.topic_replication)));
+            return Err(invalid(
+                "kafka.topic_replication",
+                format!("must be at least 1, got {}", k.topic_replication),
+            ));
         }
         if k.topic_partitions < 1 {
-            return Err(invalid("kafka.topic_partitions", format!("must be at least 1, got {}", k.topic_partitions)));
+            return Err(invalid(
+                "kafka.topic_partitions",
+                format!("must be at least 1, got {}", k.topic_partitions),
+            ));
         }
         for name in self.secrets.keys() {
             let mut chars = name.chars();
-            let ok = chars.next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
                 && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
             if !ok {
                 return Err(invalid(
@@ -188,15 +216,22 @@ impl Settings {
                     format!("secret name {name:?} must match [A-Z_][A-Z0-9_]*"),
                 ));
             }
-            if name.starts_with("PARTICLE_") || name.starts_with("PRODUCT_") || name.starts_with("SPARK_") {
+            if name.starts_with("PARTICLE_")
+                || name.starts_with("PRODUCT_")
+                || name.starts_with("SPARK_")
+            {
                 return Err(invalid(
                     &format!("secrets.{name}"),
                     format!("secret name {name:?} would hide a predefined variable"),
                 ));
             }
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.filter)
-            .map_err(|e| invalid("log.filter", format!("{:?} is not a valid filter: {e}", self.log.filter)))?;
+        tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| {
+            invalid(
+                "log.filter",
+                format!("{:?} is not a valid filter: {e}", self.log.filter),
+            )
+        })?;
         Ok(())
     }
 }
@@ -204,8 +239,11 @@ impl Settings {
 /// A `host:port` address, refused with the value quoted.
 fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
-    s.parse()
-        .map_err(|_| serde::de::Error::custom(format!("{s:?} is not an address of the form 127.0.0.1:9464")))
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not an address of the form 127.0.0.1:9464"
+        ))
+    })
 }
 
 /// An environment value as TOML: numbers, booleans and durations-as-strings
@@ -228,7 +266,11 @@ fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
             let key = e.path.join(".");
-            let src = e.metadata.as_ref().map(|m| m.name.to_string()).unwrap_or_default();
+            let src = e
+                .metadata
+                .as_ref()
+                .map(|m| m.name.to_string())
+                .unwrap_or_default();
             if key.is_empty() {
                 format!("{} ({src})", e.kind)
             } else {
@@ -252,7 +294,12 @@ mod tests {
 
     fn load(contents: &str, env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let f = file(contents);
-        Settings::load_from(Some(f.path()), env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+        Settings::load_from(
+            Some(f.path()),
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -280,33 +327,70 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_refused_by_name() {
-        let err = load("[worker]\nmax_inflight = 5\n", &[]).unwrap_err().to_string();
+        let err = load("[worker]\nmax_inflight = 5\n", &[])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field: found `max_inflight`"), "{err}");
-        let err = load("", &[("HOOKD_KAFKA__BROKER", "x")]).unwrap_err().to_string();
+        let err = load("", &[("HOOKD_KAFKA__BROKER", "x")])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("`broker`"), "{err}");
     }
 
     #[test]
     fn bad_values_are_refused_with_key_and_value() {
-        let err = load("[worker]\nmax_inflight_events = \"lots\"\n", &[]).unwrap_err().to_string();
-        assert!(err.starts_with("worker.max_inflight_events: invalid type: found string \"lots\""), "{err}");
-        let err = load("[delivery]\ntimeout = \"soon\"\n", &[]).unwrap_err().to_string();
-        assert!(err.starts_with("delivery.timeout:") && err.contains("soon"), "{err}");
-        let err = load("[metrics]\nlisten = \"nowhere\"\n", &[]).unwrap_err().to_string();
-        assert!(err.starts_with("metrics.listen:") && err.contains("nowhere"), "{err}");
-        let err = load("[worker]\nmax_inflight_events = 0\n", &[]).unwrap_err().to_string();
+        let err = load("[worker]\nmax_inflight_events = \"lots\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("worker.max_inflight_events: invalid type: found string \"lots\""),
+            "{err}"
+        );
+        let err = load("[delivery]\ntimeout = \"soon\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("delivery.timeout:") && err.contains("soon"),
+            "{err}"
+        );
+        let err = load("[metrics]\nlisten = \"nowhere\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("metrics.listen:") && err.contains("nowhere"),
+            "{err}"
+        );
+        let err = load("[worker]\nmax_inflight_events = 0\n", &[])
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "worker.max_inflight_events: must be at least 1, got 0");
-        let err = load("[secrets]\napi_key = \"x\"\n", &[]).unwrap_err().to_string();
-        assert_eq!(err, "secrets.api_key: secret name \"api_key\" must match [A-Z_][A-Z0-9_]*");
-        let err = load("[secrets]\nPARTICLE_X = \"x\"\n", &[]).unwrap_err().to_string();
-        assert_eq!(err, "secrets.PARTICLE_X: secret name \"PARTICLE_X\" would hide a predefined variable");
-        let err = load("[kafka]\ntopic_partitions = 0\n", &[]).unwrap_err().to_string();
+        let err = load("[secrets]\napi_key = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "secrets.api_key: secret name \"api_key\" must match [A-Z_][A-Z0-9_]*"
+        );
+        let err = load("[secrets]\nPARTICLE_X = \"x\"\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "secrets.PARTICLE_X: secret name \"PARTICLE_X\" would hide a predefined variable"
+        );
+        let err = load("[kafka]\ntopic_partitions = 0\n", &[])
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "kafka.topic_partitions: must be at least 1, got 0");
     }
 
     #[test]
     fn a_missing_file_is_an_error() {
-        let err = Settings::load_from(Some(Path::new("/nonexistent/hookd.toml")), vec![]).unwrap_err();
-        assert_eq!(err.to_string(), "config file /nonexistent/hookd.toml does not exist");
+        let err =
+            Settings::load_from(Some(Path::new("/nonexistent/hookd.toml")), vec![]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config file /nonexistent/hookd.toml does not exist"
+        );
     }
 }

@@ -33,7 +33,10 @@ impl DeadLetter {
     pub fn invalid_event(invalid: &InvalidEvent, origin: &Origin, payload: &[u8]) -> DeadLetter {
         let (text, b64) = match std::str::from_utf8(payload) {
             Ok(s) => (Some(s.to_owned()), None),
-            Err(_) => (None, Some(base64::engine::general_purpose::STANDARD.encode(payload))),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            ),
         };
         DeadLetter {
             reason: invalid.reason.as_label().to_owned(),
@@ -43,7 +46,8 @@ impl DeadLetter {
             offset: origin.offset,
             payload: text,
             payload_base64: b64,
-            dead_lettered_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            dead_lettered_at: chrono::Utc::now()
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         }
     }
 

@@ -109,7 +109,11 @@ impl Deliverer {
     /// Sends `request`; the whole exchange, body included, runs under the timeout.
     pub async fn send(&self, request: &RenderedRequest, verify_tls: bool) -> Outcome {
         let started = Instant::now();
-        let client = if verify_tls { &self.verified } else { &self.unverified };
+        let client = if verify_tls {
+            &self.verified
+        } else {
+            &self.unverified
+        };
         let built = match build(request) {
             Ok(r) => r,
             Err(e) => return Outcome::not_sent(e),
@@ -216,7 +220,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -225,7 +234,12 @@ impl ServerCertVerifier for AcceptAnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {

@@ -301,9 +301,15 @@ mod tests {
             (r#"{"data":"x","coreid":"d"}"#, InvalidReason::MissingName),
             (r#"{"name":"","coreid":"d"}"#, InvalidReason::MissingName),
             (r#"{"name":7,"coreid":"d"}"#, InvalidReason::BadField),
-            (r#"{"name":"t","coreid":"d","productID":"x"}"#, InvalidReason::BadField),
+            (
+                r#"{"name":"t","coreid":"d","productID":"x"}"#,
+                InvalidReason::BadField,
+            ),
             (r#"{"name":"t"}"#, InvalidReason::MissingDevice),
-            (r#"{"name":"t","coreid":"d","published_at":"yesterday"}"#, InvalidReason::BadPublishedAt),
+            (
+                r#"{"name":"t","coreid":"d","published_at":"yesterday"}"#,
+                InvalidReason::BadPublishedAt,
+            ),
             (r#"{"name":"tëmp","coreid":"d"}"#, InvalidReason::BadName),
         ];
         for (input, reason) in cases {
@@ -314,19 +320,35 @@ mod tests {
         let err = decode(&long).unwrap_err();
         assert_eq!(err.reason, InvalidReason::NameTooLong);
         assert_eq!(err.message, "event name is 65 bytes, the limit is 64");
-        let big = format!(r#"{{"name":"t","coreid":"d","data":"{}"}}"#, "x".repeat(16385));
-        assert_eq!(decode(&big).unwrap_err().reason, InvalidReason::DataTooLarge);
-        let exact = format!(r#"{{"name":"{}","coreid":"d","data":"{}"}}"#, "n".repeat(64), "x".repeat(16384));
+        let big = format!(
+            r#"{{"name":"t","coreid":"d","data":"{}"}}"#,
+            "x".repeat(16385)
+        );
+        assert_eq!(
+            decode(&big).unwrap_err().reason,
+            InvalidReason::DataTooLarge
+        );
+        let exact = format!(
+            r#"{{"name":"{}","coreid":"d","data":"{}"}}"#,
+            "n".repeat(64),
+            "x".repeat(16384)
+        );
         assert!(decode(&exact).is_ok(), "the limits themselves are allowed");
     }
 
     #[test]
     fn response_events_are_recognised() {
-        for name in ["hook-sent/temp", "hook-response/temp/0", "hook-error/temp/0"] {
+        for name in [
+            "hook-sent/temp",
+            "hook-response/temp/0",
+            "hook-error/temp/0",
+        ] {
             let e = decode(&format!(r#"{{"name":"{name}","coreid":"d"}}"#)).unwrap();
             assert!(e.is_response_event(), "{name}");
         }
-        assert!(!decode(r#"{"name":"hook-sentinel","coreid":"d"}"#).unwrap().is_response_event());
+        assert!(!decode(r#"{"name":"hook-sentinel","coreid":"d"}"#)
+            .unwrap()
+            .is_response_event());
     }
 
     proptest! {

@@ -20,7 +20,12 @@ struct Endpoints {
 }
 
 /// Serves until `shutdown` is cancelled.
-pub async fn serve(listener: TcpListener, metrics: PrometheusHandle, readiness: Readiness, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    metrics: PrometheusHandle,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     // Histograms keep raw samples until upkeep folds them; without it memory
     // grows between scrapes.
     let upkeep = metrics.clone();

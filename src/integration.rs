@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::event::{RESPONSE_EVENT_PREFIXES, MAX_NAME_LEN};
+use crate::event::{MAX_NAME_LEN, RESPONSE_EVENT_PREFIXES};
 use crate::template::{Template, TemplateError};
 
 /// An integration record as users write it. Unknown fields are refused, so a
@@ -34,7 +34,11 @@ pub struct IntegrationSpec {
     pub products: Option<Value>,
     pub event: Option<String>,
     pub url: Option<String>,
-    #[serde(rename = "requestType", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "requestType",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub request_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json: Option<Value>,
@@ -50,15 +54,35 @@ pub struct IntegrationSpec {
     pub auth: Option<Value>,
     #[serde(rename = "deviceID", default, skip_serializing_if = "Option::is_none")]
     pub device_id: Option<String>,
-    #[serde(rename = "noDefaults", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "noDefaults",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub no_defaults: Option<bool>,
-    #[serde(rename = "rejectUnauthorized", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "rejectUnauthorized",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub reject_unauthorized: Option<bool>,
-    #[serde(rename = "responseTopic", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "responseTopic",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub response_topic: Option<String>,
-    #[serde(rename = "errorResponseTopic", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "errorResponseTopic",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub error_response_topic: Option<String>,
-    #[serde(rename = "responseTemplate", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "responseTemplate",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub response_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -131,7 +155,10 @@ impl ProductList {
                         format!("wildcard {s:?} is not allowed; list the product ids explicitly"),
                     ))
                 }
-                Value::Number(n) => n.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|n| *n > 0),
+                Value::Number(n) => n
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .filter(|n| *n > 0),
                 _ => None,
             }
             .ok_or_else(|| {
@@ -141,7 +168,10 @@ impl ProductList {
                 )
             })?;
             if ids.contains(&id) {
-                return Err(invalid(format!("products[{i}]"), format!("product {id} is listed twice")));
+                return Err(invalid(
+                    format!("products[{i}]"),
+                    format!("product {id} is listed twice"),
+                ));
             }
             ids.push(id);
         }
@@ -166,7 +196,9 @@ impl EventPrefix {
         if prefix.len() > MAX_NAME_LEN {
             return Err(invalid(
                 "event",
-                format!("{prefix:?} is longer than {MAX_NAME_LEN} characters, so no event can match it"),
+                format!(
+                    "{prefix:?} is longer than {MAX_NAME_LEN} characters, so no event can match it"
+                ),
             ));
         }
         if prefix.contains('*') {
@@ -175,7 +207,10 @@ impl EventPrefix {
                 format!("{prefix:?} contains a wildcard; the event is already a prefix (\"temp\" matches \"temperature\")"),
             ));
         }
-        if RESPONSE_EVENT_PREFIXES.iter().any(|p| prefix.starts_with(p)) {
+        if RESPONSE_EVENT_PREFIXES
+            .iter()
+            .any(|p| prefix.starts_with(p))
+        {
             return Err(invalid(
                 "event",
                 format!("{prefix:?} only matches hook-sent/hook-response/hook-error events, which never trigger integrations"),
@@ -307,26 +342,36 @@ impl TryFrom<IntegrationSpec> for Integration {
     fn try_from(spec: IntegrationSpec) -> Result<Integration, InvalidIntegration> {
         validate_id(&spec.id)?;
         let scope = scope_of(&spec)?;
-        let trigger = EventPrefix::try_new(
-            spec.event
-                .as_deref()
-                .ok_or_else(|| invalid("event", "is required: the event-name prefix that triggers the webhook"))?,
-        )?;
+        let trigger = EventPrefix::try_new(spec.event.as_deref().ok_or_else(|| {
+            invalid(
+                "event",
+                "is required: the event-name prefix that triggers the webhook",
+            )
+        })?)?;
         let device_id = match (&spec.device_id, &scope) {
             (None, _) => None,
             (Some(d), Scope::Sandbox { .. }) => {
                 if d.len() != 24 || !d.chars().all(|c| c.is_ascii_hexdigit()) {
-                    return Err(invalid("deviceID", format!("{d:?} is not a device id (24 hexadecimal characters)")));
+                    return Err(invalid(
+                        "deviceID",
+                        format!("{d:?} is not a device id (24 hexadecimal characters)"),
+                    ));
                 }
                 Some(d.to_ascii_lowercase())
             }
             (Some(_), _) => {
-                return Err(invalid("deviceID", "is only allowed on sandbox integrations (those with \"owner\")"));
+                return Err(invalid(
+                    "deviceID",
+                    "is only allowed on sandbox integrations (those with \"owner\")",
+                ));
             }
         };
         if let Some(t) = &spec.integration_type {
             if t != "Webhook" {
-                return Err(invalid("integration_type", format!("{t:?} is not supported; only \"Webhook\"")));
+                return Err(invalid(
+                    "integration_type",
+                    format!("{t:?} is not supported; only \"Webhook\""),
+                ));
             }
         }
         let url_src = spec
@@ -334,7 +379,12 @@ impl TryFrom<IntegrationSpec> for Integration {
             .as_deref()
             .ok_or_else(|| invalid("url", "is required"))?;
         let url = compile_url(url_src)?;
-        let method = match spec.request_type.as_deref().map(str::to_ascii_uppercase).as_deref() {
+        let method = match spec
+            .request_type
+            .as_deref()
+            .map(str::to_ascii_uppercase)
+            .as_deref()
+        {
             None | Some("POST") => Method::Post,
             Some("GET") => Method::Get,
             Some("PUT") => Method::Put,
@@ -342,7 +392,10 @@ impl TryFrom<IntegrationSpec> for Integration {
             Some(_) => {
                 return Err(invalid(
                     "requestType",
-                    format!("{:?} is not one of GET, POST, PUT, DELETE", spec.request_type.as_deref().unwrap_or_default()),
+                    format!(
+                        "{:?} is not one of GET, POST, PUT, DELETE",
+                        spec.request_type.as_deref().unwrap_or_default()
+                    ),
                 ))
             }
         };
@@ -362,7 +415,9 @@ impl TryFrom<IntegrationSpec> for Integration {
         };
         let response_topic = compile_field(
             "responseTopic",
-            spec.response_topic.as_deref().unwrap_or(default_response_topic),
+            spec.response_topic
+                .as_deref()
+                .unwrap_or(default_response_topic),
         )?;
         let error_response_topic = compile_field(
             "errorResponseTopic",
@@ -401,11 +456,16 @@ impl TryFrom<IntegrationSpec> for Integration {
 fn validate_id(id: &str) -> Result<(), InvalidIntegration> {
     let ok = !id.is_empty()
         && id.len() <= 64
-        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
-        Err(invalid("id", format!("{id:?} must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'")))
+        Err(invalid(
+            "id",
+            format!("{id:?} must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'"),
+        ))
     }
 }
 
@@ -425,25 +485,39 @@ fn scope_of(spec: &IntegrationSpec) -> Result<Scope, InvalidIntegration> {
         if owner.trim().is_empty() {
             return Err(invalid("owner", "must be a user id, got an empty string"));
         }
-        return Ok(Scope::Sandbox { owner: owner.clone() });
+        return Ok(Scope::Sandbox {
+            owner: owner.clone(),
+        });
     }
     if let Some(p) = &spec.product_id {
         let product = p
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
             .filter(|n| *n > 0)
-            .ok_or_else(|| invalid("product_id", format!("must be a positive product id number, got {p}")))?;
+            .ok_or_else(|| {
+                invalid(
+                    "product_id",
+                    format!("must be a positive product id number, got {p}"),
+                )
+            })?;
         return Ok(Scope::Product { product });
     }
     let org = match &spec.org {
         Some(o) if !o.trim().is_empty() => o.clone(),
-        Some(_) => return Err(invalid("org", "must be an organization id, got an empty string")),
+        Some(_) => {
+            return Err(invalid(
+                "org",
+                "must be an organization id, got an empty string",
+            ))
+        }
         None => return Err(invalid("org", "is required with \"products\"")),
     };
-    let products = spec
-        .products
-        .as_ref()
-        .ok_or_else(|| invalid("products", "is required for an organization integration: list the product ids it executes on"))?;
+    let products = spec.products.as_ref().ok_or_else(|| {
+        invalid(
+            "products",
+            "is required for an organization integration: list the product ids it executes on",
+        )
+    })?;
     Ok(Scope::Org {
         org,
         products: ProductList::try_new(products)?,
@@ -463,14 +537,18 @@ fn compile_url(src: &str) -> Result<Template, InvalidIntegration> {
     let lower = src.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         if template.is_literal() {
-            url::Url::parse(src).map_err(|e| invalid("url", format!("{src:?} is not a valid URL: {e}")))?;
+            url::Url::parse(src)
+                .map_err(|e| invalid("url", format!("{src:?} is not a valid URL: {e}")))?;
         }
         Ok(template)
     } else if src.starts_with("{{") {
         // The scheme comes from a variable; checked on every render.
         Ok(template)
     } else {
-        Err(invalid("url", format!("{src:?} must start with http:// or https://")))
+        Err(invalid(
+            "url",
+            format!("{src:?} must start with http:// or https://"),
+        ))
     }
 }
 
@@ -486,14 +564,22 @@ fn body_of(spec: &IntegrationSpec) -> Result<BodyTemplate, InvalidIntegration> {
     if given.len() > 1 {
         return Err(invalid(
             given.join("/"),
-            format!("{} are mutually exclusive; give only one body", given.join(" and ")),
+            format!(
+                "{} are mutually exclusive; give only one body",
+                given.join(" and ")
+            ),
         ));
     }
     if let Some(json) = &spec.json {
         return match json {
             Value::String(s) => Ok(BodyTemplate::JsonText(compile_field("json", s)?)),
-            Value::Object(_) | Value::Array(_) => Ok(BodyTemplate::Json(compile_json("json", json)?)),
-            other => Err(invalid("json", format!("must be an object or a string, got {other}"))),
+            Value::Object(_) | Value::Array(_) => {
+                Ok(BodyTemplate::Json(compile_json("json", json)?))
+            }
+            other => Err(invalid(
+                "json",
+                format!("must be an object or a string, got {other}"),
+            )),
         };
     }
     if let Some(form) = &spec.form {
@@ -528,20 +614,31 @@ fn compile_json(field: &str, value: &Value) -> Result<JsonTemplate, InvalidInteg
 }
 
 /// Compiles an object of template keys and values (`query`, `form`, `headers`).
-fn compile_pairs(field: &str, value: Option<&Value>) -> Result<Vec<(Template, Template)>, InvalidIntegration> {
+fn compile_pairs(
+    field: &str,
+    value: Option<&Value>,
+) -> Result<Vec<(Template, Template)>, InvalidIntegration> {
     let Some(value) = value else {
         return Ok(Vec::new());
     };
-    let map: &Map<String, Value> = value
-        .as_object()
-        .ok_or_else(|| invalid(field, format!("must be an object of names to values, got {value}")))?;
+    let map: &Map<String, Value> = value.as_object().ok_or_else(|| {
+        invalid(
+            field,
+            format!("must be an object of names to values, got {value}"),
+        )
+    })?;
     map.iter()
         .map(|(k, v)| {
             let path = format!("{field}.{k}");
             let text = match v {
                 Value::String(s) => s.clone(),
                 Value::Number(_) | Value::Bool(_) => v.to_string(),
-                other => return Err(invalid(path, format!("must be a string, number or boolean, got {other}"))),
+                other => {
+                    return Err(invalid(
+                        path,
+                        format!("must be a string, number or boolean, got {other}"),
+                    ))
+                }
             };
             Ok((compile_field(&path, k)?, compile_field(&path, &text)?))
         })
@@ -560,11 +657,20 @@ fn compile_auth(value: Option<&Value>) -> Result<Option<(Template, Template)>, I
             Some(other) => Err(invalid(field, format!("must be a string, got {other}"))),
         }
     };
-    let obj = value
-        .as_object()
-        .ok_or_else(|| invalid("auth", format!("must be {{\"username\", \"password\"}}, got {value}")))?;
-    if let Some(k) = obj.keys().find(|k| !matches!(k.as_str(), "username" | "password")) {
-        return Err(invalid(format!("auth.{k}"), "unknown field; auth takes \"username\" and \"password\""));
+    let obj = value.as_object().ok_or_else(|| {
+        invalid(
+            "auth",
+            format!("must be {{\"username\", \"password\"}}, got {value}"),
+        )
+    })?;
+    if let Some(k) = obj
+        .keys()
+        .find(|k| !matches!(k.as_str(), "username" | "password"))
+    {
+        return Err(invalid(
+            format!("auth.{k}"),
+            "unknown field; auth takes \"username\" and \"password\"",
+        ));
     }
     Ok(Some((get("username")?, get("password")?)))
 }
@@ -572,7 +678,11 @@ fn compile_auth(value: Option<&Value>) -> Result<Option<(Template, Template)>, I
 /// "event + part of the URL", as Particle names unnamed webhooks.
 fn default_name(event: &str, url: &str) -> String {
     let shown = match url::Url::parse(url) {
-        Ok(u) => format!("{}{}", u.host_str().unwrap_or_default(), u.path().trim_end_matches('/')),
+        Ok(u) => format!(
+            "{}{}",
+            u.host_str().unwrap_or_default(),
+            u.path().trim_end_matches('/')
+        ),
         Err(_) => url.chars().take(40).collect(),
     };
     format!("{event} → {shown}")
@@ -589,7 +699,9 @@ mod tests {
 
     fn product(extra: Value) -> Value {
         let mut base = json!({"id": "i1", "product_id": 30301, "event": "temp", "url": "https://example.com/in"});
-        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         base
     }
 
@@ -631,10 +743,25 @@ mod tests {
     fn scopes() {
         let sandbox = parse(json!({"id": "s", "owner": "u1", "event": "t", "url": "http://h/", "deviceID": "E00FCE68AAAAAAAAAAAAAAAA"})).unwrap();
         assert_eq!(sandbox.scope, Scope::Sandbox { owner: "u1".into() });
-        assert_eq!(sandbox.device_id.as_deref(), Some("e00fce68aaaaaaaaaaaaaaaa"));
-        let org = parse(json!({"id": "o", "org": "acme", "products": [1, 2], "event": "t", "url": "http://h/"})).unwrap();
-        assert_eq!(org.scope, Scope::Org { org: "acme".into(), products: ProductList(vec![1, 2]) });
-        let one = parse(json!({"id": "o", "org": "acme", "products": [7], "event": "t", "url": "http://h/"})).unwrap();
+        assert_eq!(
+            sandbox.device_id.as_deref(),
+            Some("e00fce68aaaaaaaaaaaaaaaa")
+        );
+        let org = parse(
+            json!({"id": "o", "org": "acme", "products": [1, 2], "event": "t", "url": "http://h/"}),
+        )
+        .unwrap();
+        assert_eq!(
+            org.scope,
+            Scope::Org {
+                org: "acme".into(),
+                products: ProductList(vec![1, 2])
+            }
+        );
+        let one = parse(
+            json!({"id": "o", "org": "acme", "products": [7], "event": "t", "url": "http://h/"}),
+        )
+        .unwrap();
         assert!(one.is_org(), "one product is allowed");
     }
 
@@ -667,7 +794,11 @@ mod tests {
         ];
         for (input, field, reason) in cases {
             let err = refused(input.clone());
-            assert_eq!((err.field.as_str(), err.reason.as_str()), (field, reason), "{input}");
+            assert_eq!(
+                (err.field.as_str(), err.reason.as_str()),
+                (field, reason),
+                "{input}"
+            );
         }
     }
 
@@ -675,9 +806,15 @@ mod tests {
     fn unknown_and_missing_fields_are_named() {
         let err = refused(product(json!({"requesttype": "GET"})));
         assert_eq!(err.field, "requesttype");
-        assert!(err.reason.starts_with("unknown field `requesttype`"), "{err}");
+        assert!(
+            err.reason.starts_with("unknown field `requesttype`"),
+            "{err}"
+        );
         let err = refused(json!({"id": "x", "product_id": 1, "url": "http://h/"}));
-        assert_eq!(err.to_string(), "event: is required: the event-name prefix that triggers the webhook");
+        assert_eq!(
+            err.to_string(),
+            "event: is required: the event-name prefix that triggers the webhook"
+        );
         let err = refused(json!({"id": "x", "product_id": 1, "event": "t"}));
         assert_eq!(err.to_string(), "url: is required");
     }

@@ -60,7 +60,13 @@ pub async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), Kaf
     let admin: AdminClient<DefaultClientContext> = client_config(k).create()?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, k.topic_partitions, TopicReplication::Fixed(k.topic_replication)))
+        .map(|t| {
+            NewTopic::new(
+                t,
+                k.topic_partitions,
+                TopicReplication::Fixed(k.topic_replication),
+            )
+        })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     for result in admin.create_topics(&new, &opts).await? {

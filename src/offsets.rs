@@ -48,12 +48,17 @@ pub struct OffsetLedger {
 
 impl OffsetLedger {
     pub fn begin(&self, topic: &str, partition: i32, offset: i64) -> Ticket {
-        let mut map = self.partitions.lock().expect("ledger lock is never poisoned");
-        let entry = map.entry((topic.to_owned(), partition)).or_insert_with(|| PartitionOffsets {
-            generation: self.generations.fetch_add(1, Ordering::Relaxed),
-            in_flight: BTreeSet::new(),
-            next: offset,
-        });
+        let mut map = self
+            .partitions
+            .lock()
+            .expect("ledger lock is never poisoned");
+        let entry = map
+            .entry((topic.to_owned(), partition))
+            .or_insert_with(|| PartitionOffsets {
+                generation: self.generations.fetch_add(1, Ordering::Relaxed),
+                in_flight: BTreeSet::new(),
+                next: offset,
+            });
         entry.in_flight.insert(offset);
         entry.next = entry.next.max(offset + 1);
         Ticket {
@@ -68,7 +73,10 @@ impl OffsetLedger {
     /// when it moved, else `None` (an older record is still in flight, or the
     /// partition was revoked meanwhile).
     pub fn finish(&self, ticket: &Ticket) -> Option<i64> {
-        let mut map = self.partitions.lock().expect("ledger lock is never poisoned");
+        let mut map = self
+            .partitions
+            .lock()
+            .expect("ledger lock is never poisoned");
         let entry = map.get_mut(&(ticket.topic.clone(), ticket.partition))?;
         if entry.generation != ticket.generation {
             return None;
@@ -81,7 +89,10 @@ impl OffsetLedger {
 
     /// Forgets partitions taken away by a rebalance.
     pub fn revoke(&self, partitions: impl IntoIterator<Item = (String, i32)>) {
-        let mut map = self.partitions.lock().expect("ledger lock is never poisoned");
+        let mut map = self
+            .partitions
+            .lock()
+            .expect("ledger lock is never poisoned");
         for key in partitions {
             map.remove(&key);
         }
@@ -89,13 +100,21 @@ impl OffsetLedger {
 
     /// The commit point of every partition, for the final commit at shutdown.
     pub fn committable(&self) -> Vec<(String, i32, i64)> {
-        let map = self.partitions.lock().expect("ledger lock is never poisoned");
-        map.iter().map(|((t, p), o)| (t.clone(), *p, o.committable())).collect()
+        let map = self
+            .partitions
+            .lock()
+            .expect("ledger lock is never poisoned");
+        map.iter()
+            .map(|((t, p), o)| (t.clone(), *p, o.committable()))
+            .collect()
     }
 
     /// Records begun and not yet finished, across partitions.
     pub fn in_flight(&self) -> usize {
-        let map = self.partitions.lock().expect("ledger lock is never poisoned");
+        let map = self
+            .partitions
+            .lock()
+            .expect("ledger lock is never poisoned");
         map.values().map(|o| o.in_flight.len()).sum()
     }
 }

@@ -64,7 +64,9 @@ pub struct Tally(Arc<Mutex<HashMap<TallyKey, Counts>>>);
 impl Tally {
     pub fn add(&self, integration: &Arc<str>, product: Option<u32>, kind: OutcomeKind) {
         let mut map = self.0.lock().expect("tally lock is never poisoned");
-        map.entry((integration.clone(), product)).or_default().add(kind);
+        map.entry((integration.clone(), product))
+            .or_default()
+            .add(kind);
     }
 
     /// A copy of every row, sorted by integration then product.
@@ -78,19 +80,22 @@ impl Tally {
     /// Sum over every integration for one product.
     pub fn product_total(&self, product: u32) -> Counts {
         let map = self.0.lock().expect("tally lock is never poisoned");
-        map.iter()
-            .filter(|((_, p), _)| *p == Some(product))
-            .fold(Counts::default(), |mut acc, (_, c)| {
+        map.iter().filter(|((_, p), _)| *p == Some(product)).fold(
+            Counts::default(),
+            |mut acc, (_, c)| {
                 acc.success += c.success;
                 acc.error += c.error;
                 acc.skipped += c.skipped;
                 acc
-            })
+            },
+        )
     }
 
     pub fn get(&self, integration: &str, product: Option<u32>) -> Counts {
         let map = self.0.lock().expect("tally lock is never poisoned");
-        map.get(&(Arc::from(integration), product)).copied().unwrap_or_default()
+        map.get(&(Arc::from(integration), product))
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -127,8 +132,10 @@ impl Recorder {
             metrics::counter!(WEBHOOK_ATTEMPTS, "integration" => m.integration.id.to_string(), "product" => product, "outcome" => kind.as_label())
                 .increment(1);
         } else {
-            metrics::counter!(WEBHOOK_ATTEMPTS, "product" => product, "outcome" => kind.as_label()).increment(1);
+            metrics::counter!(WEBHOOK_ATTEMPTS, "product" => product, "outcome" => kind.as_label())
+                .increment(1);
         }
-        metrics::histogram!(WEBHOOK_DURATION, "outcome" => kind.as_label()).record(outcome.elapsed.as_secs_f64());
+        metrics::histogram!(WEBHOOK_DURATION, "outcome" => kind.as_label())
+            .record(outcome.elapsed.as_secs_f64());
     }
 }

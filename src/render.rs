@@ -75,10 +75,12 @@ impl EventContext {
     fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
         match t {
             Template::Literal(s) => Ok(s.clone()),
-            _ => t.render(self.context()).map_err(|e| RenderFailure::Template {
-                field: field.to_owned(),
-                message: e.to_string(),
-            }),
+            _ => t
+                .render(self.context())
+                .map_err(|e| RenderFailure::Template {
+                    field: field.to_owned(),
+                    message: e.to_string(),
+                }),
         }
     }
 }
@@ -86,7 +88,11 @@ impl EventContext {
 /// Every variable of PARTICLE.md ("Templates"). Precedence, lowest first: the
 /// keys of JSON event data, then secrets, then the predefined variables, so a
 /// device can never replace a secret or a predefined value.
-pub fn variables(event: &DeviceEvent, secrets: &BTreeMap<String, String>, mode: SecretMode) -> Value {
+pub fn variables(
+    event: &DeviceEvent,
+    secrets: &BTreeMap<String, String>,
+    mode: SecretMode,
+) -> Value {
     let mut vars = match serde_json::from_str::<Value>(&event.data) {
         Ok(Value::Object(map)) => map,
         _ => Map::new(),
@@ -107,9 +113,15 @@ pub fn variables(event: &DeviceEvent, secrets: &BTreeMap<String, String>, mode: 
     vars.insert("PARTICLE_PUBLISHED_AT".into(), s(&event.published_at));
     vars.insert("SPARK_PUBLISHED_AT".into(), s(&event.published_at));
     vars.insert("PARTICLE_EVENT_ID".into(), s(&event.id));
-    vars.insert("PRODUCT_ID".into(), opt(event.product_id.map(|p| p.to_string())));
+    vars.insert(
+        "PRODUCT_ID".into(),
+        opt(event.product_id.map(|p| p.to_string())),
+    );
     vars.insert("PRODUCT_USER_ID".into(), opt(event.user_id.clone()));
-    vars.insert("PRODUCT_VERSION".into(), opt(event.version.map(|v| v.to_string())));
+    vars.insert(
+        "PRODUCT_VERSION".into(),
+        opt(event.version.map(|v| v.to_string())),
+    );
     vars.insert("PARTICLE_EVENT_JSON".into(), s(&event.raw));
     vars.insert(
         "PARTICLE_EVENT_BASE64".into(),
@@ -162,7 +174,10 @@ pub enum RenderFailure {
 }
 
 /// Renders `integration`'s request for the event in `ctx`.
-pub fn render(integration: &Integration, ctx: &EventContext) -> Result<RenderedRequest, RenderFailure> {
+pub fn render(
+    integration: &Integration,
+    ctx: &EventContext,
+) -> Result<RenderedRequest, RenderFailure> {
     let req = &integration.request;
     let event = ctx.event();
     let defaults: [(&str, &str); 4] = [
@@ -182,7 +197,10 @@ pub fn render(integration: &Integration, ctx: &EventContext) -> Result<RenderedR
     let body: Bytes = match &req.body {
         BodyTemplate::Defaults if is_get || !with_defaults => Bytes::new(),
         BodyTemplate::Defaults => {
-            headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+            headers.push((
+                "Content-Type".into(),
+                "application/x-www-form-urlencoded".into(),
+            ));
             encode_form(defaults.iter().map(|(k, v)| (*k, *v))).into()
         }
         BodyTemplate::Form(pairs) => {
@@ -198,19 +216,32 @@ pub fn render(integration: &Integration, ctx: &EventContext) -> Result<RenderedR
                         }
                     }
                 }
-                headers.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+                headers.push((
+                    "Content-Type".into(),
+                    "application/x-www-form-urlencoded".into(),
+                ));
                 encode_form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).into()
             }
         }
         BodyTemplate::Json(t) => {
             let mut value = render_json(ctx, "json", t)?;
-            json_body(&mut value, with_defaults && !is_get, &defaults, &mut headers)
+            json_body(
+                &mut value,
+                with_defaults && !is_get,
+                &defaults,
+                &mut headers,
+            )
         }
         BodyTemplate::JsonText(t) => {
             let text = ctx.render("json", t)?;
             let mut value: Value =
                 serde_json::from_str(&text).map_err(|e| RenderFailure::JsonText(e.to_string()))?;
-            json_body(&mut value, with_defaults && !is_get, &defaults, &mut headers)
+            json_body(
+                &mut value,
+                with_defaults && !is_get,
+                &defaults,
+                &mut headers,
+            )
         }
         BodyTemplate::Raw(t) => ctx.render("body", t)?.into(),
     };
@@ -226,17 +257,25 @@ pub fn render(integration: &Integration, ctx: &EventContext) -> Result<RenderedR
     for (name, value) in &req.headers {
         let name = ctx.render("headers", name)?;
         let value = ctx.render(&format!("headers.{name}"), value)?;
-        if http::HeaderName::try_from(name.as_str()).is_err() || http::HeaderValue::try_from(value.as_str()).is_err() {
+        if http::HeaderName::try_from(name.as_str()).is_err()
+            || http::HeaderValue::try_from(value.as_str()).is_err()
+        {
             return Err(RenderFailure::Header(name));
         }
         // A configured header replaces a generated one of the same name.
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
         headers.push((name, value));
     }
-    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("user-agent")) {
+    if !headers
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case("user-agent"))
+    {
         headers.push(("User-Agent".into(), USER_AGENT.into()));
     }
-    headers.push((IDEMPOTENCY_HEADER.into(), idempotency_key(&event.id, &integration.id)));
+    headers.push((
+        IDEMPOTENCY_HEADER.into(),
+        idempotency_key(&event.id, &integration.id),
+    ));
     Ok(RenderedRequest {
         method: req.method,
         url,
@@ -256,7 +295,12 @@ pub fn idempotency_key(event_id: &str, integration_id: &str) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn json_body(value: &mut Value, add_defaults: bool, defaults: &[(&str, &str); 4], headers: &mut Vec<(String, String)>) -> Bytes {
+fn json_body(
+    value: &mut Value,
+    add_defaults: bool,
+    defaults: &[(&str, &str); 4],
+    headers: &mut Vec<(String, String)>,
+) -> Bytes {
     if add_defaults {
         if let Value::Object(map) = value {
             for (k, v) in defaults {
@@ -267,10 +311,16 @@ fn json_body(value: &mut Value, add_defaults: bool, defaults: &[(&str, &str); 4]
         }
     }
     headers.push(("Content-Type".into(), "application/json".into()));
-    serde_json::to_vec(value).expect("a JSON value always serializes").into()
+    serde_json::to_vec(value)
+        .expect("a JSON value always serializes")
+        .into()
 }
 
-fn render_pairs(ctx: &EventContext, field: &str, pairs: &[(Template, Template)]) -> Result<Vec<(String, String)>, RenderFailure> {
+fn render_pairs(
+    ctx: &EventContext,
+    field: &str,
+    pairs: &[(Template, Template)],
+) -> Result<Vec<(String, String)>, RenderFailure> {
     pairs
         .iter()
         .map(|(k, v)| Ok((ctx.render(field, k)?, ctx.render(field, v)?)))
@@ -280,7 +330,12 @@ fn render_pairs(ctx: &EventContext, field: &str, pairs: &[(Template, Template)])
 fn render_json(ctx: &EventContext, field: &str, t: &JsonTemplate) -> Result<Value, RenderFailure> {
     Ok(match t {
         JsonTemplate::Str(s) => Value::String(ctx.render(field, s)?),
-        JsonTemplate::Array(items) => Value::Array(items.iter().map(|i| render_json(ctx, field, i)).collect::<Result<_, _>>()?),
+        JsonTemplate::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| render_json(ctx, field, i))
+                .collect::<Result<_, _>>()?,
+        ),
         JsonTemplate::Object(entries) => Value::Object(
             entries
                 .iter()
@@ -300,9 +355,13 @@ fn encode_form<'a>(pairs: impl Iterator<Item = (&'a str, &'a str)>) -> String {
 }
 
 fn build_url(rendered: &str, query: &[(String, String)]) -> Result<String, RenderFailure> {
-    let mut url = url::Url::parse(rendered.trim()).map_err(|e| RenderFailure::Url(e.to_string()))?;
+    let mut url =
+        url::Url::parse(rendered.trim()).map_err(|e| RenderFailure::Url(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(RenderFailure::Url(format!("scheme {:?} is not http or https", url.scheme())));
+        return Err(RenderFailure::Url(format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
     }
     if !query.is_empty() {
         let mut q = url.query_pairs_mut();
@@ -324,19 +383,28 @@ mod tests {
             "coreid": "e00fce68aaaaaaaaaaaaaaaa", "userid": "u1", "productID": 30301, "version": 3});
         DeviceEvent::decode(
             raw.to_string().as_bytes(),
-            &Origin { topic: "device-events".into(), partition: 0, offset: 7 },
+            &Origin {
+                topic: "device-events".into(),
+                partition: 0,
+                offset: 7,
+            },
             chrono::DateTime::UNIX_EPOCH,
         )
         .unwrap()
     }
 
     fn secrets() -> Secrets {
-        Arc::new(BTreeMap::from([("API_KEY".to_owned(), "s3cr3t".to_owned())]))
+        Arc::new(BTreeMap::from([(
+            "API_KEY".to_owned(),
+            "s3cr3t".to_owned(),
+        )]))
     }
 
     fn integration(extra: Value) -> Integration {
         let mut base = json!({"id": "i1", "product_id": 30301, "event": "temp", "url": "https://example.com/in"});
-        base.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        base.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         Integration::from_json(base.to_string().as_bytes()).unwrap()
     }
 
@@ -346,7 +414,10 @@ mod tests {
     }
 
     fn header<'a>(r: &'a RenderedRequest, name: &str) -> Option<&'a str> {
-        r.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        r.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     fn body_json(r: &RenderedRequest) -> Value {
@@ -362,13 +433,19 @@ mod tests {
             r.body,
             "event=temperature%2Fbasement&data=21.5&published_at=2016-04-16T13%3A37%3A08.728Z&coreid=e00fce68aaaaaaaaaaaaaaaa"
         );
-        assert_eq!(header(&r, "content-type"), Some("application/x-www-form-urlencoded"));
+        assert_eq!(
+            header(&r, "content-type"),
+            Some("application/x-www-form-urlencoded")
+        );
         assert_eq!(header(&r, "user-agent"), Some(USER_AGENT));
     }
 
     #[test]
     fn get_puts_defaults_and_form_in_the_query_string() {
-        let r = run(json!({"requestType": "GET", "form": {"f": "{{{PARTICLE_EVENT_VALUE}}}"}, "query": {"q": "1"}}), "21.5");
+        let r = run(
+            json!({"requestType": "GET", "form": {"f": "{{{PARTICLE_EVENT_VALUE}}}"}, "query": {"q": "1"}}),
+            "21.5",
+        );
         assert_eq!(
             r.url,
             "https://example.com/in?q=1&event=temperature%2Fbasement&data=21.5&published_at=2016-04-16T13%3A37%3A08.728Z&coreid=e00fce68aaaaaaaaaaaaaaaa&f=21.5"
@@ -380,7 +457,10 @@ mod tests {
 
     #[test]
     fn json_objects_render_values_and_merge_defaults() {
-        let r = run(json!({"json": {"t": "{{{PARTICLE_EVENT_VALUE}}}", "n": 5, "nested": {"{{{PRODUCT_ID}}}": ["{{{PRODUCT_VERSION}}}"]}}}), "21.5");
+        let r = run(
+            json!({"json": {"t": "{{{PARTICLE_EVENT_VALUE}}}", "n": 5, "nested": {"{{{PRODUCT_ID}}}": ["{{{PRODUCT_VERSION}}}"]}}}),
+            "21.5",
+        );
         assert_eq!(header(&r, "content-type"), Some("application/json"));
         assert_eq!(
             body_json(&r),
@@ -393,7 +473,10 @@ mod tests {
 
     #[test]
     fn json_given_as_a_string_is_parsed_after_rendering() {
-        let r = run(json!({"json": "{\"temp\": {{{t}}}, \"ok\": true}", "noDefaults": true}), r#"{"t": 21.5}"#);
+        let r = run(
+            json!({"json": "{\"temp\": {{{t}}}, \"ok\": true}", "noDefaults": true}),
+            r#"{"t": 21.5}"#,
+        );
         assert_eq!(body_json(&r), json!({"temp": 21.5, "ok": true}));
         let ctx = EventContext::new(event("{}"), secrets(), SecretMode::Reveal);
         let err = render(&integration(json!({"json": "{\"temp\": {{{t}}} }"})), &ctx).unwrap_err();
@@ -402,7 +485,10 @@ mod tests {
 
     #[test]
     fn form_body_merges_defaults() {
-        let r = run(json!({"form": {"a": "{{{PARTICLE_DEVICE_ID}}}"}, "requestType": "PUT"}), "d");
+        let r = run(
+            json!({"form": {"a": "{{{PARTICLE_DEVICE_ID}}}"}, "requestType": "PUT"}),
+            "d",
+        );
         assert_eq!(r.method, Method::Put);
         assert_eq!(
             r.body,
@@ -429,15 +515,23 @@ mod tests {
         let ev: Value = serde_json::from_slice(&r.body).unwrap();
         assert_eq!(ev["name"], "temperature/basement");
         let r = run(json!({"body": "{{{PARTICLE_EVENT_BASE64}}}"}), "v");
-        let decoded = base64::engine::general_purpose::STANDARD.decode(&r.body).unwrap();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(&r.body)
+            .unwrap();
         assert_eq!(decoded, event("v").raw.as_bytes());
     }
 
     #[test]
     fn json_event_data_keys_are_variables() {
         let data = r#"{"a": {"aa": "x"}, "b": true, "c": [{"ca": "first"}, {"ca": "second"}], "PARTICLE_DEVICE_ID": "spoof"}"#;
-        let r = run(json!({"body": "{{{a.aa}}}|{{{c.0.ca}}}|{{#c}}{{{ca}}}~{{/c}}|{{^z}}Missing{{/z}}|{{#b}}B{{/b}}|{{{PARTICLE_DEVICE_ID}}}"}), data);
-        assert_eq!(r.body, "x|first|first~second~|Missing|B|e00fce68aaaaaaaaaaaaaaaa");
+        let r = run(
+            json!({"body": "{{{a.aa}}}|{{{c.0.ca}}}|{{#c}}{{{ca}}}~{{/c}}|{{^z}}Missing{{/z}}|{{#b}}B{{/b}}|{{{PARTICLE_DEVICE_ID}}}"}),
+            data,
+        );
+        assert_eq!(
+            r.body,
+            "x|first|first~second~|Missing|B|e00fce68aaaaaaaaaaaaaaaa"
+        );
     }
 
     #[test]
@@ -451,33 +545,63 @@ mod tests {
         assert_eq!(header(&r, "content-type"), Some("text/plain"));
         assert_eq!(r.url, "https://example.com/in?k=s3cr3t");
         let expected = base64::engine::general_purpose::STANDARD.encode("user:s3cr3t");
-        assert_eq!(header(&r, "authorization"), Some(format!("Basic {expected}").as_str()));
+        assert_eq!(
+            header(&r, "authorization"),
+            Some(format!("Basic {expected}").as_str())
+        );
     }
 
     #[test]
     fn secrets_are_masked_when_displayed() {
-        let i = integration(json!({"url": "https://example.com/{{{API_KEY}}}", "json": {"k": "{{{API_KEY}}}"}, "headers": {"X-K": "{{{API_KEY}}}"}}));
-        let shown = render(&i, &EventContext::new(event("x"), secrets(), SecretMode::Mask)).unwrap();
+        let i = integration(
+            json!({"url": "https://example.com/{{{API_KEY}}}", "json": {"k": "{{{API_KEY}}}"}, "headers": {"X-K": "{{{API_KEY}}}"}}),
+        );
+        let shown = render(
+            &i,
+            &EventContext::new(event("x"), secrets(), SecretMode::Mask),
+        )
+        .unwrap();
         let text = shown.to_json().to_string();
         assert!(!text.contains("s3cr3t"), "{text}");
         assert_eq!(header(&shown, "x-k"), Some(SENSITIVE));
         assert_eq!(shown.url, "https://example.com/[[SENSITIVE]]");
-        let sent = render(&i, &EventContext::new(event("x"), secrets(), SecretMode::Reveal)).unwrap();
+        let sent = render(
+            &i,
+            &EventContext::new(event("x"), secrets(), SecretMode::Reveal),
+        )
+        .unwrap();
         assert_eq!(sent.url, "https://example.com/s3cr3t");
     }
 
     #[test]
     fn url_templates_are_checked_after_rendering() {
-        let ctx = EventContext::new(event(r#"{"base": "ftp://x"}"#), secrets(), SecretMode::Reveal);
+        let ctx = EventContext::new(
+            event(r#"{"base": "ftp://x"}"#),
+            secrets(),
+            SecretMode::Reveal,
+        );
         let err = render(&integration(json!({"url": "{{{base}}}/p"})), &ctx).unwrap_err();
         assert!(matches!(err, RenderFailure::Url(_)), "{err}");
-        let ctx = EventContext::new(event(r#"{"base": "http://h.example"}"#), secrets(), SecretMode::Reveal);
-        assert_eq!(render(&integration(json!({"url": "{{{base}}}/p"})), &ctx).unwrap().url, "http://h.example/p");
+        let ctx = EventContext::new(
+            event(r#"{"base": "http://h.example"}"#),
+            secrets(),
+            SecretMode::Reveal,
+        );
+        assert_eq!(
+            render(&integration(json!({"url": "{{{base}}}/p"})), &ctx)
+                .unwrap()
+                .url,
+            "http://h.example/p"
+        );
     }
 
     #[test]
     fn header_injection_is_refused() {
-        let ctx = EventContext::new(event(r#"{"v": "a\r\nX-Evil: 1"}"#), secrets(), SecretMode::Reveal);
+        let ctx = EventContext::new(
+            event(r#"{"v": "a\r\nX-Evil: 1"}"#),
+            secrets(),
+            SecretMode::Reveal,
+        );
         let err = render(&integration(json!({"headers": {"X-V": "{{{v}}}"}})), &ctx).unwrap_err();
         assert_eq!(err, RenderFailure::Header("X-V".into()));
     }
@@ -486,7 +610,11 @@ mod tests {
     fn idempotency_key_depends_on_event_and_integration_only() {
         let a = run(json!({}), "1");
         let b = run(json!({}), "2");
-        assert_eq!(header(&a, IDEMPOTENCY_HEADER), header(&b, IDEMPOTENCY_HEADER), "same event id");
+        assert_eq!(
+            header(&a, IDEMPOTENCY_HEADER),
+            header(&b, IDEMPOTENCY_HEADER),
+            "same event id"
+        );
         assert_ne!(idempotency_key("e", "i1"), idempotency_key("e", "i2"));
         assert_ne!(idempotency_key("e1", "i"), idempotency_key("e", "1i"));
     }

@@ -41,19 +41,37 @@ pub struct Index {
 pub struct DuplicateId(pub String);
 
 impl Index {
-    pub fn build(integrations: impl IntoIterator<Item = Integration>) -> Result<Index, DuplicateId> {
+    pub fn build(
+        integrations: impl IntoIterator<Item = Integration>,
+    ) -> Result<Index, DuplicateId> {
         let mut index = Index::default();
         for integration in integrations {
             let integration = Arc::new(integration);
-            if index.by_id.insert(integration.id.clone(), integration.clone()).is_some() {
+            if index
+                .by_id
+                .insert(integration.id.clone(), integration.clone())
+                .is_some()
+            {
                 return Err(DuplicateId(integration.id.to_string()));
             }
             match &integration.scope {
-                Scope::Sandbox { owner } => index.by_owner.entry(owner.clone()).or_default().push(integration.clone()),
-                Scope::Product { product } => index.by_product.entry(*product).or_default().push(integration.clone()),
+                Scope::Sandbox { owner } => index
+                    .by_owner
+                    .entry(owner.clone())
+                    .or_default()
+                    .push(integration.clone()),
+                Scope::Product { product } => index
+                    .by_product
+                    .entry(*product)
+                    .or_default()
+                    .push(integration.clone()),
                 Scope::Org { products, .. } => {
                     for p in products.ids() {
-                        index.by_product.entry(*p).or_default().push(integration.clone());
+                        index
+                            .by_product
+                            .entry(*p)
+                            .or_default()
+                            .push(integration.clone());
                     }
                 }
             }
@@ -132,8 +150,13 @@ pub enum Miss {
     Prefix { name: String, prefix: String },
     #[error("the event's product {event:?} is not the integration's product(s) {scope:?}")]
     Product { event: Option<u32>, scope: Vec<u32> },
-    #[error("the event's device is claimed by {event:?}, not by the integration's owner {owner:?}")]
-    Owner { event: Option<String>, owner: String },
+    #[error(
+        "the event's device is claimed by {event:?}, not by the integration's owner {owner:?}"
+    )]
+    Owner {
+        event: Option<String>,
+        owner: String,
+    },
     #[error("the event's device {event:?} is not the integration's deviceID {device:?}")]
     Device { event: String, device: String },
 }
@@ -158,10 +181,16 @@ pub fn check(i: &Integration, event: &DeviceEvent) -> Result<(), Miss> {
             event: event.product_id,
             scope: vec![*product],
         }),
-        Scope::Org { products, .. } if !event.product_id.is_some_and(|p| products.ids().contains(&p)) => Err(Miss::Product {
-            event: event.product_id,
-            scope: products.ids().to_vec(),
-        }),
+        Scope::Org { products, .. }
+            if !event
+                .product_id
+                .is_some_and(|p| products.ids().contains(&p)) =>
+        {
+            Err(Miss::Product {
+                event: event.product_id,
+                scope: products.ids().to_vec(),
+            })
+        }
         Scope::Sandbox { owner } => {
             if event.user_id.as_deref() != Some(owner.as_str()) {
                 return Err(Miss::Owner {
@@ -216,7 +245,16 @@ mod tests {
         if let Some(p) = product {
             v["productID"] = json!(p);
         }
-        DeviceEvent::decode(v.to_string().as_bytes(), &Origin { topic: "t".into(), partition: 0, offset: 0 }, chrono::DateTime::UNIX_EPOCH).unwrap()
+        DeviceEvent::decode(
+            v.to_string().as_bytes(),
+            &Origin {
+                topic: "t".into(),
+                partition: 0,
+                offset: 0,
+            },
+            chrono::DateTime::UNIX_EPOCH,
+        )
+        .unwrap()
     }
 
     const DEV_A: &str = "aaaaaaaaaaaaaaaaaaaaaaaa";
@@ -235,7 +273,10 @@ mod tests {
     }
 
     fn ids(matches: &[Match]) -> Vec<(String, Option<u32>)> {
-        let mut v: Vec<_> = matches.iter().map(|m| (m.integration.id.to_string(), m.product)).collect();
+        let mut v: Vec<_> = matches
+            .iter()
+            .map(|m| (m.integration.id.to_string(), m.product))
+            .collect();
         v.sort();
         v
     }
@@ -247,9 +288,18 @@ mod tests {
     #[test]
     fn org_integrations_fire_on_listed_products_only() {
         let idx = index();
-        assert_eq!(ids(&idx.resolve(&event("temperature", Some(1), "", DEV_B))), pairs(&[("org", Some(1)), ("p1", Some(1))]));
-        assert_eq!(ids(&idx.resolve(&event("temperature", Some(2), "", DEV_B))), pairs(&[("org", Some(2))]));
-        assert_eq!(ids(&idx.resolve(&event("temperature", Some(3), "", DEV_B))), pairs(&[("p3", Some(3))]));
+        assert_eq!(
+            ids(&idx.resolve(&event("temperature", Some(1), "", DEV_B))),
+            pairs(&[("org", Some(1)), ("p1", Some(1))])
+        );
+        assert_eq!(
+            ids(&idx.resolve(&event("temperature", Some(2), "", DEV_B))),
+            pairs(&[("org", Some(2))])
+        );
+        assert_eq!(
+            ids(&idx.resolve(&event("temperature", Some(3), "", DEV_B))),
+            pairs(&[("p3", Some(3))])
+        );
     }
 
     #[test]
@@ -259,17 +309,38 @@ mod tests {
             ids(&idx.resolve(&event("temp", Some(2), "u1", DEV_A))),
             pairs(&[("org", Some(2)), ("sb", Some(2)), ("sb-dev", Some(2))])
         );
-        assert_eq!(ids(&idx.resolve(&event("temp", None, "u1", DEV_B))), pairs(&[("sb", None)]), "deviceID filter");
-        assert_eq!(ids(&idx.resolve(&event("temp", None, "u2", DEV_A))), pairs(&[]), "another user's sandbox");
+        assert_eq!(
+            ids(&idx.resolve(&event("temp", None, "u1", DEV_B))),
+            pairs(&[("sb", None)]),
+            "deviceID filter"
+        );
+        assert_eq!(
+            ids(&idx.resolve(&event("temp", None, "u2", DEV_A))),
+            pairs(&[]),
+            "another user's sandbox"
+        );
     }
 
     #[test]
     fn prefix_disabled_and_response_events() {
         let idx = index();
-        assert_eq!(ids(&idx.resolve(&event("high_temp", Some(1), "", DEV_A))), pairs(&[]));
-        assert_eq!(ids(&idx.resolve(&event("tick", Some(1), "", DEV_A))), pairs(&[]), "disabled never fires");
-        assert_eq!(ids(&idx.resolve(&event("hook-response/temp/0", Some(3), "u1", DEV_A))), pairs(&[]));
-        assert_eq!(ids(&idx.resolve(&event("hook-sent/temp", Some(3), "u1", DEV_A))), pairs(&[]));
+        assert_eq!(
+            ids(&idx.resolve(&event("high_temp", Some(1), "", DEV_A))),
+            pairs(&[])
+        );
+        assert_eq!(
+            ids(&idx.resolve(&event("tick", Some(1), "", DEV_A))),
+            pairs(&[]),
+            "disabled never fires"
+        );
+        assert_eq!(
+            ids(&idx.resolve(&event("hook-response/temp/0", Some(3), "u1", DEV_A))),
+            pairs(&[])
+        );
+        assert_eq!(
+            ids(&idx.resolve(&event("hook-sent/temp", Some(3), "u1", DEV_A))),
+            pairs(&[])
+        );
     }
 
     proptest::proptest! {
@@ -300,18 +371,35 @@ mod tests {
             "event name \"high_temp\" does not start with the integration's event prefix \"temp\" (case-sensitive)"
         );
         assert_eq!(
-            check(idx.get("org").unwrap(), &event("temp", Some(3), "", DEV_A)).unwrap_err().to_string(),
+            check(idx.get("org").unwrap(), &event("temp", Some(3), "", DEV_A))
+                .unwrap_err()
+                .to_string(),
             "the event's product Some(3) is not the integration's product(s) [1, 2]"
         );
-        assert_eq!(check(idx.get("off").unwrap(), &event("t", Some(1), "", DEV_A)).unwrap_err(), Miss::Disabled);
-        assert!(matches!(check(idx.get("sb-dev").unwrap(), &event("temp", None, "u1", DEV_B)), Err(Miss::Device { .. })));
-        assert!(matches!(check(idx.get("sb").unwrap(), &event("temp", None, "u2", DEV_B)), Err(Miss::Owner { .. })));
+        assert_eq!(
+            check(idx.get("off").unwrap(), &event("t", Some(1), "", DEV_A)).unwrap_err(),
+            Miss::Disabled
+        );
+        assert!(matches!(
+            check(
+                idx.get("sb-dev").unwrap(),
+                &event("temp", None, "u1", DEV_B)
+            ),
+            Err(Miss::Device { .. })
+        ));
+        assert!(matches!(
+            check(idx.get("sb").unwrap(), &event("temp", None, "u2", DEV_B)),
+            Err(Miss::Owner { .. })
+        ));
     }
 
     #[test]
     fn duplicate_ids_are_refused() {
         let i = integration(json!({"id": "x", "product_id": 1, "event": "t", "url": "http://h/"}));
-        assert_eq!(Index::build([i.clone(), i]).unwrap_err(), DuplicateId("x".into()));
+        assert_eq!(
+            Index::build([i.clone(), i]).unwrap_err(),
+            DuplicateId("x".into())
+        );
     }
 
     #[test]

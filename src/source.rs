@@ -15,9 +15,15 @@ use crate::resolve::{DuplicateId, Index};
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("cannot read {path}: {error}")]
-    Io { path: PathBuf, error: std::io::Error },
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
     #[error("{path}: not JSON: {error}")]
-    Json { path: PathBuf, error: serde_json::Error },
+    Json {
+        path: PathBuf,
+        error: serde_json::Error,
+    },
     #[error("{path}: integration {position}: {error}")]
     Invalid {
         path: PathBuf,
@@ -32,7 +38,10 @@ pub enum SourceError {
 pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
     let files = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|error| SourceError::Io { path: path.to_owned(), error })?
+            .map_err(|error| SourceError::Io {
+                path: path.to_owned(),
+                error,
+            })?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
             .collect();
@@ -43,8 +52,14 @@ pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
     };
     let mut out = Vec::new();
     for file in files {
-        let text = std::fs::read(&file).map_err(|error| SourceError::Io { path: file.clone(), error })?;
-        let value: Value = serde_json::from_slice(&text).map_err(|error| SourceError::Json { path: file.clone(), error })?;
+        let text = std::fs::read(&file).map_err(|error| SourceError::Io {
+            path: file.clone(),
+            error,
+        })?;
+        let value: Value = serde_json::from_slice(&text).map_err(|error| SourceError::Json {
+            path: file.clone(),
+            error,
+        })?;
         let records = match value {
             Value::Array(items) => items,
             other => vec![other],
@@ -55,8 +70,12 @@ pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
                 .and_then(Value::as_str)
                 .map(|id| format!("{id:?}"))
                 .unwrap_or_else(|| format!("#{i}"));
-            let integration = Integration::from_value(record)
-                .map_err(|error| SourceError::Invalid { path: file.clone(), position, error })?;
+            let integration =
+                Integration::from_value(record).map_err(|error| SourceError::Invalid {
+                    path: file.clone(),
+                    position,
+                    error,
+                })?;
             out.push(integration);
         }
     }
@@ -78,12 +97,24 @@ mod tests {
     #[test]
     fn loads_a_directory_and_names_the_bad_record() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("a.json"), r#"{"id":"a","product_id":1,"event":"t","url":"http://h/"}"#).unwrap();
-        std::fs::write(dir.path().join("b.json"), r#"[{"id":"b","owner":"u","event":"t","url":"http://h/"}]"#).unwrap();
+        std::fs::write(
+            dir.path().join("a.json"),
+            r#"{"id":"a","product_id":1,"event":"t","url":"http://h/"}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.json"),
+            r#"[{"id":"b","owner":"u","event":"t","url":"http://h/"}]"#,
+        )
+        .unwrap();
         std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
         assert_eq!(load_index(dir.path()).unwrap().len(), 2);
 
-        std::fs::write(dir.path().join("c.json"), r#"[{"id":"c","product_id":1,"event":"t","url":"http://h/","form":{},"json":{}}]"#).unwrap();
+        std::fs::write(
+            dir.path().join("c.json"),
+            r#"[{"id":"c","product_id":1,"event":"t","url":"http://h/","form":{},"json":{}}]"#,
+        )
+        .unwrap();
         let err = load_index(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("c.json: integration \"c\": json/form: json and form are mutually exclusive; give only one body"), "{err}");
     }
@@ -92,8 +123,15 @@ mod tests {
     fn duplicate_ids_across_files_are_refused() {
         let dir = tempfile::tempdir().unwrap();
         for f in ["a.json", "b.json"] {
-            std::fs::write(dir.path().join(f), r#"{"id":"same","product_id":1,"event":"t","url":"http://h/"}"#).unwrap();
+            std::fs::write(
+                dir.path().join(f),
+                r#"{"id":"same","product_id":1,"event":"t","url":"http://h/"}"#,
+            )
+            .unwrap();
         }
-        assert_eq!(load_index(dir.path()).unwrap_err().to_string(), "integration id \"same\" is defined twice");
+        assert_eq!(
+            load_index(dir.path()).unwrap_err().to_string(),
+            "integration id \"same\" is defined twice"
+        );
     }
 }

@@ -35,7 +35,9 @@ pub fn metrics_handle() -> PrometheusHandle {
             let handle = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Full(WEBHOOK_DURATION.to_owned()),
-                    &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0],
+                    &[
+                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0,
+                    ],
                 )
                 .expect("bucket list is not empty")
                 .install_recorder()
@@ -47,13 +49,41 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(EVENTS_CONSUMED, Unit::Count, "Records consumed from the events topic.");
-    describe_counter!(EVENTS_INVALID, Unit::Count, "Records refused as events, by reason; each was dead-lettered.");
-    describe_counter!(EVENTS_UNMATCHED, Unit::Count, "Valid events that fired no integration.");
-    describe_counter!(WEBHOOK_ATTEMPTS, Unit::Count, "Webhook attempts by integration, product and outcome.");
-    describe_histogram!(WEBHOOK_DURATION, Unit::Seconds, "Webhook request duration by outcome.");
-    describe_gauge!(INFLIGHT_DELIVERIES, Unit::Count, "Webhook requests in flight.");
-    describe_counter!(CONFIG_INVALID, Unit::Count, "Integration records refused at load.");
+    describe_counter!(
+        EVENTS_CONSUMED,
+        Unit::Count,
+        "Records consumed from the events topic."
+    );
+    describe_counter!(
+        EVENTS_INVALID,
+        Unit::Count,
+        "Records refused as events, by reason; each was dead-lettered."
+    );
+    describe_counter!(
+        EVENTS_UNMATCHED,
+        Unit::Count,
+        "Valid events that fired no integration."
+    );
+    describe_counter!(
+        WEBHOOK_ATTEMPTS,
+        Unit::Count,
+        "Webhook attempts by integration, product and outcome."
+    );
+    describe_histogram!(
+        WEBHOOK_DURATION,
+        Unit::Seconds,
+        "Webhook request duration by outcome."
+    );
+    describe_gauge!(
+        INFLIGHT_DELIVERIES,
+        Unit::Count,
+        "Webhook requests in flight."
+    );
+    describe_counter!(
+        CONFIG_INVALID,
+        Unit::Count,
+        "Integration records refused at load."
+    );
 }
 
 /// Structured logs to stderr, filtered by `filter` (RUST_LOG syntax, which

@@ -325,21 +325,36 @@ mod tests {
 
     #[test]
     fn dot_paths_with_indices() {
-        assert_eq!(render("{{{a.aa}}}|{{{c.0.ca}}}|{{{c.1.ca}}}", particle_data()), "x&y|first|second");
+        assert_eq!(
+            render("{{{a.aa}}}|{{{c.0.ca}}}|{{{c.1.ca}}}", particle_data()),
+            "x&y|first|second"
+        );
     }
 
     #[test]
     fn sections_iterate_arrays() {
-        assert_eq!(render("{{#c}}{{{ca}}}~{{/c}}", particle_data()), "first~second~");
+        assert_eq!(
+            render("{{#c}}{{{ca}}}~{{/c}}", particle_data()),
+            "first~second~"
+        );
     }
 
     #[test]
     fn sections_render_truthy_values_once_and_enter_objects() {
         assert_eq!(render("{{#b}}yes{{/b}}", particle_data()), "yes");
         assert_eq!(render("{{#a}}{{{aa}}}{{/a}}", particle_data()), "x&y");
-        assert_eq!(render("{{#z}}no{{/z}}{{#n}}no{{/n}}{{#s}}no{{/s}}", particle_data()), "");
+        assert_eq!(
+            render(
+                "{{#z}}no{{/z}}{{#n}}no{{/n}}{{#s}}no{{/s}}",
+                particle_data()
+            ),
+            ""
+        );
         // Outer names stay visible inside a section, as in mustache.
-        assert_eq!(render("{{#c}}{{{ca}}}{{{b}}},{{/c}}", particle_data()), "firsttrue,secondtrue,");
+        assert_eq!(
+            render("{{#c}}{{{ca}}}{{{b}}},{{/c}}", particle_data()),
+            "firsttrue,secondtrue,"
+        );
     }
 
     #[test]
@@ -352,7 +367,10 @@ mod tests {
     #[test]
     fn nested_sections() {
         let data = json!({"rows": [{"cells": [1, 2]}, {"cells": [3]}]});
-        assert_eq!(render("{{#rows}}[{{#cells}}{{.}}{{/cells}}]{{/rows}}", data), "[12][3]");
+        assert_eq!(
+            render("{{#rows}}[{{#cells}}{{.}}{{/cells}}]{{/rows}}", data),
+            "[12][3]"
+        );
     }
 
     #[test]
@@ -362,7 +380,13 @@ mod tests {
 
     #[test]
     fn builtin_helper_names_are_plain_variables() {
-        assert_eq!(render("{{len}}/{{log}}/{{if}}", json!({"len": 3, "log": "x", "if": "y"})), "3/x/y");
+        assert_eq!(
+            render(
+                "{{len}}/{{log}}/{{if}}",
+                json!({"len": 3, "log": "x", "if": "y"})
+            ),
+            "3/x/y"
+        );
     }
 
     #[test]
@@ -382,7 +406,10 @@ mod tests {
             Template::compile("{{#a}}x{{/b}}").unwrap_err().to_string(),
             "{{/b}} closes a section that was not opened (expected {{/a}})"
         );
-        assert!(matches!(Template::compile("{{x"), Err(TemplateError::Parse(_))));
+        assert!(matches!(
+            Template::compile("{{x"),
+            Err(TemplateError::Parse(_))
+        ));
     }
 
     proptest! {

@@ -72,10 +72,17 @@ struct WorkerContext {
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(&self, _consumer: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(
+        &self,
+        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &Rebalance<'_>,
+    ) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            self.ledger
-                .revoke(tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())));
+            self.ledger.revoke(
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition())),
+            );
         }
     }
 }
@@ -131,8 +138,10 @@ impl Worker {
             crate::kafka::ensure_topics(k, &[&k.dead_letter_topic]).await?;
         }
         let ledger = Arc::new(OffsetLedger::default());
-        let consumer: EventConsumer = crate::kafka::consumer_config(k)
-            .create_with_context(WorkerContext { ledger: ledger.clone() })?;
+        let consumer: EventConsumer =
+            crate::kafka::consumer_config(k).create_with_context(WorkerContext {
+                ledger: ledger.clone(),
+            })?;
         consumer.subscribe(&[&k.events_topic])?;
         let consumer = Arc::new(consumer);
         let producer: FutureProducer = crate::kafka::producer_config(k).create()?;
@@ -196,7 +205,10 @@ impl Worker {
         let grace = w.shutdown_grace;
         tracing::info!(in_flight = ledger.in_flight(), ?grace, "draining");
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
-            tracing::warn!(unfinished = ledger.in_flight(), "shutdown grace ran out; unfinished events will be redelivered");
+            tracing::warn!(
+                unfinished = ledger.in_flight(),
+                "shutdown grace ran out; unfinished events will be redelivered"
+            );
         }
         commit_final(&consumer, &ledger);
         Ok(())
@@ -229,7 +241,10 @@ fn accept(p: &Pipeline, m: &BorrowedMessage<'_>) -> (Origin, Ticket, Work) {
         Err(invalid) => {
             metrics::counter!(EVENTS_INVALID, "reason" => invalid.reason.as_label()).increment(1);
             tracing::warn!(reason = %invalid.reason, error = %invalid, partition = origin.partition, offset = origin.offset, "invalid event; dead-lettering");
-            Work::DeadLetter(DeadLetter::invalid_event(&invalid, &origin, payload), m.key().map(<[u8]>::to_vec))
+            Work::DeadLetter(
+                DeadLetter::invalid_event(&invalid, &origin, payload),
+                m.key().map(<[u8]>::to_vec),
+            )
         }
         Ok(event) => {
             let matches = p.index.load().resolve(&event);
@@ -262,9 +277,16 @@ impl Pipeline {
     async fn deliver_one(&self, m: &Match, ctx: &EventContext) {
         let outcome = match render(&m.integration, ctx) {
             Ok(request) => {
-                let _permit = self.deliveries.acquire().await.expect("the semaphore is never closed");
+                let _permit = self
+                    .deliveries
+                    .acquire()
+                    .await
+                    .expect("the semaphore is never closed");
                 metrics::gauge!(INFLIGHT_DELIVERIES).increment(1.0);
-                let outcome = self.deliverer.send(&request, m.integration.reject_unauthorized).await;
+                let outcome = self
+                    .deliverer
+                    .send(&request, m.integration.reject_unauthorized)
+                    .await;
                 metrics::gauge!(INFLIGHT_DELIVERIES).decrement(1.0);
                 outcome
             }
@@ -279,14 +301,25 @@ impl Pipeline {
     /// Writes a dead letter, retrying until the broker takes it: the record's
     /// offset is not committed before, so a dead letter is never lost. Gives
     /// up only at shutdown, leaving the record to be consumed again.
-    async fn dead_letter(&self, origin: &Origin, letter: DeadLetter, key: Option<Vec<u8>>, shutdown: &CancellationToken) {
+    async fn dead_letter(
+        &self,
+        origin: &Origin,
+        letter: DeadLetter,
+        key: Option<Vec<u8>>,
+        shutdown: &CancellationToken,
+    ) {
         let payload = letter.to_json();
         loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).payload(&payload);
+            let mut record =
+                FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).payload(&payload);
             if let Some(k) = &key {
                 record = record.key(k);
             }
-            match self.producer.send(record, Timeout::After(Duration::from_secs(30))).await {
+            match self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+            {
                 Ok(_) => return,
                 Err((e, _)) => {
                     tracing::error!(error = %e, partition = origin.partition, offset = origin.offset, "cannot write dead letter; retrying");
@@ -317,7 +350,10 @@ impl Pipeline {
 fn commit_final(consumer: &EventConsumer, ledger: &OffsetLedger) {
     let mut tpl = TopicPartitionList::new();
     for (topic, partition, offset) in ledger.committable() {
-        if tpl.add_partition_offset(&topic, partition, Offset::Offset(offset)).is_err() {
+        if tpl
+            .add_partition_offset(&topic, partition, Offset::Offset(offset))
+            .is_err()
+        {
             continue;
         }
     }
@@ -326,6 +362,8 @@ fn commit_final(consumer: &EventConsumer, ledger: &OffsetLedger) {
     }
     match consumer.commit(&tpl, CommitMode::Sync) {
         Ok(()) => tracing::info!(partitions = tpl.count(), "final offsets committed"),
-        Err(e) => tracing::warn!(error = %e, "final commit failed; the last events may be redelivered"),
+        Err(e) => {
+            tracing::warn!(error = %e, "final commit failed; the last events may be redelivered")
+        }
     }
 }

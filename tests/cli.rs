@@ -30,58 +30,106 @@ fn event() -> Value {
 #[test]
 fn render_prints_the_request_with_secrets_masked() {
     let dir = tempfile::tempdir().unwrap();
-    let integration = write(dir.path(), "i.json", &json!({
+    let integration = write(
+        dir.path(),
+        "i.json",
+        &json!({
         "id": "i", "product_id": 30301, "event": "temp", "url": "https://example.com/t/{{{PARTICLE_DEVICE_ID}}}",
-        "query": {"k": "{{{API_KEY}}}"}, "json": {"t": "{{{t}}}"}, "headers": {"X-Key": "{{{API_KEY}}}"}}));
+        "query": {"k": "{{{API_KEY}}}"}, "json": {"t": "{{{t}}}"}, "headers": {"X-Key": "{{{API_KEY}}}"}}),
+    );
     let event = write(dir.path(), "e.json", &event());
     let config = dir.path().join("c.toml");
     std::fs::write(&config, "[secrets]\nAPI_KEY = \"hunter2\"\n").unwrap();
-    let out = hookd(&["render", "--integration", &integration, "--event", &event, "--config", config.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = hookd(&[
+        "render",
+        "--integration",
+        &integration,
+        "--event",
+        &event,
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(!stdout.contains("hunter2"), "{stdout}");
     let answer: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(answer["fires"], true);
     let request = &answer["request"];
     assert_eq!(request["method"], "POST");
-    assert_eq!(request["url"], "https://example.com/t/e00fce68aaaaaaaaaaaaaaaa?k=%5B%5BSENSITIVE%5D%5D");
+    assert_eq!(
+        request["url"],
+        "https://example.com/t/e00fce68aaaaaaaaaaaaaaaa?k=%5B%5BSENSITIVE%5D%5D"
+    );
     assert_eq!(request["headers"]["X-Key"], "[[SENSITIVE]]");
     assert_eq!(request["headers"]["Content-Type"], "application/json");
-    assert!(request["headers"]["User-Agent"].as_str().unwrap().starts_with("hookd/"));
+    assert!(request["headers"]["User-Agent"]
+        .as_str()
+        .unwrap()
+        .starts_with("hookd/"));
     let body: Value = serde_json::from_str(request["body"].as_str().unwrap()).unwrap();
-    assert_eq!(body, json!({"t": "21.5", "event": "temperature/basement", "data": "{\"t\": 21.5}",
-                            "published_at": "2016-04-16T13:37:08.728Z", "coreid": "e00fce68aaaaaaaaaaaaaaaa"}));
+    assert_eq!(
+        body,
+        json!({"t": "21.5", "event": "temperature/basement", "data": "{\"t\": 21.5}",
+                            "published_at": "2016-04-16T13:37:08.728Z", "coreid": "e00fce68aaaaaaaaaaaaaaaa"})
+    );
 }
 
 #[test]
 fn render_says_why_an_integration_would_not_fire() {
     let dir = tempfile::tempdir().unwrap();
-    let integration = write(dir.path(), "i.json", &json!({"id": "i", "org": "acme", "products": [1, 2], "event": "temp", "url": "https://example.com/"}));
+    let integration = write(
+        dir.path(),
+        "i.json",
+        &json!({"id": "i", "org": "acme", "products": [1, 2], "event": "temp", "url": "https://example.com/"}),
+    );
     let event = write(dir.path(), "e.json", &event());
     let out = hookd(&["render", "--integration", &integration, "--event", &event]);
     assert!(out.status.success());
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(answer, json!({"fires": false, "reason": "the event's product Some(30301) is not the integration's product(s) [1, 2]"}));
+    assert_eq!(
+        answer,
+        json!({"fires": false, "reason": "the event's product Some(30301) is not the integration's product(s) [1, 2]"})
+    );
 }
 
 #[test]
 fn render_refuses_an_invalid_integration_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
-    let integration = write(dir.path(), "i.json", &json!({"id": "i", "product_id": 1, "event": "temp", "url": "https://e/", "json": {}, "body": "x"}));
+    let integration = write(
+        dir.path(),
+        "i.json",
+        &json!({"id": "i", "product_id": 1, "event": "temp", "url": "https://e/", "json": {}, "body": "x"}),
+    );
     let event = write(dir.path(), "e.json", &event());
     let out = hookd(&["render", "--integration", &integration, "--event", &event]);
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("json/body: json and body are mutually exclusive; give only one body"), "{stderr}");
+    assert!(
+        stderr.contains("json/body: json and body are mutually exclusive; give only one body"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn every_command_has_help() {
-    for args in [vec!["--help"], vec!["worker", "--help"], vec!["render", "--help"], vec!["publish", "--help"], vec!["demo", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["worker", "--help"],
+        vec!["render", "--help"],
+        vec!["publish", "--help"],
+        vec!["demo", "--help"],
+    ] {
         let out = hookd(&args);
         assert!(out.status.success(), "{args:?}");
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: hookd"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: hookd"),
+            "{args:?}"
+        );
     }
 }
 
@@ -93,7 +141,10 @@ fn worker_refuses_bad_config_naming_key_and_value() {
     let out = hookd(&["worker", "--config", config.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("worker.max_inflight_events") && stderr.contains("\"many\""), "{stderr}");
+    assert!(
+        stderr.contains("worker.max_inflight_events") && stderr.contains("\"many\""),
+        "{stderr}"
+    );
 
     std::fs::write(&config, "[delivery]\ntimeot = \"5s\"\n").unwrap();
     let out = hookd(&["worker", "--config", config.to_str().unwrap()]);
@@ -105,7 +156,9 @@ fn worker_refuses_bad_config_naming_key_and_value() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8(out.stderr).unwrap().contains("worker.max_inflight_events: must be at least 1, got 0"));
+    assert!(String::from_utf8(out.stderr)
+        .unwrap()
+        .contains("worker.max_inflight_events: must be at least 1, got 0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,27 +168,59 @@ async fn publish_produces_simulated_and_file_events() {
     broker.create_topic(&s.kafka.events_topic, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, format!("[kafka]\nbrokers = \"{}\"\nevents_topic = \"{}\"\n", s.kafka.brokers, s.kafka.events_topic)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{}\"\nevents_topic = \"{}\"\n",
+            s.kafka.brokers, s.kafka.events_topic
+        ),
+    )
+    .unwrap();
     let lines = dir.path().join("events.jsonl");
-    std::fs::write(&lines, format!("{}\n\n{}\n", event(), json!({"name": "x", "coreid": "d"}))).unwrap();
+    std::fs::write(
+        &lines,
+        format!("{}\n\n{}\n", event(), json!({"name": "x", "coreid": "d"})),
+    )
+    .unwrap();
     let config = config.to_str().unwrap().to_owned();
     let lines = lines.to_str().unwrap().to_owned();
     let (sim, file) = tokio::task::spawn_blocking(move || {
         (
-            hookd(&["publish", "--config", &config, "--simulate", "20", "--count", "50", "--products", "7,8"]),
+            hookd(&[
+                "publish",
+                "--config",
+                &config,
+                "--simulate",
+                "20",
+                "--count",
+                "50",
+                "--products",
+                "7,8",
+            ]),
             hookd(&["publish", "--config", &config, "--file", &lines]),
         )
     })
     .await
     .unwrap();
-    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    assert!(
+        sim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sim.stderr)
+    );
     assert!(String::from_utf8_lossy(&sim.stderr).contains("published 50 events"));
     assert!(String::from_utf8_lossy(&file.stderr).contains("published 2 events"));
-    let records = broker.read_all(&s.kafka.events_topic, 52, Duration::from_secs(30)).await;
+    let records = broker
+        .read_all(&s.kafka.events_topic, 52, Duration::from_secs(30))
+        .await;
     assert_eq!(records.len(), 52);
     let products: std::collections::BTreeSet<u64> = records
         .iter()
-        .filter_map(|(_, v)| serde_json::from_slice::<Value>(v).ok()?.get("productID")?.as_u64())
+        .filter_map(|(_, v)| {
+            serde_json::from_slice::<Value>(v)
+                .ok()?
+                .get("productID")?
+                .as_u64()
+        })
         .collect();
     assert_eq!(products, [7, 8, 30301].into_iter().collect());
     assert!(records.iter().all(|(k, _)| k.is_some()), "keyed by device");
@@ -145,12 +230,30 @@ async fn publish_produces_simulated_and_file_events() {
 fn demo_delivers_webhooks_to_its_receiver() {
     let out = hookd(&["demo", "--seconds", "8", "--every", "2", "--rate", "100"]);
     let stdout = String::from_utf8(out.stdout).unwrap();
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    let last = stdout.lines().filter(|l| l.contains("receiver got")).last().expect("a printout");
-    let got: u64 = last.split("receiver got ").nth(1).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout
+        .lines()
+        .rfind(|l| l.contains("receiver got"))
+        .expect("a printout");
+    let got: u64 = last
+        .split("receiver got ")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(got > 0, "{stdout}");
     for id in ["org-telemetry", "product-status", "sandbox-motion"] {
         assert!(stdout.contains(id), "{id} in\n{stdout}");
     }
-    assert!(stdout.contains("/org/1001") && stdout.contains("/org/1002"), "the org integration fired on both products\n{stdout}");
+    assert!(
+        stdout.contains("/org/1001") && stdout.contains("/org/1002"),
+        "the org integration fired on both products\n{stdout}"
+    );
 }

@@ -22,7 +22,8 @@ fn write_config(dir: &Path, s: &Settings, receiver: &Receiver) -> std::path::Pat
     std::fs::write(integrations.join("h.json"), hook.to_string()).unwrap();
     // A killed member leaves the group only when its session times out:
     // keep that short so the restarted worker gets the partitions soon.
-    let mut client = String::from("\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n");
+    let mut client =
+        String::from("\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n");
     for (k, v) in &s.kafka.client {
         client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
     }
@@ -57,7 +58,11 @@ filter = "info,rdkafka=warn"
 }
 
 fn spawn_worker(config: &Path, log: &Path) -> Child {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     Command::new(env!("CARGO_BIN_EXE_hookd"))
         .args(["worker", "--config"])
         .arg(config)
@@ -80,7 +85,9 @@ fn events(n: usize) -> Vec<(String, String)> {
 fn by_key(receiver: &Receiver) -> BTreeMap<String, Vec<String>> {
     let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for s in receiver.seen() {
-        map.entry(s.headers["idempotency-key"].clone()).or_default().push(s.body);
+        map.entry(s.headers["idempotency-key"].clone())
+            .or_default()
+            .push(s.body);
     }
     map
 }
@@ -96,27 +103,45 @@ async fn a_killed_worker_loses_nothing() {
     let config = write_config(dir.path(), &s, &receiver);
     let log = dir.path().join("worker.log");
     const N: usize = 2000;
-    let want: BTreeSet<String> = (0..N).map(|i| idempotency_key(&format!("c-{i}"), "h")).collect();
+    let want: BTreeSet<String> = (0..N)
+        .map(|i| idempotency_key(&format!("c-{i}"), "h"))
+        .collect();
 
     let mut first = spawn_worker(&config, &log);
     produce(&broker, &s.kafka.events_topic, &events(N)).await;
-    wait_until("the first deliveries", Duration::from_secs(120), || receiver.count() >= 300).await;
+    wait_until("the first deliveries", Duration::from_secs(120), || {
+        receiver.count() >= 300
+    })
+    .await;
     first.kill().expect("SIGKILL"); // no drain, no final commit
     first.wait().unwrap();
     let at_kill = receiver.count();
-    assert!(at_kill < N, "killed mid-stream ({at_kill} of {N} delivered)");
+    assert!(
+        at_kill < N,
+        "killed mid-stream ({at_kill} of {N} delivered)"
+    );
 
     let mut second = spawn_worker(&config, &log);
     let done = wait_until_all(&receiver, &want).await;
     second.kill().unwrap();
     second.wait().unwrap();
     if let Err(missing) = done {
-        panic!("{missing} events never delivered; worker log:\n{}", std::fs::read_to_string(&log).unwrap());
+        panic!(
+            "{missing} events never delivered; worker log:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        );
     }
     let seen = by_key(&receiver);
-    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), want, "every event delivered, nothing else");
+    assert_eq!(
+        seen.keys().cloned().collect::<BTreeSet<_>>(),
+        want,
+        "every event delivered, nothing else"
+    );
     for (key, bodies) in &seen {
-        assert!(bodies.windows(2).all(|w| w[0] == w[1]), "duplicates of {key} are the same request");
+        assert!(
+            bodies.windows(2).all(|w| w[0] == w[1]),
+            "duplicates of {key} are the same request"
+        );
     }
 }
 
@@ -131,15 +156,27 @@ async fn sigterm_drains_commits_and_exits_zero() {
     let config = write_config(dir.path(), &s, &receiver);
     let log = dir.path().join("worker.log");
     const N: usize = 600;
-    let want: BTreeSet<String> = (0..N).map(|i| idempotency_key(&format!("c-{i}"), "h")).collect();
+    let want: BTreeSet<String> = (0..N)
+        .map(|i| idempotency_key(&format!("c-{i}"), "h"))
+        .collect();
 
     let mut first = spawn_worker(&config, &log);
     produce(&broker, &s.kafka.events_topic, &events(N)).await;
-    wait_until("the first deliveries", Duration::from_secs(120), || receiver.count() >= 100).await;
-    let status = Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap();
+    wait_until("the first deliveries", Duration::from_secs(120), || {
+        receiver.count() >= 100
+    })
+    .await;
+    let status = Command::new("kill")
+        .args(["-TERM", &first.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = first.wait().unwrap();
-    assert!(exit.success(), "exit status {exit:?}; log:\n{}", std::fs::read_to_string(&log).unwrap());
+    assert!(
+        exit.success(),
+        "exit status {exit:?}; log:\n{}",
+        std::fs::read_to_string(&log).unwrap()
+    );
     let at_stop = receiver.count();
     assert!(at_stop < N, "stopped mid-stream ({at_stop} of {N})");
 
@@ -147,10 +184,22 @@ async fn sigterm_drains_commits_and_exits_zero() {
     let done = wait_until_all(&receiver, &want).await;
     second.kill().unwrap();
     second.wait().unwrap();
-    done.unwrap_or_else(|missing| panic!("{missing} events never delivered; log:\n{}", std::fs::read_to_string(&log).unwrap()));
+    done.unwrap_or_else(|missing| {
+        panic!(
+            "{missing} events never delivered; log:\n{}",
+            std::fs::read_to_string(&log).unwrap()
+        )
+    });
     let seen = by_key(&receiver);
-    let dups: Vec<_> = seen.iter().filter(|(_, b)| b.len() > 1).map(|(k, _)| k).collect();
-    assert!(dups.is_empty(), "a drained worker commits what it finished; redelivered: {dups:?}");
+    let dups: Vec<_> = seen
+        .iter()
+        .filter(|(_, b)| b.len() > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        dups.is_empty(),
+        "a drained worker commits what it finished; redelivered: {dups:?}"
+    );
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("final offsets committed"), "{log}");
 }

@@ -39,25 +39,35 @@ async fn tls_server() -> u16 {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let chain = vec![CertificateDer::from(cert.cert.der().to_vec())];
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
-            let Ok((socket, _)) = listener.accept().await else { return };
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
             let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(socket).await else { return };
-                let svc = hyper::service::service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from(format!("{:?}", req.version())))))
-                });
+                let Ok(tls) = acceptor.accept(socket).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from(format!("{:?}", req.version())),
+                        )))
+                    },
+                );
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tls), svc)
                     .await;
@@ -75,7 +85,9 @@ async fn tls_is_verified_unless_reject_unauthorized_is_false() {
 
     let refused = d.send(&request(url.clone()), true).await;
     match &refused.result {
-        Err(DeliveryError::Connect(msg)) => assert!(msg.to_lowercase().contains("certificate"), "{msg}"),
+        Err(DeliveryError::Connect(msg)) => {
+            assert!(msg.to_lowercase().contains("certificate"), "{msg}")
+        }
         other => panic!("a self-signed certificate must fail verification, got {other:?}"),
     }
 
@@ -98,7 +110,11 @@ async fn plain_http_keeps_alive_and_caps_the_response_body() {
         let out = d.send(&request(r.url("/in")), true).await;
         assert_eq!((out.result, out.body), (Ok(200), Bytes::from_static(b"ok")));
     }
-    assert_eq!(r.connections() - before, 1, "five requests over one kept-alive connection");
+    assert_eq!(
+        r.connections() - before,
+        1,
+        "five requests over one kept-alive connection"
+    );
     let seen = r.seen();
     assert_eq!(seen[1].version, "HTTP/1.1");
     assert_eq!(seen[1].headers["user-agent"], hookd::render::USER_AGENT);
@@ -110,13 +126,30 @@ async fn statuses_timeouts_and_refused_connections_are_errors() {
     let r = Receiver::start().await;
     let d = deliverer(|s| s.delivery.timeout = Duration::from_millis(300));
     r.set_mode(Mode::Status(503));
-    assert_eq!(d.send(&request(r.url("/")), true).await.result, Err(DeliveryError::Status(503)));
+    assert_eq!(
+        d.send(&request(r.url("/")), true).await.result,
+        Err(DeliveryError::Status(503))
+    );
     r.set_mode(Mode::Status(204));
     assert_eq!(d.send(&request(r.url("/")), true).await.result, Ok(204));
     r.set_mode(Mode::Hang);
-    assert_eq!(d.send(&request(r.url("/")), true).await.result, Err(DeliveryError::Timeout(Duration::from_millis(300))));
+    assert_eq!(
+        d.send(&request(r.url("/")), true).await.result,
+        Err(DeliveryError::Timeout(Duration::from_millis(300)))
+    );
     // Nothing listens on a port just released.
-    let port = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().port();
-    let out = d.send(&request(format!("http://127.0.0.1:{port}/")), true).await;
-    assert!(matches!(out.result, Err(DeliveryError::Connect(_))), "{:?}", out.result);
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = d
+        .send(&request(format!("http://127.0.0.1:{port}/")), true)
+        .await;
+    assert!(
+        matches!(out.result, Err(DeliveryError::Connect(_))),
+        "{:?}",
+        out.result
+    );
 }

@@ -29,7 +29,10 @@ async fn errors_are_counted_and_the_worker_keeps_flowing() {
     let mut s = settings(&broker);
     s.delivery.timeout = Duration::from_millis(500);
     create_topics(&broker, &s, 2).await;
-    let hook = Integration::from_value(json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")})).unwrap();
+    let hook = Integration::from_value(
+        json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")}),
+    )
+    .unwrap();
     let worker = Worker::new(s.clone(), IndexHandle::new(Index::build([hook]).unwrap()));
     let tally = worker.tally();
     let shutdown = CancellationToken::new();
@@ -37,22 +40,45 @@ async fn errors_are_counted_and_the_worker_keeps_flowing() {
     let counts = || tally.get("h", Some(5));
 
     // Each phase: the receiver misbehaves one way; 30 events all end as errors.
-    let phases = [Mode::Status(500), Mode::Close, Mode::Hang, Mode::Status(404)];
+    let phases = [
+        Mode::Status(500),
+        Mode::Close,
+        Mode::Hang,
+        Mode::Status(404),
+    ];
     for (i, mode) in phases.into_iter().enumerate() {
         receiver.set_mode(mode);
         produce(&broker, &s.kafka.events_topic, &batch(i * 30, 30)).await;
         let want = (i as u64 + 1) * 30;
-        wait_until(&format!("errors under {mode:?}"), Duration::from_secs(60), || counts().error >= want).await;
+        wait_until(
+            &format!("errors under {mode:?}"),
+            Duration::from_secs(60),
+            || counts().error >= want,
+        )
+        .await;
         assert_eq!(counts().error, want, "{mode:?}");
         assert_eq!(counts().success, 0);
     }
-    assert!(receiver.arrived() >= 60, "the 500 and 404 phases reached the receiver");
+    assert!(
+        receiver.arrived() >= 60,
+        "the 500 and 404 phases reached the receiver"
+    );
 
     // Recovered: the next events are delivered.
     receiver.set_mode(Mode::Status(200));
     produce(&broker, &s.kafka.events_topic, &batch(1000, 30)).await;
-    wait_until("successes after recovery", Duration::from_secs(60), || counts().success >= 30).await;
-    assert_eq!(counts(), hookd::record::Counts { success: 30, error: 120, skipped: 0 });
+    wait_until("successes after recovery", Duration::from_secs(60), || {
+        counts().success >= 30
+    })
+    .await;
+    assert_eq!(
+        counts(),
+        hookd::record::Counts {
+            success: 30,
+            error: 120,
+            skipped: 0
+        }
+    );
 
     shutdown.cancel();
     run.await.unwrap().unwrap();

@@ -51,7 +51,11 @@ fn events() -> Vec<Sent> {
             Sent {
                 id: format!("ev-{i}"),
                 // One event in ten fires nothing: no integration has this prefix.
-                name: if i % 10 == 9 { "status".into() } else { format!("temp/{}", i % 7) },
+                name: if i % 10 == 9 {
+                    "status".into()
+                } else {
+                    format!("temp/{}", i % 7)
+                },
                 data: json!({"v": i, "n": i}).to_string(),
                 device: format!("{:024x}", 0xabc000 + device_no),
                 product: 1 + (device_no % 3) as u32,
@@ -60,7 +64,12 @@ fn events() -> Vec<Sent> {
                     1 => "u9",
                     _ => "",
                 },
-                published_at: format!("2024-05-13T10:{:02}:{:02}.{:03}Z", i / 3600 % 60, i / 60 % 60, i % 1000),
+                published_at: format!(
+                    "2024-05-13T10:{:02}:{:02}.{:03}Z",
+                    i / 3600 % 60,
+                    i / 60 % 60,
+                    i % 1000
+                ),
             }
         })
         .collect()
@@ -71,24 +80,56 @@ fn events() -> Vec<Sent> {
 fn expected(events: &[Sent]) -> BTreeMap<String, (&'static str, u32, &'static str, String, Value)> {
     let mut out = BTreeMap::new();
     for e in events.iter().filter(|e| e.name.starts_with("temp")) {
-        let defaults = [("event", &e.name), ("data", &e.data), ("published_at", &e.published_at), ("coreid", &e.device)];
+        let defaults = [
+            ("event", &e.name),
+            ("data", &e.data),
+            ("published_at", &e.published_at),
+            ("coreid", &e.device),
+        ];
         if e.product <= 2 {
             let mut body = json!({"device": e.device, "v": e.id.trim_start_matches("ev-")});
             for (k, v) in defaults {
                 body[k] = json!(v);
             }
-            out.insert(idempotency_key(&e.id, "org-12"), ("org-12", e.product, "POST", format!("/org/{}", e.product), body));
+            out.insert(
+                idempotency_key(&e.id, "org-12"),
+                (
+                    "org-12",
+                    e.product,
+                    "POST",
+                    format!("/org/{}", e.product),
+                    body,
+                ),
+            );
         } else {
             let mut form = form_urlencoded::Serializer::new(String::new());
             form.append_pair("d", &e.device);
             for (k, v) in defaults {
                 form.append_pair(k, v);
             }
-            out.insert(idempotency_key(&e.id, "prod-3"), ("prod-3", e.product, "PUT", "/p3".into(), Value::String(form.finish())));
+            out.insert(
+                idempotency_key(&e.id, "prod-3"),
+                (
+                    "prod-3",
+                    e.product,
+                    "PUT",
+                    "/p3".into(),
+                    Value::String(form.finish()),
+                ),
+            );
         }
         if e.user == "u1" {
             let n = e.id.trim_start_matches("ev-");
-            out.insert(idempotency_key(&e.id, "sb-u1"), ("sb-u1", e.product, "GET", format!("/sb?n={n}"), Value::String(String::new())));
+            out.insert(
+                idempotency_key(&e.id, "sb-u1"),
+                (
+                    "sb-u1",
+                    e.product,
+                    "GET",
+                    format!("/sb?n={n}"),
+                    Value::String(String::new()),
+                ),
+            );
         }
     }
     out
@@ -117,13 +158,19 @@ async fn ten_thousand_events_reach_every_integration_exactly_as_rendered() {
     let want = expected(&sent);
 
     let metrics = hookd::telemetry::metrics_handle();
-    let worker = Worker::new(s.clone(), IndexHandle::new(Index::build(integrations(&receiver)).unwrap()));
+    let worker = Worker::new(
+        s.clone(),
+        IndexHandle::new(Index::build(integrations(&receiver)).unwrap()),
+    );
     let tally = worker.tally();
     let shutdown = CancellationToken::new();
     let run = tokio::spawn(worker.run(shutdown.clone()));
     produce(&broker, &s.kafka.events_topic, &records).await;
 
-    wait_until("every webhook", Duration::from_secs(240), || receiver.count() >= want.len()).await;
+    wait_until("every webhook", Duration::from_secs(240), || {
+        receiver.count() >= want.len()
+    })
+    .await;
     shutdown.cancel();
     run.await.unwrap().unwrap();
 
@@ -131,8 +178,13 @@ async fn ten_thousand_events_reach_every_integration_exactly_as_rendered() {
     assert_eq!(seen.len(), want.len(), "no request twice, none missing");
     let mut per_product: BTreeMap<u32, u64> = BTreeMap::new();
     for s in &seen {
-        let key = s.headers.get("idempotency-key").expect("idempotency header");
-        let (integration, product, method, target, body) = want.get(key).unwrap_or_else(|| panic!("unexpected request {s:?}"));
+        let key = s
+            .headers
+            .get("idempotency-key")
+            .expect("idempotency header");
+        let (integration, product, method, target, body) = want
+            .get(key)
+            .unwrap_or_else(|| panic!("unexpected request {s:?}"));
         assert_eq!(&s.method, method, "{integration}");
         assert_eq!(&s.target, target, "{integration}");
         assert_eq!(s.headers["user-agent"], USER_AGENT);
@@ -143,7 +195,10 @@ async fn ten_thousand_events_reach_every_integration_exactly_as_rendered() {
                 assert_eq!(&serde_json::from_str::<Value>(&s.body).unwrap(), body);
             }
             "prod-3" => {
-                assert_eq!(s.headers["content-type"], "application/x-www-form-urlencoded");
+                assert_eq!(
+                    s.headers["content-type"],
+                    "application/x-www-form-urlencoded"
+                );
                 assert_eq!(&Value::String(s.body.clone()), body);
             }
             "sb-u1" => assert!(s.body.is_empty() && !s.headers.contains_key("content-type")),
@@ -153,7 +208,10 @@ async fn ten_thousand_events_reach_every_integration_exactly_as_rendered() {
     }
     for p in [1, 2, 3] {
         let counts = tally.product_total(p);
-        assert_eq!(counts.success, per_product[&p], "product {p} counter vs receiver");
+        assert_eq!(
+            counts.success, per_product[&p],
+            "product {p} counter vs receiver"
+        );
         assert_eq!((counts.error, counts.skipped), (0, 0));
     }
     assert_eq!(tally.get("never", Some(3)).total(), 0);
@@ -161,5 +219,8 @@ async fn ten_thousand_events_reach_every_integration_exactly_as_rendered() {
     let text = metrics.render();
     let series = format!("hookd_webhook_attempts_total{{integration=\"org-12\",product=\"1\",outcome=\"success\"}} {org1}");
     assert!(text.contains(&series), "{series} not in\n{text}");
-    assert!(text.contains(&format!("hookd_events_consumed_total {EVENTS}")), "{text}");
+    assert!(
+        text.contains(&format!("hookd_events_consumed_total {EVENTS}")),
+        "{text}"
+    );
 }

@@ -27,9 +27,18 @@ use crate::worker::Worker;
 
 /// The samples, embedded so the demo runs from any directory.
 const SAMPLES: [(&str, &str); 3] = [
-    ("org-telemetry.json", include_str!("../../config/integrations/org-telemetry.json")),
-    ("product-status.json", include_str!("../../config/integrations/product-status.json")),
-    ("sandbox-motion.json", include_str!("../../config/integrations/sandbox-motion.json")),
+    (
+        "org-telemetry.json",
+        include_str!("../../config/integrations/org-telemetry.json"),
+    ),
+    (
+        "product-status.json",
+        include_str!("../../config/integrations/product-status.json"),
+    ),
+    (
+        "sandbox-motion.json",
+        include_str!("../../config/integrations/sandbox-motion.json"),
+    ),
 ];
 
 /// The samples' destination, replaced by the demo receiver's address.
@@ -63,7 +72,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cluster.create_topic(&k.events_topic, 3, 1)?;
     cluster.create_topic(&k.dead_letter_topic, 1, 1)?;
     k.create_topics = false;
-    settings.secrets.insert("DEMO_API_KEY".into(), "demo-secret-key".into());
+    settings
+        .secrets
+        .insert("DEMO_API_KEY".into(), "demo-secret-key".into());
 
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::cli::worker::cancel_on_signal(shutdown.clone()));
@@ -76,14 +87,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for i in index.iter() {
         println!("  integration {:<16} {}", i.id, i.name);
     }
-    println!("  simulated devices publish {} events/s over products {PRODUCTS:?};", args.rate);
-    println!("  one record in 250 is malformed and goes to {}; Ctrl-C stops\n", settings.kafka.dead_letter_topic);
+    println!(
+        "  simulated devices publish {} events/s over products {PRODUCTS:?};",
+        args.rate
+    );
+    println!(
+        "  one record in 250 is malformed and goes to {}; Ctrl-C stops\n",
+        settings.kafka.dead_letter_topic
+    );
 
     let worker = Worker::new(settings.clone(), IndexHandle::new(index));
     let tally = worker.tally();
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let producer: FutureProducer = crate::kafka::producer_config(&settings.kafka).create()?;
-    let devices = tokio::spawn(simulate(producer, settings.kafka.events_topic.clone(), args.rate, shutdown.clone()));
+    let devices = tokio::spawn(simulate(
+        producer,
+        settings.kafka.events_topic.clone(),
+        args.rate,
+        shutdown.clone(),
+    ));
 
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_secs(args.every.max(1)));
@@ -93,7 +115,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => print_counts(started, &tally, &received),
         }
-        if args.seconds.is_some_and(|s| started.elapsed() >= Duration::from_secs(s)) {
+        if args
+            .seconds
+            .is_some_and(|s| started.elapsed() >= Duration::from_secs(s))
+        {
             shutdown.cancel();
         }
     }
@@ -115,25 +140,39 @@ fn sample_index(receiver: &str) -> anyhow::Result<Index> {
     Ok(Index::build(integrations)?)
 }
 
-async fn start_receiver(received: Received, shutdown: CancellationToken) -> anyhow::Result<SocketAddr> {
+async fn start_receiver(
+    received: Received,
+    shutdown: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let app = Router::new().fallback(receive).with_state(received);
     tokio::spawn(async move {
-        let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
     });
     Ok(addr)
 }
 
 async fn receive(State(received): State<Received>, req: Request) -> &'static str {
     let path = req.uri().path().to_owned();
-    *received.lock().expect("receiver lock is never poisoned").entry(path).or_default() += 1;
+    *received
+        .lock()
+        .expect("receiver lock is never poisoned")
+        .entry(path)
+        .or_default() += 1;
     "ok"
 }
 
 /// Simulated devices: a quarter claimed by the demo user; one record in 250
 /// is malformed, to show the dead-letter path.
-async fn simulate(producer: FutureProducer, topic: String, rate: u32, shutdown: CancellationToken) -> u64 {
+async fn simulate(
+    producer: FutureProducer,
+    topic: String,
+    rate: u32,
+    shutdown: CancellationToken,
+) -> u64 {
     let fleet = Fleet::new(40, &PRODUCTS, &[USER], 4);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_os_rng();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
@@ -144,11 +183,16 @@ async fn simulate(producer: FutureProducer, topic: String, rate: u32, shutdown: 
             _ = tick.tick() => {}
         }
         let (key, payload) = if n % 250 == 249 {
-            ("broken".to_owned(), "{\"name\": \"temperature\", \"data\": ".to_owned())
+            (
+                "broken".to_owned(),
+                "{\"name\": \"temperature\", \"data\": ".to_owned(),
+            )
         } else {
             fleet.event(n, &mut rng)
         };
-        let record = FutureRecord::<str, str>::to(&topic).key(&key).payload(&payload);
+        let record = FutureRecord::<str, str>::to(&topic)
+            .key(&key)
+            .payload(&payload);
         if let Err((e, _)) = producer.send_result(record) {
             tracing::warn!(error = %e, "demo producer queue full");
         }
@@ -157,13 +201,25 @@ async fn simulate(producer: FutureProducer, topic: String, rate: u32, shutdown: 
 }
 
 fn print_counts(started: Instant, tally: &Tally, received: &Received) {
-    let received = received.lock().expect("receiver lock is never poisoned").clone();
+    let received = received
+        .lock()
+        .expect("receiver lock is never poisoned")
+        .clone();
     let total: u64 = received.values().sum();
-    println!("after {:>4}s: receiver got {total} requests {received:?}", started.elapsed().as_secs());
-    println!("  {:<16} {:>8} {:>8} {:>8} {:>8}", "integration", "product", "success", "error", "skipped");
+    println!(
+        "after {:>4}s: receiver got {total} requests {received:?}",
+        started.elapsed().as_secs()
+    );
+    println!(
+        "  {:<16} {:>8} {:>8} {:>8} {:>8}",
+        "integration", "product", "success", "error", "skipped"
+    );
     for ((id, product), c) in tally.snapshot() {
         let product = product.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
-        println!("  {:<16} {:>8} {:>8} {:>8} {:>8}", id, product, c.success, c.error, c.skipped);
+        println!(
+            "  {:<16} {:>8} {:>8} {:>8} {:>8}",
+            id, product, c.success, c.error, c.skipped
+        );
     }
     println!();
 }

@@ -28,9 +28,12 @@ pub struct RenderArgs {
 
 pub fn run(args: RenderArgs) -> anyhow::Result<Value> {
     let settings = Settings::load(args.config.as_deref())?;
-    let raw = std::fs::read(&args.integration).with_context(|| format!("reading {}", args.integration.display()))?;
-    let integration = Integration::from_json(&raw).with_context(|| format!("invalid integration {}", args.integration.display()))?;
-    let raw = std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
+    let raw = std::fs::read(&args.integration)
+        .with_context(|| format!("reading {}", args.integration.display()))?;
+    let integration = Integration::from_json(&raw)
+        .with_context(|| format!("invalid integration {}", args.integration.display()))?;
+    let raw =
+        std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
     let origin = Origin {
         topic: "render".into(),
         partition: 0,
@@ -46,7 +49,11 @@ pub fn dry_run(integration: &Integration, event: DeviceEvent, settings: &Setting
     if let Err(miss) = check(integration, &event) {
         return json!({"fires": false, "reason": miss.to_string()});
     }
-    let ctx = EventContext::new(event, std::sync::Arc::new(settings.secrets.clone()), SecretMode::Mask);
+    let ctx = EventContext::new(
+        event,
+        std::sync::Arc::new(settings.secrets.clone()),
+        SecretMode::Mask,
+    );
     match render(integration, &ctx) {
         Ok(request) => json!({"fires": true, "request": request.to_json()}),
         Err(e) => json!({"fires": true, "error": e.to_string()}),

@@ -22,8 +22,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
     crate::telemetry::init_tracing(&settings.log.filter);
     let metrics = crate::telemetry::metrics_handle();
-    let index = crate::source::load_index(&settings.integrations.path)
-        .with_context(|| format!("loading integrations from {}", settings.integrations.path.display()))?;
+    let index = crate::source::load_index(&settings.integrations.path).with_context(|| {
+        format!(
+            "loading integrations from {}",
+            settings.integrations.path.display()
+        )
+    })?;
     tracing::info!(integrations = index.len(), "integrations loaded");
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
@@ -34,7 +38,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
     let worker = Worker::new(settings, IndexHandle::new(index));
     let endpoints_stop = CancellationToken::new();
-    let endpoints = tokio::spawn(crate::health::serve(listener, metrics, worker.readiness(), endpoints_stop.clone()));
+    let endpoints = tokio::spawn(crate::health::serve(
+        listener,
+        metrics,
+        worker.readiness(),
+        endpoints_stop.clone(),
+    ));
 
     let result = worker.run(shutdown).await;
     endpoints_stop.cancel();

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hookd::config::Settings;
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -34,11 +34,17 @@ pub struct Broker {
 impl Broker {
     pub fn start() -> Broker {
         match std::env::var("E2E_BROKERS") {
-            Ok(b) if !b.is_empty() => Broker { mock: None, bootstrap: b },
+            Ok(b) if !b.is_empty() => Broker {
+                mock: None,
+                bootstrap: b,
+            },
             _ => {
                 let mock = MockCluster::new(1).expect("mock cluster");
                 let bootstrap = mock.bootstrap_servers();
-                Broker { mock: Some(mock), bootstrap }
+                Broker {
+                    mock: Some(mock),
+                    bootstrap,
+                }
             }
         }
     }
@@ -55,10 +61,14 @@ impl Broker {
         match &self.mock {
             Some(m) => m.create_topic(name, partitions, 1).expect("create topic"),
             None => {
-                let admin: AdminClient<DefaultClientContext> = self.client().create().expect("admin client");
+                let admin: AdminClient<DefaultClientContext> =
+                    self.client().create().expect("admin client");
                 let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
                 let res = admin
-                    .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))))
+                    .create_topics(
+                        [&topic],
+                        &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                    )
                     .await
                     .expect("create topics");
                 for r in res {
@@ -93,7 +103,12 @@ impl Broker {
     }
 
     /// Reads every record of `topic` that arrives within `wait` of the last.
-    pub async fn read_all(&self, topic: &str, expect: usize, deadline: Duration) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
+    pub async fn read_all(
+        &self,
+        topic: &str,
+        expect: usize,
+        deadline: Duration,
+    ) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
         let consumer: StreamConsumer = self
             .client()
             .set("group.id", unique("reader"))
@@ -106,7 +121,10 @@ impl Broker {
         let end = tokio::time::Instant::now() + deadline;
         while out.len() < expect {
             match tokio::time::timeout_at(end, consumer.recv()).await {
-                Ok(Ok(m)) => out.push((m.key().map(<[u8]>::to_vec), m.payload().unwrap_or_default().to_vec())),
+                Ok(Ok(m)) => out.push((
+                    m.key().map(<[u8]>::to_vec),
+                    m.payload().unwrap_or_default().to_vec(),
+                )),
                 Ok(Err(e)) => panic!("reading {topic}: {e}"),
                 Err(_) => break,
             }
@@ -129,7 +147,9 @@ pub fn settings(broker: &Broker) -> Settings {
     s.kafka.group_id = unique("hookd");
     s.kafka.create_topics = false;
     if broker.is_real() {
-        s.kafka.client.insert("fetch.wait.max.ms".into(), "10".into());
+        s.kafka
+            .client
+            .insert("fetch.wait.max.ms".into(), "10".into());
     }
     s.metrics.listen = "127.0.0.1:0".parse().unwrap();
     s.worker.shutdown_grace = Duration::from_secs(10);
@@ -164,7 +184,8 @@ pub async fn produce(broker: &Broker, topic: &str, records: &[(String, String)])
     for f in pending {
         f.await.expect("delivery future").expect("produced");
     }
-    rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(10))).expect("flush");
+    rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(10)))
+        .expect("flush");
 }
 
 /// One request as the receiver saw it.
@@ -218,8 +239,11 @@ impl Receiver {
         let this = r.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((socket, _)) = listener.accept().await else { return };
-                this.connections.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Ok((socket, _)) = listener.accept().await else {
+                    return;
+                };
+                this.connections
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 if *this.mode.lock().unwrap() == Mode::Close {
                     drop(socket);
                     continue;
@@ -264,10 +288,18 @@ impl Receiver {
     }
 
     /// An `Err` makes hyper drop the connection without a response.
-    async fn answer(&self, req: hyper::Request<Incoming>) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
+    async fn answer(
+        &self,
+        req: hyper::Request<Incoming>,
+    ) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
         let (parts, body) = req.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        self.arrived.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        self.arrived
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mode = *self.mode.lock().unwrap();
         match mode {
             Mode::Close => return Err(std::io::Error::other("closing without an answer")),
@@ -277,11 +309,20 @@ impl Receiver {
         }
         let seen = Seen {
             method: parts.method.to_string(),
-            target: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+            target: parts
+                .uri
+                .path_and_query()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             headers: parts
                 .headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("<binary>").to_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        v.to_str().unwrap_or("<binary>").to_owned(),
+                    )
+                })
                 .collect(),
             body: String::from_utf8_lossy(&body).into_owned(),
             version: format!("{:?}", parts.version),
@@ -292,7 +333,10 @@ impl Receiver {
             Mode::Big(n) => (200, Bytes::from(vec![b'x'; n])),
             _ => (200, Bytes::from_static(b"ok")),
         };
-        Ok(hyper::Response::builder().status(status).body(Full::new(body)).unwrap())
+        Ok(hyper::Response::builder()
+            .status(status)
+            .body(Full::new(body))
+            .unwrap())
     }
 }
 
@@ -302,7 +346,10 @@ impl Receiver {
 pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let end = tokio::time::Instant::now() + limit;
     while !done() {
-        assert!(tokio::time::Instant::now() < end, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
