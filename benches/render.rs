@@ -14,29 +14,41 @@ fn event() -> DeviceEvent {
     let data = json!({"t": 21.5, "h": 40, "battery": 87, "seq": 1234, "fw": "3.1.0", "lat": 52.1, "lon": 4.3}).to_string();
     let raw = json!({"name": "temperature/basement", "data": data, "published_at": "2024-05-13T10:55:40.306Z",
                      "coreid": "e00fce68aaaaaaaaaaaaaaaa", "userid": "5977", "productID": 30301, "version": 3}).to_string();
-    let origin = Origin { topic: "device-events".into(), partition: 0, offset: 1 };
+    let origin = Origin {
+        topic: "device-events".into(),
+        partition: 0,
+        offset: 1,
+    };
     DeviceEvent::decode(raw.as_bytes(), &origin, chrono::DateTime::UNIX_EPOCH).unwrap()
 }
 
 fn integrations() -> Vec<(&'static str, Integration)> {
     let base = |extra: serde_json::Value| {
         let mut v = json!({"id": "i", "product_id": 30301, "event": "temp", "url": "https://example.com/in"});
-        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         Integration::from_value(v).unwrap()
     };
-    let fields: serde_json::Map<String, serde_json::Value> = ["t", "h", "battery", "seq", "fw", "lat", "lon"]
-        .iter()
-        .map(|k| (k.to_string(), json!(format!("{{{{{{{k}}}}}}}"))))
-        .chain([
-            ("device".to_string(), json!("{{{PARTICLE_DEVICE_ID}}}")),
-            ("event".to_string(), json!("{{{PARTICLE_EVENT_NAME}}}")),
-            ("at".to_string(), json!("{{{PARTICLE_PUBLISHED_AT}}}")),
-        ])
-        .collect();
+    let fields: serde_json::Map<String, serde_json::Value> =
+        ["t", "h", "battery", "seq", "fw", "lat", "lon"]
+            .iter()
+            .map(|k| (k.to_string(), json!(format!("{{{{{{{k}}}}}}}"))))
+            .chain([
+                ("device".to_string(), json!("{{{PARTICLE_DEVICE_ID}}}")),
+                ("event".to_string(), json!("{{{PARTICLE_EVENT_NAME}}}")),
+                ("at".to_string(), json!("{{{PARTICLE_PUBLISHED_AT}}}")),
+            ])
+            .collect();
     vec![
         ("default_body", base(json!({}))),
         ("json_10_fields", base(json!({"json": fields}))),
-        ("form", base(json!({"form": {"device": "{{{PARTICLE_DEVICE_ID}}}", "t": "{{{t}}}", "h": "{{{h}}}"}}))),
+        (
+            "form",
+            base(
+                json!({"form": {"device": "{{{PARTICLE_DEVICE_ID}}}", "t": "{{{t}}}", "h": "{{{h}}}"}}),
+            ),
+        ),
     ]
 }
 

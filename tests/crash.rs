@@ -92,44 +92,47 @@ fn by_key(receiver: &Receiver) -> BTreeMap<String, Vec<String>> {
     map
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_loses_nothing() {
+/// A worker binary stopped by `stop` once `stop_after` of `n` events were
+/// delivered, then a second one started on the same group. Returns the
+/// requests by idempotency key once every event arrived, and the log.
+async fn stop_and_restart(
+    n: usize,
+    delay_ms: u64,
+    stop_after: usize,
+    stop: impl FnOnce(&mut Child, &Path),
+) -> (BTreeMap<String, Vec<String>>, String) {
     let broker = Broker::start();
     let receiver = Receiver::start().await;
-    receiver.set_mode(Mode::Delay(Duration::from_millis(5)));
+    receiver.set_mode(Mode::Delay(Duration::from_millis(delay_ms)));
     let s = settings(&broker);
     create_topics(&broker, &s, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), &s, &receiver);
     let log = dir.path().join("worker.log");
-    const N: usize = 2000;
-    let want: BTreeSet<String> = (0..N)
+    let want: BTreeSet<String> = (0..n)
         .map(|i| idempotency_key(&format!("c-{i}"), "h"))
         .collect();
 
     let mut first = spawn_worker(&config, &log);
-    produce(&broker, &s.kafka.events_topic, &events(N)).await;
+    produce(&broker, &s.kafka.events_topic, &events(n)).await;
     wait_until("the first deliveries", Duration::from_secs(120), || {
-        receiver.count() >= 300
+        receiver.count() >= stop_after
     })
     .await;
-    first.kill().expect("SIGKILL"); // no drain, no final commit
-    first.wait().unwrap();
-    let at_kill = receiver.count();
+    stop(&mut first, &log);
+    let at_stop = receiver.count();
     assert!(
-        at_kill < N,
-        "killed mid-stream ({at_kill} of {N} delivered)"
+        at_stop < n,
+        "stopped mid-stream ({at_stop} of {n} delivered)"
     );
 
     let mut second = spawn_worker(&config, &log);
     let done = wait_until_all(&receiver, &want).await;
     second.kill().unwrap();
     second.wait().unwrap();
+    let log = std::fs::read_to_string(&log).unwrap();
     if let Err(missing) = done {
-        panic!(
-            "{missing} events never delivered; worker log:\n{}",
-            std::fs::read_to_string(&log).unwrap()
-        );
+        panic!("{missing} events never delivered; worker log:\n{log}");
     }
     let seen = by_key(&receiver);
     assert_eq!(
@@ -137,6 +140,16 @@ async fn a_killed_worker_loses_nothing() {
         want,
         "every event delivered, nothing else"
     );
+    (seen, log)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_loses_nothing() {
+    let (seen, _) = stop_and_restart(2000, 5, 300, |worker, _| {
+        worker.kill().expect("SIGKILL"); // no drain, no final commit
+        worker.wait().unwrap();
+    })
+    .await;
     for (key, bodies) in &seen {
         assert!(
             bodies.windows(2).all(|w| w[0] == w[1]),
@@ -147,50 +160,20 @@ async fn a_killed_worker_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_commits_and_exits_zero() {
-    let broker = Broker::start();
-    let receiver = Receiver::start().await;
-    receiver.set_mode(Mode::Delay(Duration::from_millis(20)));
-    let s = settings(&broker);
-    create_topics(&broker, &s, 3).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &s, &receiver);
-    let log = dir.path().join("worker.log");
-    const N: usize = 600;
-    let want: BTreeSet<String> = (0..N)
-        .map(|i| idempotency_key(&format!("c-{i}"), "h"))
-        .collect();
-
-    let mut first = spawn_worker(&config, &log);
-    produce(&broker, &s.kafka.events_topic, &events(N)).await;
-    wait_until("the first deliveries", Duration::from_secs(120), || {
-        receiver.count() >= 100
+    let (seen, log) = stop_and_restart(600, 20, 100, |worker, log| {
+        let status = Command::new("kill")
+            .args(["-TERM", &worker.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exit = worker.wait().unwrap();
+        assert!(
+            exit.success(),
+            "exit status {exit:?}; log:\n{}",
+            std::fs::read_to_string(log).unwrap()
+        );
     })
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &first.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = first.wait().unwrap();
-    assert!(
-        exit.success(),
-        "exit status {exit:?}; log:\n{}",
-        std::fs::read_to_string(&log).unwrap()
-    );
-    let at_stop = receiver.count();
-    assert!(at_stop < N, "stopped mid-stream ({at_stop} of {N})");
-
-    let mut second = spawn_worker(&config, &log);
-    let done = wait_until_all(&receiver, &want).await;
-    second.kill().unwrap();
-    second.wait().unwrap();
-    done.unwrap_or_else(|missing| {
-        panic!(
-            "{missing} events never delivered; log:\n{}",
-            std::fs::read_to_string(&log).unwrap()
-        )
-    });
-    let seen = by_key(&receiver);
     let dups: Vec<_> = seen
         .iter()
         .filter(|(_, b)| b.len() > 1)
@@ -200,7 +183,6 @@ async fn sigterm_drains_commits_and_exits_zero() {
         dups.is_empty(),
         "a drained worker commits what it finished; redelivered: {dups:?}"
     );
-    let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("final offsets committed"), "{log}");
 }
 

@@ -5,13 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{create_topics, produce, settings, wait_until, Broker, Receiver};
+use common::{create_topics, produce, settings, start_worker, wait_until, Broker, Receiver};
 use hookd::dead_letter::DeadLetter;
-use hookd::integration::Integration;
-use hookd::resolve::{Index, IndexHandle};
-use hookd::worker::Worker;
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_dead_lettered_and_the_partition_flows_on() {
@@ -21,14 +17,11 @@ async fn malformed_events_are_dead_lettered_and_the_partition_flows_on() {
     let s = settings(&broker);
     // One partition: every record below is behind the bad ones.
     create_topics(&broker, &s, 1).await;
-    let hook = Integration::from_value(
-        json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")}),
-    )
-    .unwrap();
-    let worker = Worker::new(s.clone(), IndexHandle::new(Index::build([hook]).unwrap()));
-    let tally = worker.tally();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = start_worker(
+        &s,
+        vec![json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")})],
+    );
+    let tally = worker.tally.clone();
 
     let good = |i: usize| {
         json!({"name": "temp", "data": i.to_string(), "coreid": "dev", "productID": 5, "id": format!("g-{i}")}).to_string()
@@ -72,8 +65,7 @@ async fn malformed_events_are_dead_lettered_and_the_partition_flows_on() {
             Duration::from_secs(30),
         )
         .await;
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    worker.stop().await;
 
     assert_eq!(tally.get("h", Some(5)).success, 6);
     let mut bodies: Vec<String> = receiver.seen().into_iter().map(|s| s.body).collect();

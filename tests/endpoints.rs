@@ -18,7 +18,10 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((status, text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned()))
+    Some((
+        status,
+        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,11 +29,23 @@ async fn health_readiness_and_metrics_without_integration_label() {
     let broker = Broker::start();
     let receiver = Receiver::start().await;
     let s = settings(&broker);
-    create_topics(&broker, &s, 1).await;
+    // On a real broker the worker creates its dead-letter topic itself (the
+    // mock cluster does not answer CreateTopics in time); the events topic is
+    // always the test's.
+    let create = broker.is_real();
+    if create {
+        broker.create_topic(&s.kafka.events_topic, 1).await;
+    } else {
+        create_topics(&broker, &s, 1).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let hook = json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")});
     std::fs::write(dir.path().join("h.json"), hook.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut client = String::new();
     for (k, v) in &s.kafka.client {
         client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
@@ -39,7 +54,7 @@ async fn health_readiness_and_metrics_without_integration_label() {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\ncreate_topics = false\n\
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\ncreate_topics = {create}\n\
              [kafka.client]\n{client}[integrations]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n",
             s.kafka.brokers, s.kafka.group_id, s.kafka.events_topic, s.kafka.dead_letter_topic, dir.path().display()
         ),
@@ -53,21 +68,47 @@ async fn health_readiness_and_metrics_without_integration_label() {
         .spawn()
         .unwrap();
 
-    wait_until("/readyz", Duration::from_secs(30), || get(port, "/readyz").is_some_and(|(s, _)| s == 200)).await;
+    wait_until("/readyz", Duration::from_secs(30), || {
+        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
     assert_eq!(get(port, "/healthz").map(|(s, _)| s), Some(200));
     let event = json!({"name": "temp", "data": "1", "coreid": "d", "productID": 5}).to_string();
     produce(&broker, &s.kafka.events_topic, &[("d".into(), event)]).await;
-    wait_until("the webhook", Duration::from_secs(60), || receiver.count() == 1).await;
+    wait_until("the webhook", Duration::from_secs(60), || {
+        receiver.count() == 1
+    })
+    .await;
     let series = "hookd_webhook_attempts_total{product=\"5\",outcome=\"success\"} 1";
     wait_until("the success series", Duration::from_secs(10), || {
         get(port, "/metrics").is_some_and(|(_, body)| body.contains(series))
     })
     .await;
     let (_, metrics) = get(port, "/metrics").unwrap();
-    assert!(!metrics.contains("integration=\""), "label dropped by config:\n{metrics}");
-    for name in ["hookd_events_consumed_total 1", "hookd_webhook_duration_seconds_count{outcome=\"success\"} 1", "hookd_inflight_deliveries 0"] {
+    assert!(
+        !metrics.contains("integration=\""),
+        "label dropped by config:\n{metrics}"
+    );
+    for name in [
+        "hookd_events_consumed_total 1",
+        "hookd_webhook_duration_seconds_count{outcome=\"success\"} 1",
+        "hookd_inflight_deliveries 0",
+    ] {
         assert!(metrics.contains(name), "{name} in\n{metrics}");
     }
     worker.kill().unwrap();
     worker.wait().unwrap();
+    if create {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = broker.client().create().unwrap();
+        let md = c
+            .fetch_metadata(Some(&s.kafka.dead_letter_topic), Duration::from_secs(10))
+            .unwrap();
+        let topic = &md.topics()[0];
+        assert!(
+            topic.error().is_none()
+                && topic.partitions().len() == s.kafka.topic_partitions as usize,
+            "dead-letter topic created by the worker"
+        );
+    }
 }

@@ -6,12 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{create_topics, produce, settings, wait_until, Broker, Mode, Receiver};
-use hookd::integration::Integration;
-use hookd::resolve::{Index, IndexHandle};
-use hookd::worker::Worker;
+use common::{create_topics, produce, settings, start_worker, wait_until, Broker, Mode, Receiver};
 use serde_json::json;
-use tokio_util::sync::CancellationToken;
 
 fn batch(from: usize, n: usize) -> Vec<(String, String)> {
     (from..from + n)
@@ -29,14 +25,11 @@ async fn errors_are_counted_and_the_worker_keeps_flowing() {
     let mut s = settings(&broker);
     s.delivery.timeout = Duration::from_millis(500);
     create_topics(&broker, &s, 2).await;
-    let hook = Integration::from_value(
-        json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")}),
-    )
-    .unwrap();
-    let worker = Worker::new(s.clone(), IndexHandle::new(Index::build([hook]).unwrap()));
-    let tally = worker.tally();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn(worker.run(shutdown.clone()));
+    let worker = start_worker(
+        &s,
+        vec![json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")})],
+    );
+    let tally = worker.tally.clone();
     let counts = || tally.get("h", Some(5));
 
     // Each phase: the receiver misbehaves one way; 30 events all end as errors.
@@ -80,6 +73,5 @@ async fn errors_are_counted_and_the_worker_keeps_flowing() {
         }
     );
 
-    shutdown.cancel();
-    run.await.unwrap().unwrap();
+    worker.stop().await;
 }

@@ -353,3 +353,35 @@ pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> b
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A worker running in this process.
+pub struct RunningWorker {
+    pub tally: hookd::record::Tally,
+    shutdown: tokio_util::sync::CancellationToken,
+    run: tokio::task::JoinHandle<Result<(), hookd::worker::WorkerError>>,
+}
+
+/// Starts a worker with `integrations` (JSON records).
+pub fn start_worker(s: &Settings, integrations: Vec<serde_json::Value>) -> RunningWorker {
+    let integrations = integrations
+        .into_iter()
+        .map(|v| hookd::integration::Integration::from_value(v).expect("valid integration"));
+    let index = hookd::resolve::Index::build(integrations).expect("distinct ids");
+    let worker = hookd::worker::Worker::new(s.clone(), hookd::resolve::IndexHandle::new(index));
+    let tally = worker.tally();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(worker.run(shutdown.clone()));
+    RunningWorker {
+        tally,
+        shutdown,
+        run,
+    }
+}
+
+impl RunningWorker {
+    /// Graceful stop; panics if the worker failed.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.run.await.expect("worker task").expect("worker ran");
+    }
+}
