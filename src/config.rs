@@ -25,6 +25,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub delivery: DeliverySettings,
     pub metrics: MetricsSettings,
+    pub outbound: OutboundSettings,
     pub log: LogSettings,
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
@@ -80,6 +81,14 @@ pub struct MetricsSettings {
     #[serde(deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     pub integration_label: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundSettings {
+    /// Non-public networks deliveries may reach anyway (CIDR).
+    #[serde(deserialize_with = "networks")]
+    pub allow_networks: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -244,6 +253,22 @@ fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::
             "{s:?} is not an address of the form 127.0.0.1:9464"
         ))
     })
+}
+
+/// CIDR networks; a single address means just that address.
+fn networks<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .into_iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{s:?} is not a network like 10.0.0.0/8 or an address"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// An environment value as TOML: numbers, booleans and durations-as-strings

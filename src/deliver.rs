@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
 use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -23,10 +22,11 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
-use crate::config::DeliverySettings;
+use crate::config::{DeliverySettings, OutboundSettings};
+use crate::outbound::{refusal_in, AddressPolicy, GuardedConnector};
 use crate::render::RenderedRequest;
 
-type HttpsClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
 /// Why a delivery did not succeed. Messages never include the URL or headers,
 /// which may carry secrets.
@@ -38,6 +38,9 @@ pub enum DeliveryError {
     Timeout(Duration),
     #[error("connection failed: {0}")]
     Connect(String),
+    /// The destination is not a public address (outbound safety).
+    #[error("{0}")]
+    Refused(String),
     #[error("request failed: {0}")]
     Request(String),
     #[error("the request could not be built: {0}")]
@@ -82,7 +85,8 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(settings: &DeliverySettings) -> Deliverer {
+    pub fn new(settings: &DeliverySettings, outbound: &OutboundSettings) -> Deliverer {
+        let policy = AddressPolicy::new(outbound.allow_networks.clone());
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let roots = RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
@@ -99,8 +103,8 @@ impl Deliverer {
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
             .with_no_client_auth();
         Deliverer {
-            verified: client(settings, verified_tls),
-            unverified: client(settings, unverified_tls),
+            verified: client(settings, &policy, verified_tls),
+            unverified: client(settings, &policy, unverified_tls),
             timeout: settings.timeout,
             max_response_bytes: settings.max_response_bytes,
         }
@@ -138,11 +142,12 @@ impl Deliverer {
     }
 }
 
-fn client(settings: &DeliverySettings, tls: ClientConfig) -> HttpsClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
+fn client(settings: &DeliverySettings, policy: &AddressPolicy, tls: ClientConfig) -> HttpsClient {
+    let http = GuardedConnector::new(policy.clone(), |http| {
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(settings.connect_timeout));
+    });
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
@@ -187,6 +192,9 @@ async fn read_capped(mut body: hyper::body::Incoming, cap: usize) -> Bytes {
 }
 
 fn classify(e: hyper_util::client::legacy::Error) -> DeliveryError {
+    if let Some(refused) = refusal_in(&e) {
+        return DeliveryError::Refused(refused.to_string());
+    }
     let detail = std::error::Error::source(&e)
         .map(|s| s.to_string())
         .unwrap_or_else(|| e.to_string());

@@ -17,7 +17,8 @@
 //! - [`resolve`]: the [`resolve::Index`] from product and owner to
 //!   integrations, and the live [`resolve::IndexHandle`] swapped as a whole.
 //! - [`render`]: integration + event → [`render::RenderedRequest`].
-//! - [`deliver`]: the pooled HTTP client → [`deliver::Outcome`].
+//! - [`deliver`]: the pooled HTTP client → [`deliver::Outcome`]; [`outbound`]
+//!   keeps it off private networks.
 //! - [`record`]: outcomes → metrics and the per-(integration, product) tally.
 //! - [`offsets`]: at-least-once commit points per partition.
 //! - [`worker`]: the consume loop tying the stages together, with
@@ -39,6 +40,7 @@ pub mod health;
 pub mod integration;
 pub mod kafka;
 pub mod offsets;
+pub mod outbound;
 pub mod record;
 pub mod render;
 pub mod resolve;

@@ -148,7 +148,7 @@ impl Worker {
         let w = &self.settings.worker;
         let pipeline = Pipeline {
             index: self.index.clone(),
-            deliverer: Deliverer::new(&self.settings.delivery),
+            deliverer: Deliverer::new(&self.settings.delivery, &self.settings.outbound),
             recorder: self.recorder.clone(),
             secrets: Arc::new(self.settings.secrets.clone()),
             deliveries: Arc::new(Semaphore::new(w.max_inflight_deliveries)),

@@ -43,6 +43,8 @@ max_inflight_events = 8
 shutdown_grace = "10s"
 [metrics]
 listen = "127.0.0.1:0"
+[outbound]
+allow_networks = ["127.0.0.0/8"]
 [log]
 filter = "info,rdkafka=warn"
 "#,

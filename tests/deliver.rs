@@ -29,8 +29,9 @@ fn request(url: String) -> RenderedRequest {
 
 fn deliverer(adjust: impl FnOnce(&mut Settings)) -> Deliverer {
     let mut s = Settings::load_from(None, vec![]).unwrap();
+    s.outbound.allow_networks = vec!["127.0.0.0/8".parse().unwrap()];
     adjust(&mut s);
-    Deliverer::new(&s.delivery)
+    Deliverer::new(&s.delivery, &s.outbound)
 }
 
 /// An HTTPS server with a self-signed certificate for `localhost`, offering

@@ -55,7 +55,7 @@ async fn health_readiness_and_metrics_without_integration_label() {
         &config,
         format!(
             "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\ncreate_topics = {create}\n\
-             [kafka.client]\n{client}[integrations]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n",
+             [kafka.client]\n{client}[integrations]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n[outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
             s.kafka.brokers, s.kafka.group_id, s.kafka.events_topic, s.kafka.dead_letter_topic, dir.path().display()
         ),
     )

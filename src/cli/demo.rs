@@ -75,6 +75,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     settings
         .secrets
         .insert("DEMO_API_KEY".into(), "demo-secret-key".into());
+    // The demo receiver is on loopback, which deliveries may not reach by default.
+    settings.outbound.allow_networks = vec!["127.0.0.1/32".parse()?];
 
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::cli::worker::cancel_on_signal(shutdown.clone()));

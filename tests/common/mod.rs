@@ -152,6 +152,8 @@ pub fn settings(broker: &Broker) -> Settings {
             .insert("fetch.wait.max.ms".into(), "10".into());
     }
     s.metrics.listen = "127.0.0.1:0".parse().unwrap();
+    // The receivers are on loopback, which deliveries may not reach by default.
+    s.outbound.allow_networks = vec!["127.0.0.0/8".parse().unwrap()];
     s.worker.shutdown_grace = Duration::from_secs(10);
     s
 }
