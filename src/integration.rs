@@ -88,6 +88,9 @@ pub struct IntegrationSpec {
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
+    /// Name of a configured secret to sign requests with (Standard Webhooks).
+    #[serde(rename = "signingSecret", default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
     /// Particle exports carry these; accepted so exports load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integration_type: Option<String>,
@@ -304,6 +307,8 @@ pub struct Integration {
     pub response_topic: Template,
     pub error_response_topic: Template,
     pub response_template: Option<Template>,
+    /// The secret name to sign with, if any.
+    pub signing_secret: Option<String>,
     /// The record as given, for display and the control plane.
     pub spec: IntegrationSpec,
 }
@@ -430,6 +435,14 @@ impl TryFrom<IntegrationSpec> for Integration {
             .as_deref()
             .map(|t| compile_field("responseTemplate", t))
             .transpose()?;
+        if let Some(secret) = &spec.signing_secret {
+            let mut chars = secret.chars();
+            let ok = chars.next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+                && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+            if !ok {
+                return Err(invalid("signingSecret", format!("{secret:?} must name a configured secret ([A-Z_][A-Z0-9_]*), not hold the key")));
+            }
+        }
         let name = match spec.name.as_deref().map(str::trim) {
             Some(n) if !n.is_empty() => n.to_owned(),
             _ => default_name(trigger.as_str(), url_src),
@@ -447,6 +460,7 @@ impl TryFrom<IntegrationSpec> for Integration {
             response_topic,
             error_response_topic,
             response_template,
+            signing_secret: spec.signing_secret.clone(),
             spec,
         })
     }
@@ -784,6 +798,7 @@ mod tests {
             (product(json!({"headers": {"X": {"nested": 1}}})), "headers.X", "must be a string, number or boolean, got {\"nested\":1}"),
             (product(json!({"auth": {"user": "x"}})), "auth.user", "unknown field; auth takes \"username\" and \"password\""),
             (product(json!({"json": 5})), "json", "must be an object or a string, got 5"),
+            (product(json!({"signingSecret": "whsec_abc"})), "signingSecret", "\"whsec_abc\" must name a configured secret ([A-Z_][A-Z0-9_]*), not hold the key"),
             (json!({"id": "o", "org": "acme", "products": [], "event": "t", "url": "http://h/"}), "products", "must list at least one product; an organization integration executes only on the products it names"),
             (json!({"id": "o", "org": "acme", "products": ["*"], "event": "t", "url": "http://h/"}), "products[0]", "wildcard \"*\" is not allowed; list the product ids explicitly"),
             (json!({"id": "o", "org": "acme", "products": [1, "x"], "event": "t", "url": "http://h/"}), "products[1]", "must be a positive product id number, got \"x\""),

@@ -32,6 +32,7 @@
 //! - [`cli`]: the commands behind `main.rs`.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod dead_letter;
 pub mod deliver;
@@ -44,7 +45,9 @@ pub mod outbound;
 pub mod record;
 pub mod render;
 pub mod resolve;
+pub mod sign;
 pub mod simulate;
+pub mod sleeping;
 pub mod source;
 pub mod telemetry;
 pub mod template;
