@@ -51,4 +51,5 @@ pub mod sleeping;
 pub mod source;
 pub mod telemetry;
 pub mod template;
+pub mod throttle;
 pub mod worker;
