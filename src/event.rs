@@ -24,7 +24,7 @@ pub const RESPONSE_EVENT_PREFIXES: [&str; 3] = ["hook-sent/", "hook-response/", 
 
 /// Where a record was read from; the fallback event id and the idempotency key
 /// derive from it, so a redelivered record yields the same key.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
 pub struct Origin {
     pub topic: String,
     pub partition: i32,
@@ -66,10 +66,13 @@ impl std::ops::Deref for DeviceEvent {
 
 impl DeviceEvent {
     /// True for `hook-sent/…`, `hook-response/…` and `hook-error/…` events.
+    /// Also `<device id>/hook-response/…`, the product default response
+    /// topic, so a response can never trigger a webhook however it is routed.
     pub fn is_response_event(&self) -> bool {
+        let after_first_segment = self.name.split_once('/').map(|(_, rest)| rest).unwrap_or("");
         RESPONSE_EVENT_PREFIXES
             .iter()
-            .any(|p| self.name.starts_with(p))
+            .any(|p| self.name.starts_with(p) || after_first_segment.starts_with(p))
     }
 
     /// Decodes one record. `fallback_time` is used when the event carries no

@@ -45,6 +45,7 @@ pub mod outbound;
 pub mod record;
 pub mod render;
 pub mod resolve;
+pub mod responses;
 pub mod sign;
 pub mod simulate;
 pub mod sleeping;

@@ -72,7 +72,27 @@ impl EventContext {
         })
     }
 
-    fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
+    /// Renders `t` with the event's variables overlaid by `extra` (the keys of
+    /// a JSON response, for `responseTemplate`).
+    pub fn render_with(&self, field: &str, t: &Template, extra: &Map<String, Value>) -> Result<String, RenderFailure> {
+        let mut vars = match self.context().data() {
+            Value::Object(m) => m.clone(),
+            _ => Map::new(),
+        };
+        vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let ctx = Context::wraps(Value::Object(vars)).expect("a JSON object is always a valid context");
+        t.render(&ctx).map_err(|e| RenderFailure::Template {
+            field: field.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The secret named `name`, if configured (for signing keys).
+    pub fn secret(&self, name: &str) -> Option<&str> {
+        self.secrets.get(name).map(String::as_str)
+    }
+
+    pub(crate) fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
         match t {
             Template::Literal(s) => Ok(s.clone()),
             _ => t

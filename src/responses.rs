@@ -1,0 +1,200 @@
+//! Response events: what a device is told about its webhooks (PARTICLE.md,
+//! "Response events"), published to the responses topic.
+//!
+//! In: the integration, the event's template context and the attempt's
+//! outcome. Out: device events: `hook-sent/<event>` for each request sent,
+//! the response body on `<responseTopic>/<n>` in 512-byte chunks (at most
+//! 100 KB, `responseTemplate` applied to a JSON response), or
+//! `<errorResponseTopic>/0` with what went wrong. Their names never trigger
+//! integrations.
+
+use serde_json::{json, Value};
+
+use crate::deliver::DeliveryError;
+use crate::integration::Integration;
+use crate::render::{EventContext, RenderFailure};
+
+/// Data of the error event of a skipped attempt.
+pub const SLEEPING_MESSAGE: &str = "Sleeping, too many errors, please wait and try again";
+/// Response bodies are published in chunks of this many bytes…
+pub const CHUNK_BYTES: usize = 512;
+/// …up to this many bytes in all.
+pub const MAX_RESPONSE_BYTES: usize = 100 * 1024;
+/// The device field of `hook-sent` events.
+pub const INTERNAL_DEVICE: &str = "particle-internal";
+
+/// One event for the responses topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseEvent {
+    pub name: String,
+    pub data: String,
+    /// `coreid` of the event: the device told, or `particle-internal`.
+    pub device: String,
+}
+
+impl ResponseEvent {
+    /// Device-event JSON, as the events stream carries it.
+    pub fn to_json(&self, ctx: &EventContext) -> Vec<u8> {
+        let e = ctx.event();
+        let mut v = json!({
+            "name": self.name,
+            "data": self.data,
+            "published_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            "coreid": self.device,
+            "userid": e.user_id.clone().unwrap_or_default(),
+            "ttl": 60,
+            "public": false,
+        });
+        if let Some(p) = e.product_id {
+            v["productID"] = json!(p);
+        }
+        serde_json::to_vec(&v).expect("JSON always serializes")
+    }
+}
+
+/// `hook-sent/<event name>`, emitted for each request sent.
+pub fn hook_sent(ctx: &EventContext) -> ResponseEvent {
+    ResponseEvent {
+        name: format!("hook-sent/{}", ctx.event().name),
+        data: "undefined".into(),
+        device: INTERNAL_DEVICE.into(),
+    }
+}
+
+/// The response body as `<responseTopic>/<n>` chunks; none for an empty body.
+pub fn response_chunks(i: &Integration, ctx: &EventContext, body: &[u8]) -> Result<Vec<ResponseEvent>, RenderFailure> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let topic = ctx.render("responseTopic", &i.response_topic)?;
+    let text = match (&i.response_template, serde_json::from_slice::<Value>(body)) {
+        (Some(t), Ok(Value::Object(fields))) => ctx.render_with("responseTemplate", t, &fields)?,
+        (Some(t), Ok(other)) => ctx.render_with("responseTemplate", t, &serde_json::Map::from_iter([("body".to_owned(), other)]))?,
+        _ => String::from_utf8_lossy(body).into_owned(),
+    };
+    let capped = truncate(&text, MAX_RESPONSE_BYTES);
+    Ok(chunks(capped, CHUNK_BYTES)
+        .enumerate()
+        .map(|(n, data)| ResponseEvent {
+            name: format!("{topic}/{n}"),
+            data: data.to_owned(),
+            device: ctx.event().device_id.clone(),
+        })
+        .collect())
+}
+
+/// `<errorResponseTopic>/0` carrying `message`.
+pub fn error_event(i: &Integration, ctx: &EventContext, message: String) -> ResponseEvent {
+    let topic = ctx
+        .render("errorResponseTopic", &i.error_response_topic)
+        .unwrap_or_else(|_| format!("hook-error/{}", ctx.event().name));
+    ResponseEvent {
+        name: format!("{topic}/0"),
+        data: message,
+        device: ctx.event().device_id.clone(),
+    }
+}
+
+/// `error status 404 from example.com`, `timed out after 20s from example.com`.
+pub fn error_message(error: &DeliveryError, host: &str) -> String {
+    format!("{error} from {host}")
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character
+/// boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Pieces of at most `size` bytes, never splitting a character (event data is
+/// text).
+fn chunks(mut s: &str, size: usize) -> impl Iterator<Item = &str> {
+    std::iter::from_fn(move || {
+        if s.is_empty() {
+            return None;
+        }
+        let piece = truncate(s, size);
+        // A character longer than `size` cannot happen for size >= 4.
+        s = &s[piece.len()..];
+        Some(piece)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{DeviceEvent, Origin};
+    use crate::render::SecretMode;
+    use std::sync::Arc;
+
+    fn ctx() -> EventContext {
+        let raw = json!({"name": "temp", "data": "21", "coreid": "e00fce68aaaaaaaaaaaaaaaa", "productID": 7, "userid": "u1"}).to_string();
+        let origin = Origin { topic: "t".into(), partition: 0, offset: 0 };
+        let e = DeviceEvent::decode(raw.as_bytes(), &origin, chrono::DateTime::UNIX_EPOCH).unwrap();
+        EventContext::new(e, Arc::default(), SecretMode::Reveal)
+    }
+
+    fn integration(extra: Value) -> Integration {
+        let mut v = json!({"id": "i", "product_id": 7, "event": "temp", "url": "https://example.com/"});
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        Integration::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn hook_sent_names_the_event() {
+        assert_eq!(hook_sent(&ctx()), ResponseEvent { name: "hook-sent/temp".into(), data: "undefined".into(), device: "particle-internal".into() });
+    }
+
+    #[test]
+    fn bodies_are_chunked_at_512_bytes_on_the_default_topics() {
+        let product = response_chunks(&integration(json!({})), &ctx(), &[b'x'; 1100]).unwrap();
+        let names: Vec<_> = product.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/0", "e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/1", "e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/2"]);
+        assert_eq!(product.iter().map(|e| e.data.len()).collect::<Vec<_>>(), [512, 512, 76]);
+        let sandbox = Integration::from_value(json!({"id": "s", "owner": "u1", "event": "temp", "url": "https://e.example/"})).unwrap();
+        assert_eq!(response_chunks(&sandbox, &ctx(), b"ok").unwrap()[0].name, "hook-response/temp/0");
+        assert!(response_chunks(&sandbox, &ctx(), b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bodies_are_capped_at_100_kb() {
+        let events = response_chunks(&integration(json!({"responseTopic": "r"})), &ctx(), &vec![b'y'; 300 * 1024]).unwrap();
+        assert_eq!(events.len(), 200);
+        assert_eq!(events.iter().map(|e| e.data.len()).sum::<usize>(), 100 * 1024);
+        assert_eq!(events.last().unwrap().name, "r/199");
+    }
+
+    #[test]
+    fn chunks_never_split_a_character() {
+        let body = "é".repeat(600); // 1200 bytes
+        let events = response_chunks(&integration(json!({})), &ctx(), body.as_bytes()).unwrap();
+        assert_eq!(events.iter().map(|e| e.data.len()).collect::<Vec<_>>(), [512, 512, 176]);
+        assert_eq!(events.iter().map(|e| e.data.as_str()).collect::<String>(), body);
+    }
+
+    #[test]
+    fn response_template_applies_to_json_responses() {
+        let i = integration(json!({"responseTemplate": "{{{reading.value}}} for {{{PARTICLE_DEVICE_ID}}}", "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/r"}));
+        let events = response_chunks(&i, &ctx(), br#"{"reading": {"value": 42}}"#).unwrap();
+        assert_eq!(events, [ResponseEvent { name: "e00fce68aaaaaaaaaaaaaaaa/r/0".into(), data: "42 for e00fce68aaaaaaaaaaaaaaaa".into(), device: "e00fce68aaaaaaaaaaaaaaaa".into() }]);
+        let verbatim = response_chunks(&i, &ctx(), b"not json").unwrap();
+        assert_eq!(verbatim[0].data, "not json");
+    }
+
+    #[test]
+    fn errors_and_sleeping() {
+        let i = integration(json!({}));
+        let e = error_event(&i, &ctx(), error_message(&DeliveryError::Status(404), "example.com"));
+        assert_eq!((e.name.as_str(), e.data.as_str()), ("hook-error/temp/0", "error status 404 from example.com"));
+        let custom = integration(json!({"errorResponseTopic": "{{{PARTICLE_DEVICE_ID}}}/oops"}));
+        let e = error_event(&custom, &ctx(), SLEEPING_MESSAGE.into());
+        assert_eq!((e.name.as_str(), e.data.as_str()), ("e00fce68aaaaaaaaaaaaaaaa/oops/0", "Sleeping, too many errors, please wait and try again"));
+    }
+}
