@@ -26,6 +26,9 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     pub metrics: MetricsSettings,
     pub outbound: OutboundSettings,
+    pub limits: crate::throttle::LimitSettings,
+    pub sleeping: crate::sleeping::SleepRule,
+    pub retry: crate::retry::RetrySettings,
     pub log: LogSettings,
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
@@ -38,6 +41,7 @@ pub struct KafkaSettings {
     pub group_id: String,
     pub events_topic: String,
     pub dead_letter_topic: String,
+    pub responses_topic: String,
     pub create_topics: bool,
     pub topic_partitions: i32,
     pub topic_replication: i32,
@@ -196,6 +200,8 @@ impl Settings {
             ("kafka.group_id", &k.group_id),
             ("kafka.events_topic", &k.events_topic),
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
+            ("kafka.responses_topic", &k.responses_topic),
+            ("retry.topic_prefix", &self.retry.topic_prefix),
         ] {
             if value.trim().is_empty() {
                 return Err(invalid(key, "must not be empty".into()));
@@ -211,6 +217,40 @@ impl Settings {
             return Err(invalid(
                 "kafka.topic_partitions",
                 format!("must be at least 1, got {}", k.topic_partitions),
+            ));
+        }
+        self.limits
+            .validate()
+            .map_err(|(key, reason)| invalid(&key, reason))?;
+        if self.retry.max_waiting == 0 {
+            return Err(invalid(
+                "retry.max_waiting",
+                "must be at least 1, got 0".into(),
+            ));
+        }
+        if let Some(d) = self.retry.delays.iter().find(|d| d.is_zero()) {
+            return Err(invalid(
+                "retry.delays",
+                format!("delays must be longer than 0s, got {d:?}"),
+            ));
+        }
+        let r = &self.sleeping;
+        if !(r.trip_ratio > 0.0 && r.trip_ratio <= 1.0) {
+            return Err(invalid(
+                "sleeping.trip_ratio",
+                format!("must be in (0, 1], got {}", r.trip_ratio),
+            ));
+        }
+        if r.trip_errors < 1.0 {
+            return Err(invalid(
+                "sleeping.trip_errors",
+                format!("must be at least 1, got {}", r.trip_errors),
+            ));
+        }
+        if r.half_life.is_zero() {
+            return Err(invalid(
+                "sleeping.half_life",
+                "must be longer than 0s, got 0s".into(),
             ));
         }
         for name in self.secrets.keys() {

@@ -8,6 +8,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{InvalidEvent, Origin};
+use crate::retry::AttemptLog;
 
 /// One dead-letter record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,6 +28,11 @@ pub struct DeadLetter {
     pub payload_base64: Option<String>,
     /// When hookd gave up on it (RFC 3339).
     pub dead_lettered_at: String,
+    /// For deliveries: the integration and every attempt made.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub integration: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub history: Vec<AttemptLog>,
 }
 
 impl DeadLetter {
@@ -46,12 +52,41 @@ impl DeadLetter {
             offset: origin.offset,
             payload: text,
             payload_base64: b64,
-            dead_lettered_at: chrono::Utc::now()
-                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            dead_lettered_at: now(),
+            integration: None,
+            history: Vec::new(),
+        }
+    }
+
+    /// A delivery given up on: retries exhausted, or a request that cannot be
+    /// rendered.
+    pub fn delivery(
+        reason: &str,
+        error: String,
+        event_raw: &str,
+        origin: &Origin,
+        integration: &str,
+        history: Vec<AttemptLog>,
+    ) -> DeadLetter {
+        DeadLetter {
+            reason: reason.to_owned(),
+            error,
+            topic: origin.topic.clone(),
+            partition: origin.partition,
+            offset: origin.offset,
+            payload: Some(event_raw.to_owned()),
+            payload_base64: None,
+            dead_lettered_at: now(),
+            integration: Some(integration.to_owned()),
+            history,
         }
     }
 
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a dead letter always serializes")
     }
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

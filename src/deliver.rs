@@ -57,6 +57,8 @@ pub struct Outcome {
     /// Response body, at most `max_response_bytes`.
     pub body: Bytes,
     pub elapsed: Duration,
+    /// The response's `Retry-After`, in seconds or as an HTTP date.
+    pub retry_after: Option<Duration>,
 }
 
 impl Outcome {
@@ -70,6 +72,7 @@ impl Outcome {
             result: Err(error),
             body: Bytes::new(),
             elapsed: Duration::ZERO,
+            retry_after: None,
         }
     }
 }
@@ -125,21 +128,40 @@ impl Deliverer {
         let exchange = async {
             let response = client.request(built).await.map_err(classify)?;
             let status = response.status().as_u16();
+            let retry_after = response
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v.to_str().ok()?));
             let body = read_capped(response.into_body(), self.max_response_bytes).await;
-            Ok::<_, DeliveryError>((status, body))
+            Ok::<_, DeliveryError>((status, body, retry_after))
         };
-        let (result, body) = match tokio::time::timeout(self.timeout, exchange).await {
-            Err(_) => (Err(DeliveryError::Timeout(self.timeout)), Bytes::new()),
-            Ok(Err(e)) => (Err(e), Bytes::new()),
-            Ok(Ok((status, body))) if (200..300).contains(&status) => (Ok(status), body),
-            Ok(Ok((status, body))) => (Err(DeliveryError::Status(status)), body),
+        let (result, body, retry_after) = match tokio::time::timeout(self.timeout, exchange).await {
+            Err(_) => (
+                Err(DeliveryError::Timeout(self.timeout)),
+                Bytes::new(),
+                None,
+            ),
+            Ok(Err(e)) => (Err(e), Bytes::new(), None),
+            Ok(Ok((status, body, r))) if (200..300).contains(&status) => (Ok(status), body, r),
+            Ok(Ok((status, body, r))) => (Err(DeliveryError::Status(status)), body, r),
         };
         Outcome {
             result,
             body,
             elapsed: started.elapsed(),
+            retry_after,
         }
     }
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    if let Ok(secs) = v.trim().parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v.trim()).ok()?;
+    let ms = (at.timestamp_millis() - chrono::Utc::now().timestamp_millis()).max(0);
+    Some(Duration::from_millis(ms as u64))
 }
 
 fn client(settings: &DeliverySettings, policy: &AddressPolicy, tls: ClientConfig) -> HttpsClient {

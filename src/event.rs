@@ -69,7 +69,11 @@ impl DeviceEvent {
     /// Also `<device id>/hook-response/…`, the product default response
     /// topic, so a response can never trigger a webhook however it is routed.
     pub fn is_response_event(&self) -> bool {
-        let after_first_segment = self.name.split_once('/').map(|(_, rest)| rest).unwrap_or("");
+        let after_first_segment = self
+            .name
+            .split_once('/')
+            .map(|(_, rest)| rest)
+            .unwrap_or("");
         RESPONSE_EVENT_PREFIXES
             .iter()
             .any(|p| self.name.starts_with(p) || after_first_segment.starts_with(p))

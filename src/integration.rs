@@ -89,7 +89,11 @@ pub struct IntegrationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
     /// Name of a configured secret to sign requests with (Standard Webhooks).
-    #[serde(rename = "signingSecret", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "signingSecret",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub signing_secret: Option<String>,
     /// Particle exports carry these; accepted so exports load unchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -437,7 +441,9 @@ impl TryFrom<IntegrationSpec> for Integration {
             .transpose()?;
         if let Some(secret) = &spec.signing_secret {
             let mut chars = secret.chars();
-            let ok = chars.next().is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+            let ok = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
                 && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
             if !ok {
                 return Err(invalid("signingSecret", format!("{secret:?} must name a configured secret ([A-Z_][A-Z0-9_]*), not hold the key")));

@@ -46,6 +46,7 @@ pub mod record;
 pub mod render;
 pub mod resolve;
 pub mod responses;
+pub mod retry;
 pub mod sign;
 pub mod simulate;
 pub mod sleeping;

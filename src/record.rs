@@ -126,6 +126,11 @@ impl Recorder {
         } else {
             OutcomeKind::Error
         };
+        self.record_kind(m, kind, outcome.elapsed);
+    }
+
+    /// Counts an attempt of `kind` that took `elapsed` (zero for skipped).
+    pub fn record_kind(&self, m: &Match, kind: OutcomeKind, elapsed: std::time::Duration) {
         self.tally.add(&m.integration.id, m.product, kind);
         let product = m.product.map(|p| p.to_string()).unwrap_or_default();
         if self.integration_label {
@@ -136,6 +141,6 @@ impl Recorder {
                 .increment(1);
         }
         metrics::histogram!(WEBHOOK_DURATION, "outcome" => kind.as_label())
-            .record(outcome.elapsed.as_secs_f64());
+            .record(elapsed.as_secs_f64());
     }
 }

@@ -74,13 +74,19 @@ impl EventContext {
 
     /// Renders `t` with the event's variables overlaid by `extra` (the keys of
     /// a JSON response, for `responseTemplate`).
-    pub fn render_with(&self, field: &str, t: &Template, extra: &Map<String, Value>) -> Result<String, RenderFailure> {
+    pub fn render_with(
+        &self,
+        field: &str,
+        t: &Template,
+        extra: &Map<String, Value>,
+    ) -> Result<String, RenderFailure> {
         let mut vars = match self.context().data() {
             Value::Object(m) => m.clone(),
             _ => Map::new(),
         };
         vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let ctx = Context::wraps(Value::Object(vars)).expect("a JSON object is always a valid context");
+        let ctx =
+            Context::wraps(Value::Object(vars)).expect("a JSON object is always a valid context");
         t.render(&ctx).map_err(|e| RenderFailure::Template {
             field: field.to_owned(),
             message: e.to_string(),

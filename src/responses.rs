@@ -62,14 +62,22 @@ pub fn hook_sent(ctx: &EventContext) -> ResponseEvent {
 }
 
 /// The response body as `<responseTopic>/<n>` chunks; none for an empty body.
-pub fn response_chunks(i: &Integration, ctx: &EventContext, body: &[u8]) -> Result<Vec<ResponseEvent>, RenderFailure> {
+pub fn response_chunks(
+    i: &Integration,
+    ctx: &EventContext,
+    body: &[u8],
+) -> Result<Vec<ResponseEvent>, RenderFailure> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
     let topic = ctx.render("responseTopic", &i.response_topic)?;
     let text = match (&i.response_template, serde_json::from_slice::<Value>(body)) {
         (Some(t), Ok(Value::Object(fields))) => ctx.render_with("responseTemplate", t, &fields)?,
-        (Some(t), Ok(other)) => ctx.render_with("responseTemplate", t, &serde_json::Map::from_iter([("body".to_owned(), other)]))?,
+        (Some(t), Ok(other)) => ctx.render_with(
+            "responseTemplate",
+            t,
+            &serde_json::Map::from_iter([("body".to_owned(), other)]),
+        )?,
         _ => String::from_utf8_lossy(body).into_owned(),
     };
     let capped = truncate(&text, MAX_RESPONSE_BYTES);
@@ -136,38 +144,76 @@ mod tests {
 
     fn ctx() -> EventContext {
         let raw = json!({"name": "temp", "data": "21", "coreid": "e00fce68aaaaaaaaaaaaaaaa", "productID": 7, "userid": "u1"}).to_string();
-        let origin = Origin { topic: "t".into(), partition: 0, offset: 0 };
+        let origin = Origin {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+        };
         let e = DeviceEvent::decode(raw.as_bytes(), &origin, chrono::DateTime::UNIX_EPOCH).unwrap();
         EventContext::new(e, Arc::default(), SecretMode::Reveal)
     }
 
     fn integration(extra: Value) -> Integration {
-        let mut v = json!({"id": "i", "product_id": 7, "event": "temp", "url": "https://example.com/"});
-        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let mut v =
+            json!({"id": "i", "product_id": 7, "event": "temp", "url": "https://example.com/"});
+        v.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         Integration::from_value(v).unwrap()
     }
 
     #[test]
     fn hook_sent_names_the_event() {
-        assert_eq!(hook_sent(&ctx()), ResponseEvent { name: "hook-sent/temp".into(), data: "undefined".into(), device: "particle-internal".into() });
+        assert_eq!(
+            hook_sent(&ctx()),
+            ResponseEvent {
+                name: "hook-sent/temp".into(),
+                data: "undefined".into(),
+                device: "particle-internal".into()
+            }
+        );
     }
 
     #[test]
     fn bodies_are_chunked_at_512_bytes_on_the_default_topics() {
         let product = response_chunks(&integration(json!({})), &ctx(), &[b'x'; 1100]).unwrap();
         let names: Vec<_> = product.iter().map(|e| e.name.as_str()).collect();
-        assert_eq!(names, ["e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/0", "e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/1", "e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/2"]);
-        assert_eq!(product.iter().map(|e| e.data.len()).collect::<Vec<_>>(), [512, 512, 76]);
-        let sandbox = Integration::from_value(json!({"id": "s", "owner": "u1", "event": "temp", "url": "https://e.example/"})).unwrap();
-        assert_eq!(response_chunks(&sandbox, &ctx(), b"ok").unwrap()[0].name, "hook-response/temp/0");
+        assert_eq!(
+            names,
+            [
+                "e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/0",
+                "e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/1",
+                "e00fce68aaaaaaaaaaaaaaaa/hook-response/temp/2"
+            ]
+        );
+        assert_eq!(
+            product.iter().map(|e| e.data.len()).collect::<Vec<_>>(),
+            [512, 512, 76]
+        );
+        let sandbox = Integration::from_value(
+            json!({"id": "s", "owner": "u1", "event": "temp", "url": "https://e.example/"}),
+        )
+        .unwrap();
+        assert_eq!(
+            response_chunks(&sandbox, &ctx(), b"ok").unwrap()[0].name,
+            "hook-response/temp/0"
+        );
         assert!(response_chunks(&sandbox, &ctx(), b"").unwrap().is_empty());
     }
 
     #[test]
     fn bodies_are_capped_at_100_kb() {
-        let events = response_chunks(&integration(json!({"responseTopic": "r"})), &ctx(), &vec![b'y'; 300 * 1024]).unwrap();
+        let events = response_chunks(
+            &integration(json!({"responseTopic": "r"})),
+            &ctx(),
+            &vec![b'y'; 300 * 1024],
+        )
+        .unwrap();
         assert_eq!(events.len(), 200);
-        assert_eq!(events.iter().map(|e| e.data.len()).sum::<usize>(), 100 * 1024);
+        assert_eq!(
+            events.iter().map(|e| e.data.len()).sum::<usize>(),
+            100 * 1024
+        );
         assert_eq!(events.last().unwrap().name, "r/199");
     }
 
@@ -175,15 +221,30 @@ mod tests {
     fn chunks_never_split_a_character() {
         let body = "é".repeat(600); // 1200 bytes
         let events = response_chunks(&integration(json!({})), &ctx(), body.as_bytes()).unwrap();
-        assert_eq!(events.iter().map(|e| e.data.len()).collect::<Vec<_>>(), [512, 512, 176]);
-        assert_eq!(events.iter().map(|e| e.data.as_str()).collect::<String>(), body);
+        assert_eq!(
+            events.iter().map(|e| e.data.len()).collect::<Vec<_>>(),
+            [512, 512, 176]
+        );
+        assert_eq!(
+            events.iter().map(|e| e.data.as_str()).collect::<String>(),
+            body
+        );
     }
 
     #[test]
     fn response_template_applies_to_json_responses() {
-        let i = integration(json!({"responseTemplate": "{{{reading.value}}} for {{{PARTICLE_DEVICE_ID}}}", "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/r"}));
+        let i = integration(
+            json!({"responseTemplate": "{{{reading.value}}} for {{{PARTICLE_DEVICE_ID}}}", "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/r"}),
+        );
         let events = response_chunks(&i, &ctx(), br#"{"reading": {"value": 42}}"#).unwrap();
-        assert_eq!(events, [ResponseEvent { name: "e00fce68aaaaaaaaaaaaaaaa/r/0".into(), data: "42 for e00fce68aaaaaaaaaaaaaaaa".into(), device: "e00fce68aaaaaaaaaaaaaaaa".into() }]);
+        assert_eq!(
+            events,
+            [ResponseEvent {
+                name: "e00fce68aaaaaaaaaaaaaaaa/r/0".into(),
+                data: "42 for e00fce68aaaaaaaaaaaaaaaa".into(),
+                device: "e00fce68aaaaaaaaaaaaaaaa".into()
+            }]
+        );
         let verbatim = response_chunks(&i, &ctx(), b"not json").unwrap();
         assert_eq!(verbatim[0].data, "not json");
     }
@@ -191,10 +252,23 @@ mod tests {
     #[test]
     fn errors_and_sleeping() {
         let i = integration(json!({}));
-        let e = error_event(&i, &ctx(), error_message(&DeliveryError::Status(404), "example.com"));
-        assert_eq!((e.name.as_str(), e.data.as_str()), ("hook-error/temp/0", "error status 404 from example.com"));
+        let e = error_event(
+            &i,
+            &ctx(),
+            error_message(&DeliveryError::Status(404), "example.com"),
+        );
+        assert_eq!(
+            (e.name.as_str(), e.data.as_str()),
+            ("hook-error/temp/0", "error status 404 from example.com")
+        );
         let custom = integration(json!({"errorResponseTopic": "{{{PARTICLE_DEVICE_ID}}}/oops"}));
         let e = error_event(&custom, &ctx(), SLEEPING_MESSAGE.into());
-        assert_eq!((e.name.as_str(), e.data.as_str()), ("e00fce68aaaaaaaaaaaaaaaa/oops/0", "Sleeping, too many errors, please wait and try again"));
+        assert_eq!(
+            (e.name.as_str(), e.data.as_str()),
+            (
+                "e00fce68aaaaaaaaaaaaaaaa/oops/0",
+                "Sleeping, too many errors, please wait and try again"
+            )
+        );
     }
 }

@@ -33,14 +33,18 @@ impl Signer {
             .decode(encoded)
             .map_err(|e| format!("the signing secret is not base64 (whsec_<base64>): {e}"))?;
         if key.len() < 16 {
-            return Err(format!("the signing secret is {} bytes; use at least 16 (24-64 recommended)", key.len()));
+            return Err(format!(
+                "the signing secret is {} bytes; use at least 16 (24-64 recommended)",
+                key.len()
+            ));
         }
         Ok(Signer { key })
     }
 
     /// `v1,<base64 signature>` of `id.timestamp.body`.
     pub fn signature(&self, id: &str, timestamp: i64, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes keys of any length");
         mac.update(id.as_bytes());
         mac.update(b".");
         mac.update(timestamp.to_string().as_bytes());
@@ -52,10 +56,16 @@ impl Signer {
     /// Adds the three headers to `request`.
     pub fn sign(&self, request: &mut RenderedRequest, id: &str, timestamp: i64) {
         let signature = self.signature(id, timestamp, &request.body);
-        request.headers.retain(|(n, _)| !n.to_ascii_lowercase().starts_with("webhook-"));
+        request
+            .headers
+            .retain(|(n, _)| !n.to_ascii_lowercase().starts_with("webhook-"));
         request.headers.push(("webhook-id".into(), id.to_owned()));
-        request.headers.push(("webhook-timestamp".into(), timestamp.to_string()));
-        request.headers.push(("webhook-signature".into(), signature));
+        request
+            .headers
+            .push(("webhook-timestamp".into(), timestamp.to_string()));
+        request
+            .headers
+            .push(("webhook-signature".into(), signature));
     }
 }
 
@@ -65,9 +75,19 @@ mod tests {
 
     #[test]
     fn refuses_bad_secrets() {
-        assert!(Signer::try_new("whsec_%%%").unwrap_err().contains("not base64"));
-        assert!(Signer::try_new("whsec_c2hvcnQ=").unwrap_err().contains("5 bytes"));
-        assert_eq!(format!("{:?}", Signer::try_new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()), "Signer([[SENSITIVE]])");
+        assert!(Signer::try_new("whsec_%%%")
+            .unwrap_err()
+            .contains("not base64"));
+        assert!(Signer::try_new("whsec_c2hvcnQ=")
+            .unwrap_err()
+            .contains("5 bytes"));
+        assert_eq!(
+            format!(
+                "{:?}",
+                Signer::try_new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap()
+            ),
+            "Signer([[SENSITIVE]])"
+        );
     }
 
     /// The example of the Standard Webhooks specification's reference
@@ -75,7 +95,11 @@ mod tests {
     #[test]
     fn matches_the_reference_example() {
         let s = Signer::try_new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let sig = s.signature("msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
+        let sig = s.signature(
+            "msg_p5jXN8AQM9LWM0D4loKWxJek",
+            1614265330,
+            br#"{"test": 2432232314}"#,
+        );
         assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }
 }

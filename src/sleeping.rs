@@ -68,7 +68,8 @@ impl HostState {
     }
 
     fn tripped(&self, rule: &SleepRule) -> bool {
-        self.errors >= rule.trip_errors && self.errors / (self.errors + self.successes) >= rule.trip_ratio
+        self.errors >= rule.trip_errors
+            && self.errors / (self.errors + self.successes) >= rule.trip_ratio
     }
 }
 
@@ -154,7 +155,10 @@ impl<C: Clock> SleepingHosts<C> {
     }
 
     pub fn tracked(&self) -> usize {
-        self.hosts.lock().expect("hosts lock is never poisoned").len()
+        self.hosts
+            .lock()
+            .expect("hosts lock is never poisoned")
+            .len()
     }
 }
 
@@ -166,7 +170,10 @@ mod tests {
 
     fn hosts() -> (SleepingHosts<Arc<ManualClock>>, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::default());
-        (SleepingHosts::new(SleepRule::default(), clock.clone()), clock)
+        (
+            SleepingHosts::new(SleepRule::default(), clock.clone()),
+            clock,
+        )
     }
 
     fn fail(h: &SleepingHosts<Arc<ManualClock>>, clock: &ManualClock, n: usize) {
@@ -230,8 +237,14 @@ mod tests {
                 break;
             }
         }
-        assert!(!h.is_asleep("h.example"), "awake after {admitted} good probes");
-        assert!((0..10).all(|_| h.admit("h.example")), "skipping is back to zero");
+        assert!(
+            !h.is_asleep("h.example"),
+            "awake after {admitted} good probes"
+        );
+        assert!(
+            (0..10).all(|_| h.admit("h.example")),
+            "skipping is back to zero"
+        );
     }
 
     #[test]
@@ -250,7 +263,10 @@ mod tests {
         let (h, clock) = hosts();
         fail(&h, &clock, 20);
         clock.advance(Duration::from_secs(120));
-        assert!(h.admit("h.example"), "two minutes of silence decay 20 errors below the trip");
+        assert!(
+            h.admit("h.example"),
+            "two minutes of silence decay 20 errors below the trip"
+        );
         clock.advance(Duration::from_secs(300));
         h.prune();
         assert_eq!(h.tracked(), 0);

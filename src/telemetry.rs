@@ -23,6 +23,15 @@ pub const WEBHOOK_ATTEMPTS: &str = "hookd_webhook_attempts_total";
 pub const WEBHOOK_DURATION: &str = "hookd_webhook_duration_seconds";
 /// Requests in flight now.
 pub const INFLIGHT_DELIVERIES: &str = "hookd_inflight_deliveries";
+/// Time deliveries waited for their host's rate limit.
+pub const THROTTLE_WAIT: &str = "hookd_throttle_wait_seconds";
+/// Deliveries handed to the retry topic because their host's limit would
+/// have held them longer than `limits.max_wait`.
+pub const DEFERRED: &str = "hookd_deliveries_deferred_total";
+/// Failed or skipped attempts scheduled for a retry.
+pub const RETRIES_SCHEDULED: &str = "hookd_retries_scheduled_total";
+/// Deliveries given up on, by `reason` (`retries_exhausted`, `render_failed`).
+pub const DELIVERIES_DEAD_LETTERED: &str = "hookd_deliveries_dead_lettered_total";
 /// Integration records refused at load, by source.
 pub const CONFIG_INVALID: &str = "hookd_config_records_invalid_total";
 

@@ -50,14 +50,26 @@ impl LimitSettings {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let check = |key: String, l: HostLimit| {
             if !(l.rate >= 0.0 && l.rate.is_finite()) {
-                return Err((format!("{key}.rate"), format!("must be 0 (no limit) or a positive number, got {}", l.rate)));
+                return Err((
+                    format!("{key}.rate"),
+                    format!("must be 0 (no limit) or a positive number, got {}", l.rate),
+                ));
             }
             if l.rate > 0.0 && l.burst == 0 {
-                return Err((format!("{key}.burst"), "must be at least 1 when a rate is set, got 0".to_owned()));
+                return Err((
+                    format!("{key}.burst"),
+                    "must be at least 1 when a rate is set, got 0".to_owned(),
+                ));
             }
             Ok(())
         };
-        check("limits".into(), HostLimit { rate: self.rate, burst: self.burst })?;
+        check(
+            "limits".into(),
+            HostLimit {
+                rate: self.rate,
+                burst: self.burst,
+            },
+        )?;
         for (host, l) in &self.hosts {
             check(format!("limits.hosts.{host:?}"), *l)?;
         }
@@ -72,7 +84,12 @@ pub enum Decision {
     Wait(Duration),
 }
 
-type Keyed<C> = RateLimiter<String, DefaultKeyedStateStore<String>, C, NoOpMiddleware<<C as GovernorClock>::Instant>>;
+type Keyed<C> = RateLimiter<
+    String,
+    DefaultKeyedStateStore<String>,
+    C,
+    NoOpMiddleware<<C as GovernorClock>::Instant>,
+>;
 
 /// The limiters of one share; rebuilt as a whole when the share changes.
 struct Limiters<C: GovernorClock> {
@@ -96,7 +113,11 @@ impl Throttle<DefaultClock> {
 impl<C: GovernorClock + Clone> Throttle<C> {
     pub fn with_clock(settings: LimitSettings, clock: C) -> Self {
         let limiters = ArcSwap::from_pointee(build(&settings, 1.0, &clock));
-        Throttle { settings, clock, limiters }
+        Throttle {
+            settings,
+            clock,
+            limiters,
+        }
     }
 
     pub fn check(&self, host: &str) -> Decision {
@@ -117,8 +138,16 @@ impl<C: GovernorClock + Clone> Throttle<C> {
     /// This worker's share of the fleet's limits, `assigned / total`
     /// partitions of the events topic. Rebuilds the limiters.
     pub fn set_share(&self, assigned: usize, total: usize) {
-        let share = if total == 0 { 1.0 } else { (assigned as f64 / total as f64).clamp(0.0, 1.0) };
-        self.limiters.store(std::sync::Arc::new(build(&self.settings, share, &self.clock)));
+        let share = if total == 0 {
+            1.0
+        } else {
+            (assigned as f64 / total as f64).clamp(0.0, 1.0)
+        };
+        self.limiters.store(std::sync::Arc::new(build(
+            &self.settings,
+            share,
+            &self.clock,
+        )));
     }
 
     pub fn max_wait(&self) -> Duration {
@@ -129,7 +158,11 @@ impl<C: GovernorClock + Clone> Throttle<C> {
     /// keys of hosts no longer sent to do not accumulate.
     pub fn prune(&self) {
         let limiters = self.limiters.load();
-        for l in limiters.default.iter().chain(limiters.overrides.values().flatten()) {
+        for l in limiters
+            .default
+            .iter()
+            .chain(limiters.overrides.values().flatten())
+        {
             l.retain_recent();
             l.shrink_to_fit();
         }
@@ -138,18 +171,34 @@ impl<C: GovernorClock + Clone> Throttle<C> {
     /// Hosts with limiter state held.
     pub fn tracked(&self) -> usize {
         let limiters = self.limiters.load();
-        limiters.default.iter().chain(limiters.overrides.values().flatten()).map(|l| l.len()).sum()
+        limiters
+            .default
+            .iter()
+            .chain(limiters.overrides.values().flatten())
+            .map(|l| l.len())
+            .sum()
     }
 }
 
 fn build<C: GovernorClock + Clone>(s: &LimitSettings, share: f64, clock: &C) -> Limiters<C> {
     let limiter = |l: HostLimit| -> Option<Keyed<C>> {
         let quota = quota(l, share)?;
-        Some(RateLimiter::new(quota, DefaultKeyedStateStore::default(), clock.clone()))
+        Some(RateLimiter::new(
+            quota,
+            DefaultKeyedStateStore::default(),
+            clock.clone(),
+        ))
     };
     Limiters {
-        default: limiter(HostLimit { rate: s.rate, burst: s.burst }),
-        overrides: s.hosts.iter().map(|(h, l)| (h.clone(), limiter(*l))).collect(),
+        default: limiter(HostLimit {
+            rate: s.rate,
+            burst: s.burst,
+        }),
+        overrides: s
+            .hosts
+            .iter()
+            .map(|(h, l)| (h.clone(), limiter(*l)))
+            .collect(),
     }
 }
 
@@ -161,7 +210,8 @@ fn quota(l: HostLimit, share: f64) -> Option<Quota> {
     }
     let share = share.max(1e-3);
     let period = Duration::from_secs_f64(1.0 / (l.rate * share));
-    let burst = NonZeroU32::new(((l.burst as f64 * share).round() as u32).max(1)).expect("at least 1");
+    let burst =
+        NonZeroU32::new(((l.burst as f64 * share).round() as u32).max(1)).expect("at least 1");
     Some(Quota::with_period(period)?.allow_burst(burst))
 }
 
@@ -171,7 +221,12 @@ mod tests {
     use governor::clock::FakeRelativeClock;
 
     fn settings(rate: f64, burst: u32) -> LimitSettings {
-        LimitSettings { rate, burst, max_wait: Duration::from_secs(1), hosts: BTreeMap::new() }
+        LimitSettings {
+            rate,
+            burst,
+            max_wait: Duration::from_secs(1),
+            hosts: BTreeMap::new(),
+        }
     }
 
     fn admitted(t: &Throttle<FakeRelativeClock>, host: &str, n: usize) -> usize {
@@ -185,7 +240,11 @@ mod tests {
         assert_eq!(admitted(&t, "a", 20), 5, "the burst");
         assert_eq!(t.check("a"), Decision::Wait(Duration::from_millis(100)));
         clock.advance(Duration::from_secs(1));
-        assert_eq!(admitted(&t, "a", 20), 5, "a second refills ten, capped at the burst");
+        assert_eq!(
+            admitted(&t, "a", 20),
+            5,
+            "a second refills ten, capped at the burst"
+        );
         clock.advance(Duration::from_millis(300));
         assert_eq!(admitted(&t, "a", 20), 3, "10/s for 300 ms");
     }
@@ -194,14 +253,37 @@ mod tests {
     fn hosts_are_limited_independently_with_overrides() {
         let clock = FakeRelativeClock::default();
         let mut s = settings(10.0, 2);
-        s.hosts.insert("slow.example".into(), HostLimit { rate: 1.0, burst: 1 });
-        s.hosts.insert("free.example".into(), HostLimit { rate: 0.0, burst: 0 });
+        s.hosts.insert(
+            "slow.example".into(),
+            HostLimit {
+                rate: 1.0,
+                burst: 1,
+            },
+        );
+        s.hosts.insert(
+            "free.example".into(),
+            HostLimit {
+                rate: 0.0,
+                burst: 0,
+            },
+        );
         let t = Throttle::with_clock(s, clock.clone());
         assert_eq!(admitted(&t, "slow.example", 10), 1);
-        assert_eq!(t.check("slow.example"), Decision::Wait(Duration::from_secs(1)));
-        assert_eq!(admitted(&t, "a.example", 10), 2, "another host is not held up");
+        assert_eq!(
+            t.check("slow.example"),
+            Decision::Wait(Duration::from_secs(1))
+        );
+        assert_eq!(
+            admitted(&t, "a.example", 10),
+            2,
+            "another host is not held up"
+        );
         assert_eq!(admitted(&t, "b.example", 10), 2);
-        assert_eq!(admitted(&t, "free.example", 1000), 1000, "rate 0 is no limit");
+        assert_eq!(
+            admitted(&t, "free.example", 1000),
+            1000,
+            "rate 0 is no limit"
+        );
     }
 
     #[test]
@@ -211,7 +293,11 @@ mod tests {
         t.set_share(1, 4);
         assert_eq!(admitted(&t, "h", 100), 10, "a quarter of the burst");
         clock.advance(Duration::from_secs(1));
-        assert_eq!(admitted(&t, "h", 100), 10, "a quarter of the rate, capped by the burst");
+        assert_eq!(
+            admitted(&t, "h", 100),
+            10,
+            "a quarter of the rate, capped by the burst"
+        );
         clock.advance(Duration::from_millis(200));
         assert_eq!(admitted(&t, "h", 100), 5, "25/s for 200 ms");
         t.set_share(4, 4);
@@ -240,6 +326,12 @@ mod tests {
     #[test]
     fn invalid_limits_name_the_key() {
         assert_eq!(settings(-1.0, 1).validate().unwrap_err().0, "limits.rate");
-        assert_eq!(settings(5.0, 0).validate().unwrap_err(), ("limits.burst".into(), "must be at least 1 when a rate is set, got 0".into()));
+        assert_eq!(
+            settings(5.0, 0).validate().unwrap_err(),
+            (
+                "limits.burst".into(),
+                "must be at least 1 when a rate is set, got 0".into()
+            )
+        );
     }
 }
