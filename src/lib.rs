@@ -36,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod dead_letter;
 pub mod deliver;
+pub mod dispatch;
 pub mod event;
 pub mod health;
 pub mod integration;

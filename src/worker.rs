@@ -1,45 +1,55 @@
-//! The worker: consume → resolve → render → deliver → record, at least once.
+//! The worker: consume → resolve → dispatch (render, throttle, deliver,
+//! record, respond, retry), at least once.
 //!
-//! In: the events topic (consumer group `kafka.group_id`) and the live
-//! [`IndexHandle`]. Out: webhooks sent, outcomes recorded, undecodable records
-//! on the dead-letter topic, and offsets committed only behind completely
-//! handled events ([`OffsetLedger`]).
+//! In: the events topic and the retry topics (consumer groups `kafka.group_id`
+//! and `<group_id>.retry`) and the live [`IndexHandle`]. Out: webhooks sent,
+//! outcomes recorded, response events, retries and dead letters produced, and
+//! offsets committed only behind completely handled records
+//! ([`OffsetLedger`]).
 //!
-//! Backpressure: a permit per event in flight (`worker.max_inflight_events`)
-//! is taken before a record is pulled, and a permit per request
-//! (`worker.max_inflight_deliveries`) before it is sent; every event's fan-out
-//! runs in its own task, so a slow destination holds only its own permits.
+//! Backpressure: a permit per record in flight is taken before a record is
+//! pulled (`worker.max_inflight_events` for events, `retry.max_waiting` for
+//! retries), and a permit per request before it is sent
+//! (`worker.max_inflight_deliveries`); every record's work runs in its own
+//! task, so a slow destination holds only its own permits, and a rate-limited
+//! one is deferred to the retry topics.
 //!
-//! Shutdown: cancelling the token stops the intake; deliveries in flight get
-//! `worker.shutdown_grace` to finish; then the commit points are committed
-//! synchronously and [`Worker::run`] returns. Whatever did not finish is not
-//! committed and is redelivered to the partition's next owner.
+//! Shutdown: cancelling the token stops both intakes; deliveries in flight get
+//! `worker.shutdown_grace` to finish (retries still waiting for their due time
+//! are abandoned at once, to be read again by the next owner); then the commit
+//! points are committed synchronously and [`Worker::run`] returns.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::clock::MonotonicClock;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
-use crate::deliver::{Deliverer, DeliveryError, Outcome};
+use crate::deliver::Deliverer;
+use crate::dispatch::{Attempt, Dispatcher, Settled};
 use crate::event::{DeviceEvent, Origin};
 use crate::offsets::{OffsetLedger, Ticket};
 use crate::record::{Recorder, Tally};
-use crate::render::{render, EventContext, SecretMode, Secrets};
+use crate::render::{EventContext, SecretMode, Secrets};
 use crate::resolve::{IndexHandle, Match};
-use crate::telemetry::{EVENTS_CONSUMED, EVENTS_INVALID, EVENTS_UNMATCHED, INFLIGHT_DELIVERIES};
+use crate::retry::RetryRecord;
+use crate::sleeping::SleepingHosts;
+use crate::telemetry::{EVENTS_CONSUMED, EVENTS_INVALID, EVENTS_UNMATCHED};
+use crate::throttle::Throttle;
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -63,20 +73,25 @@ impl Readiness {
     }
 }
 
+/// The events consumer's share of the fleet's rate limits.
+struct Share {
+    throttle: Arc<Throttle>,
+    topic: String,
+    total_partitions: Arc<AtomicUsize>,
+}
+
 /// Forgets revoked partitions in the ledger, so late completions of their
-/// old work cannot store offsets for the next assignment.
+/// old work cannot store offsets for the next assignment; on the events
+/// consumer, also recomputes the rate-limit share.
 struct WorkerContext {
     ledger: Arc<OffsetLedger>,
+    share: Option<Share>,
 }
 
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(
-        &self,
-        _consumer: &rdkafka::consumer::BaseConsumer<Self>,
-        rebalance: &Rebalance<'_>,
-    ) {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             self.ledger.revoke(
                 tpl.elements()
@@ -85,22 +100,64 @@ impl ConsumerContext for WorkerContext {
             );
         }
     }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let (Some(share), Rebalance::Assign(tpl)) = (&self.share, rebalance) {
+            let assigned = tpl.elements_for_topic(&share.topic).len();
+            let total = share.total_partitions.load(Ordering::Relaxed);
+            share.throttle.set_share(assigned, total);
+            tracing::info!(assigned, total, "rate-limit share recomputed");
+        }
+    }
 }
 
-type EventConsumer = StreamConsumer<WorkerContext>;
+type RecordConsumer = StreamConsumer<WorkerContext>;
 
-/// What every event task needs; cloned into each.
+/// A consumer and the offsets of what it handed out.
+#[derive(Clone)]
+struct Source {
+    consumer: Arc<RecordConsumer>,
+    ledger: Arc<OffsetLedger>,
+}
+
+impl Source {
+    /// Marks a record handled and stores the partition's new commit point.
+    fn finish(&self, ticket: &Ticket) {
+        if let Some(next) = self.ledger.finish(ticket) {
+            let mut tpl = TopicPartitionList::new();
+            let stored = tpl
+                .add_partition_offset(&ticket.topic, ticket.partition, Offset::Offset(next))
+                .and_then(|_| self.consumer.store_offsets(&tpl));
+            if let Err(e) = stored {
+                // The partition was revoked meanwhile; its new owner redelivers.
+                tracing::debug!(error = %e, partition = ticket.partition, "offset not stored");
+            }
+        }
+    }
+
+    fn commit_final(&self) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition, offset) in self.ledger.committable() {
+            let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => tracing::info!(partitions = tpl.count(), "final offsets committed"),
+            Err(e) => {
+                tracing::warn!(error = %e, "final commit failed; the last records may be redelivered")
+            }
+        }
+    }
+}
+
+/// What every record's task needs; cloned into each.
 #[derive(Clone)]
 struct Pipeline {
     index: IndexHandle,
-    deliverer: Deliverer,
-    recorder: Recorder,
     secrets: Secrets,
-    deliveries: Arc<Semaphore>,
-    ledger: Arc<OffsetLedger>,
-    consumer: Arc<EventConsumer>,
-    producer: FutureProducer,
-    dead_letter_topic: Arc<str>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 /// A configured worker, ready to [`run`](Worker::run).
@@ -133,85 +190,135 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled, then drains and commits.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        let k = &self.settings.kafka;
+        let s = &self.settings;
+        let k = &s.kafka;
+        let retry_topics = s.retry.topics();
         if k.create_topics {
-            crate::kafka::ensure_topics(k, &[&k.dead_letter_topic]).await?;
+            let mut topics = vec![k.dead_letter_topic.as_str(), k.responses_topic.as_str()];
+            topics.extend(retry_topics.iter().map(String::as_str));
+            crate::kafka::ensure_topics(k, &topics).await?;
         }
-        let ledger = Arc::new(OffsetLedger::default());
-        let consumer: EventConsumer =
-            crate::kafka::consumer_config(k).create_with_context(WorkerContext {
-                ledger: ledger.clone(),
-            })?;
-        consumer.subscribe(&[&k.events_topic])?;
-        let consumer = Arc::new(consumer);
+        let throttle = Arc::new(Throttle::new(s.limits.clone()));
+        let sleeping = Arc::new(SleepingHosts::new(s.sleeping, MonotonicClock::default()));
+
+        let total_partitions = Arc::new(AtomicUsize::new(0));
+        let events = source(
+            crate::kafka::consumer_config(k),
+            Some(Share {
+                throttle: throttle.clone(),
+                topic: k.events_topic.clone(),
+                total_partitions: total_partitions.clone(),
+            }),
+        )?;
+        let metadata = events
+            .consumer
+            .fetch_metadata(Some(&k.events_topic), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        total_partitions.store(partitions, Ordering::Relaxed);
+        events.consumer.subscribe(&[&k.events_topic])?;
+        let retries = if retry_topics.is_empty() {
+            None
+        } else {
+            let mut config = crate::kafka::consumer_config(k);
+            config.set("group.id", format!("{}.retry", k.group_id));
+            let retries = source(config, None)?;
+            let topics: Vec<&str> = retry_topics.iter().map(String::as_str).collect();
+            retries.consumer.subscribe(&topics)?;
+            Some(retries)
+        };
+
         let producer: FutureProducer = crate::kafka::producer_config(k).create()?;
-        let w = &self.settings.worker;
         let pipeline = Pipeline {
             index: self.index.clone(),
-            deliverer: Deliverer::new(&self.settings.delivery, &self.settings.outbound),
-            recorder: self.recorder.clone(),
-            secrets: Arc::new(self.settings.secrets.clone()),
-            deliveries: Arc::new(Semaphore::new(w.max_inflight_deliveries)),
-            ledger: ledger.clone(),
-            consumer: consumer.clone(),
-            producer,
-            dead_letter_topic: Arc::from(k.dead_letter_topic.as_str()),
+            secrets: Arc::new(s.secrets.clone()),
+            dispatcher: Arc::new(Dispatcher {
+                deliverer: Deliverer::new(&s.delivery, &s.outbound),
+                recorder: self.recorder.clone(),
+                deliveries: Arc::new(Semaphore::new(s.worker.max_inflight_deliveries)),
+                throttle: throttle.clone(),
+                sleeping: sleeping.clone(),
+                producer,
+                retry: s.retry.clone(),
+                responses_topic: k.responses_topic.clone(),
+                dead_letter_topic: k.dead_letter_topic.clone(),
+            }),
         };
-        let events = Arc::new(Semaphore::new(w.max_inflight_events));
         let tasks = TaskTracker::new();
+        tasks.spawn(prune_periodically(throttle, sleeping, shutdown.clone()));
         self.readiness.set_ready();
-        tracing::info!(topic = %k.events_topic, group = %k.group_id, "worker consuming");
+        tracing::info!(topic = %k.events_topic, group = %k.group_id, partitions, "worker consuming");
 
-        loop {
-            // Take the permit first: at the limit, stop pulling records.
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                p = events.clone().acquire_owned() => p.expect("the semaphore is never closed"),
-            };
-            let message = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break,
-                m = consumer.recv() => m,
-            };
-            let message = match message {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "consume failed; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
-                    }
-                }
-            };
-            metrics::counter!(EVENTS_CONSUMED).increment(1);
-            let (origin, ticket, work) = accept(&pipeline, &message);
-            drop(message);
-            match work {
-                Work::Done => pipeline.finish(&ticket),
-                work => {
-                    let pipeline = pipeline.clone();
-                    let shutdown = shutdown.clone();
-                    tasks.spawn(async move {
-                        pipeline.handle(origin, work, &shutdown).await;
-                        pipeline.finish(&ticket);
-                        drop(permit);
-                    });
-                }
+        let events_loop = consume(
+            &events,
+            &pipeline,
+            &tasks,
+            s.worker.max_inflight_events,
+            &shutdown,
+            accept_event,
+        );
+        match &retries {
+            Some(r) => {
+                let retry_loop = consume(
+                    r,
+                    &pipeline,
+                    &tasks,
+                    s.retry.max_waiting,
+                    &shutdown,
+                    accept_retry,
+                );
+                tokio::join!(events_loop, retry_loop);
             }
+            None => events_loop.await,
         }
 
         tasks.close();
-        let grace = w.shutdown_grace;
-        tracing::info!(in_flight = ledger.in_flight(), ?grace, "draining");
+        let grace = s.worker.shutdown_grace;
+        tracing::info!(in_flight = events.ledger.in_flight(), ?grace, "draining");
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!(
-                unfinished = ledger.in_flight(),
+                unfinished = events.ledger.in_flight(),
                 "shutdown grace ran out; unfinished events will be redelivered"
             );
         }
-        commit_final(&consumer, &ledger);
+        events.commit_final();
+        if let Some(r) = &retries {
+            r.commit_final();
+        }
         Ok(())
+    }
+}
+
+fn source(config: rdkafka::ClientConfig, share: Option<Share>) -> Result<Source, KafkaError> {
+    let ledger = Arc::new(OffsetLedger::default());
+    let consumer: RecordConsumer = config.create_with_context(WorkerContext {
+        ledger: ledger.clone(),
+        share,
+    })?;
+    Ok(Source {
+        consumer: Arc::new(consumer),
+        ledger,
+    })
+}
+
+/// Limiter keys and host ratings of destinations no longer sent to.
+async fn prune_periodically(
+    throttle: Arc<Throttle>,
+    sleeping: Arc<SleepingHosts<MonotonicClock>>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                throttle.prune();
+                sleeping.prune();
+            }
+        }
     }
 }
 
@@ -220,29 +327,81 @@ enum Work {
     /// Nothing: no integration fires.
     Done,
     Deliver(DeviceEvent, Vec<Match>),
+    Retry(Box<RetryRecord>),
     DeadLetter(DeadLetter, Option<Vec<u8>>),
 }
 
-/// Decodes and resolves one record; cheap, so it runs in the consume loop.
-fn accept(p: &Pipeline, m: &BorrowedMessage<'_>) -> (Origin, Ticket, Work) {
-    let origin = Origin {
-        topic: m.topic().to_owned(),
-        partition: m.partition(),
-        offset: m.offset(),
-    };
-    let ticket = p.ledger.begin(m.topic(), m.partition(), m.offset());
+/// The intake loop of one source: a permit, a record, a task.
+async fn consume(
+    source: &Source,
+    pipeline: &Pipeline,
+    tasks: &TaskTracker,
+    max_inflight: usize,
+    shutdown: &CancellationToken,
+    accept: fn(&Pipeline, &BorrowedMessage<'_>, &Origin) -> Work,
+) {
+    let permits = Arc::new(Semaphore::new(max_inflight));
+    loop {
+        // Take the permit first: at the limit, stop pulling records.
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        };
+        let message = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return,
+            m = source.consumer.recv() => m,
+        };
+        let message = match message {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "consume failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                }
+            }
+        };
+        let origin = Origin {
+            topic: message.topic().to_owned(),
+            partition: message.partition(),
+            offset: message.offset(),
+        };
+        let ticket = source
+            .ledger
+            .begin(&origin.topic, origin.partition, origin.offset);
+        let work = accept(pipeline, &message, &origin);
+        drop(message);
+        if let Work::Done = work {
+            source.finish(&ticket);
+            continue;
+        }
+        let (pipeline, source, shutdown) = (pipeline.clone(), source.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            if pipeline.handle(origin, work, &shutdown).await == Settled::Done {
+                source.finish(&ticket);
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Decodes and resolves one event record; cheap, so it runs in the loop.
+fn accept_event(p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work {
+    metrics::counter!(EVENTS_CONSUMED).increment(1);
     let payload = m.payload().unwrap_or_default();
     let published = m
         .timestamp()
         .to_millis()
         .and_then(DateTime::<Utc>::from_timestamp_millis)
         .unwrap_or_else(Utc::now);
-    let work = match DeviceEvent::decode(payload, &origin, published) {
+    match DeviceEvent::decode(payload, origin, published) {
         Err(invalid) => {
             metrics::counter!(EVENTS_INVALID, "reason" => invalid.reason.as_label()).increment(1);
             tracing::warn!(reason = %invalid.reason, error = %invalid, partition = origin.partition, offset = origin.offset, "invalid event; dead-lettering");
             Work::DeadLetter(
-                DeadLetter::invalid_event(&invalid, &origin, payload),
+                DeadLetter::invalid_event(&invalid, origin, payload),
                 m.key().map(<[u8]>::to_vec),
             )
         }
@@ -255,115 +414,99 @@ fn accept(p: &Pipeline, m: &BorrowedMessage<'_>) -> (Origin, Ticket, Work) {
                 Work::Deliver(event, matches)
             }
         }
-    };
-    (origin, ticket, work)
+    }
+}
+
+/// Decodes one retry record; a record that does not decode is dead-lettered.
+fn accept_retry(_p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work {
+    let payload = m.payload().unwrap_or_default();
+    match serde_json::from_slice::<RetryRecord>(payload) {
+        Ok(r) => Work::Retry(Box::new(r)),
+        Err(e) => {
+            tracing::error!(error = %e, topic = %origin.topic, "undecodable retry record; dead-lettering");
+            let invalid = crate::event::InvalidEvent {
+                reason: crate::event::InvalidReason::BadField,
+                message: format!("undecodable retry record: {e}"),
+            };
+            Work::DeadLetter(
+                DeadLetter::invalid_event(&invalid, origin, payload),
+                m.key().map(<[u8]>::to_vec),
+            )
+        }
+    }
 }
 
 impl Pipeline {
-    async fn handle(&self, origin: Origin, work: Work, shutdown: &CancellationToken) {
+    async fn handle(&self, origin: Origin, work: Work, shutdown: &CancellationToken) -> Settled {
         match work {
-            Work::Done => {}
-            Work::Deliver(event, matches) => self.deliver_all(event, matches).await,
-            Work::DeadLetter(letter, key) => self.dead_letter(&origin, letter, key, shutdown).await,
-        }
-    }
-
-    /// Every delivery of one event, concurrently; returns when all are done.
-    async fn deliver_all(&self, event: DeviceEvent, matches: Vec<Match>) {
-        let ctx = EventContext::new(event, self.secrets.clone(), SecretMode::Reveal);
-        join_all(matches.iter().map(|m| self.deliver_one(m, &ctx))).await;
-    }
-
-    async fn deliver_one(&self, m: &Match, ctx: &EventContext) {
-        let outcome = match render(&m.integration, ctx) {
-            Ok(request) => {
-                let _permit = self
-                    .deliveries
-                    .acquire()
-                    .await
-                    .expect("the semaphore is never closed");
-                metrics::gauge!(INFLIGHT_DELIVERIES).increment(1.0);
-                let outcome = self
-                    .deliverer
-                    .send(&request, m.integration.reject_unauthorized)
-                    .await;
-                metrics::gauge!(INFLIGHT_DELIVERIES).decrement(1.0);
-                outcome
-            }
-            Err(e) => Outcome::not_sent(DeliveryError::Render(e.to_string())),
-        };
-        if let Err(e) = &outcome.result {
-            tracing::debug!(integration = %m.integration.id, event = %ctx.event().id, error = %e, "webhook failed");
-        }
-        self.recorder.record(m, &outcome);
-    }
-
-    /// Writes a dead letter, retrying until the broker takes it: the record's
-    /// offset is not committed before, so a dead letter is never lost. Gives
-    /// up only at shutdown, leaving the record to be consumed again.
-    async fn dead_letter(
-        &self,
-        origin: &Origin,
-        letter: DeadLetter,
-        key: Option<Vec<u8>>,
-        shutdown: &CancellationToken,
-    ) {
-        let payload = letter.to_json();
-        loop {
-            let mut record =
-                FutureRecord::<[u8], [u8]>::to(&self.dead_letter_topic).payload(&payload);
-            if let Some(k) = &key {
-                record = record.key(k);
-            }
-            match self
-                .producer
-                .send(record, Timeout::After(Duration::from_secs(30)))
-                .await
-            {
-                Ok(_) => return,
-                Err((e, _)) => {
-                    tracing::error!(error = %e, partition = origin.partition, offset = origin.offset, "cannot write dead letter; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
+            Work::Done => Settled::Done,
+            Work::Deliver(event, matches) => {
+                let ctx = EventContext::new(event, self.secrets.clone(), SecretMode::Reveal);
+                let attempts = matches.into_iter().map(|matched| {
+                    let a = Attempt {
+                        matched,
+                        number: 1,
+                        history: Vec::new(),
+                        origin: origin.clone(),
+                    };
+                    self.dispatcher.attempt(&ctx, a, shutdown)
+                });
+                let settled = join_all(attempts).await;
+                if settled.contains(&Settled::Abandoned) {
+                    Settled::Abandoned
+                } else {
+                    Settled::Done
                 }
             }
-        }
-    }
-
-    /// Marks an event handled and stores the partition's new commit point.
-    fn finish(&self, ticket: &Ticket) {
-        if let Some(next) = self.ledger.finish(ticket) {
-            let mut tpl = TopicPartitionList::new();
-            let stored = tpl
-                .add_partition_offset(&ticket.topic, ticket.partition, Offset::Offset(next))
-                .and_then(|_| self.consumer.store_offsets(&tpl));
-            if let Err(e) = stored {
-                // The partition was revoked meanwhile; its new owner redelivers.
-                tracing::debug!(error = %e, partition = ticket.partition, "offset not stored");
+            Work::Retry(record) => self.retry(*record, shutdown).await,
+            Work::DeadLetter(letter, key) => {
+                let key = key
+                    .map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .unwrap_or_default();
+                let topic = self.dispatcher.dead_letter_topic.clone();
+                self.dispatcher
+                    .send(&topic, &key, &letter.to_json(), shutdown)
+                    .await
             }
         }
     }
-}
 
-fn commit_final(consumer: &EventConsumer, ledger: &OffsetLedger) {
-    let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in ledger.committable() {
-        if tpl
-            .add_partition_offset(&topic, partition, Offset::Offset(offset))
-            .is_err()
-        {
-            continue;
+    /// Waits for the record's due time, then makes its attempt with the
+    /// integration as currently configured.
+    async fn retry(&self, r: RetryRecord, shutdown: &CancellationToken) -> Settled {
+        let wait = r.due_at_ms - Utc::now().timestamp_millis();
+        if wait > 0 {
+            tokio::select! {
+                // Not committed: the next owner of the partition waits instead.
+                _ = shutdown.cancelled() => return Settled::Abandoned,
+                _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
+            }
         }
-    }
-    if tpl.count() == 0 {
-        return;
-    }
-    match consumer.commit(&tpl, CommitMode::Sync) {
-        Ok(()) => tracing::info!(partitions = tpl.count(), "final offsets committed"),
-        Err(e) => {
-            tracing::warn!(error = %e, "final commit failed; the last events may be redelivered")
+        let Some(integration) = self.index.load().get(&r.integration).cloned() else {
+            tracing::info!(integration = %r.integration, "retry dropped: the integration no longer exists");
+            return Settled::Done;
+        };
+        if integration.disabled {
+            tracing::info!(integration = %r.integration, "retry dropped: the integration is disabled");
+            return Settled::Done;
         }
+        let event = match DeviceEvent::decode(r.event.as_bytes(), &r.origin, Utc::now()) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(error = %e, "retry record carries an invalid event; dropped");
+                return Settled::Done;
+            }
+        };
+        let ctx = EventContext::new(event, self.secrets.clone(), SecretMode::Reveal);
+        let a = Attempt {
+            matched: Match {
+                integration,
+                product: r.product,
+            },
+            number: r.attempt,
+            history: r.history,
+            origin: r.origin,
+        };
+        self.dispatcher.attempt(&ctx, a, shutdown).await
     }
 }

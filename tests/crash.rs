@@ -20,39 +20,20 @@ fn write_config(dir: &Path, s: &Settings, receiver: &Receiver) -> std::path::Pat
     std::fs::create_dir_all(&integrations).unwrap();
     let hook = json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in"), "json": {"v": "{{{PARTICLE_EVENT_VALUE}}}"}});
     std::fs::write(integrations.join("h.json"), hook.to_string()).unwrap();
+    let mut s = s.clone();
     // A killed member leaves the group only when its session times out:
     // keep that short so the restarted worker gets the partitions soon.
-    let mut client =
-        String::from("\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n");
-    for (k, v) in &s.kafka.client {
-        client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
-    }
+    s.kafka
+        .client
+        .insert("session.timeout.ms".into(), "6000".into());
+    s.kafka
+        .client
+        .insert("heartbeat.interval.ms".into(), "500".into());
     let config = format!(
-        r#"[kafka]
-brokers = "{brokers}"
-group_id = "{group}"
-events_topic = "{events}"
-dead_letter_topic = "{dlq}"
-create_topics = false
-[kafka.client]
-{client}
-[integrations]
-path = "{integrations}"
-[worker]
-max_inflight_events = 8
-shutdown_grace = "10s"
-[metrics]
-listen = "127.0.0.1:0"
-[outbound]
-allow_networks = ["127.0.0.0/8"]
-[log]
-filter = "info,rdkafka=warn"
-"#,
-        brokers = s.kafka.brokers,
-        group = s.kafka.group_id,
-        events = s.kafka.events_topic,
-        dlq = s.kafka.dead_letter_topic,
-        integrations = integrations.display(),
+        "{}[integrations]\npath = \"{}\"\n[worker]\nmax_inflight_events = 8\nshutdown_grace = \"10s\"\n\
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n",
+        common::config_sections(&s),
+        integrations.display(),
     );
     let path = dir.join("hookd.toml");
     std::fs::write(&path, config).unwrap();

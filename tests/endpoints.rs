@@ -46,17 +46,15 @@ async fn health_readiness_and_metrics_without_integration_label() {
         .local_addr()
         .unwrap()
         .port();
-    let mut client = String::new();
-    for (k, v) in &s.kafka.client {
-        client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
-    }
+    let mut s = s.clone();
+    s.kafka.create_topics = create;
     let config = dir.path().join("hookd.toml");
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\ncreate_topics = {create}\n\
-             [kafka.client]\n{client}[integrations]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n[outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
-            s.kafka.brokers, s.kafka.group_id, s.kafka.events_topic, s.kafka.dead_letter_topic, dir.path().display()
+            "{}[integrations]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n",
+            common::config_sections(&s),
+            dir.path().display()
         ),
     )
     .unwrap();

@@ -24,6 +24,10 @@ async fn errors_are_counted_and_the_worker_keeps_flowing() {
     let receiver = Receiver::start().await;
     let mut s = settings(&broker);
     s.delivery.timeout = Duration::from_millis(500);
+    // Counted attempt by attempt here: no retries, and a host that never
+    // falls asleep (both have tests of their own).
+    s.retry.delays.clear();
+    s.sleeping.trip_errors = 1e9;
     create_topics(&broker, &s, 2).await;
     let worker = start_worker(
         &s,

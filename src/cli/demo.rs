@@ -71,6 +71,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     k.brokers = cluster.bootstrap_servers();
     cluster.create_topic(&k.events_topic, 3, 1)?;
     cluster.create_topic(&k.dead_letter_topic, 1, 1)?;
+    cluster.create_topic(&k.responses_topic, 1, 1)?;
+    for topic in settings.retry.topics() {
+        cluster.create_topic(&topic, 1, 1)?;
+    }
+    let k = &mut settings.kafka;
+    // The mock cluster does not answer CreateTopics; they exist now.
     k.create_topics = false;
     settings
         .secrets

@@ -144,6 +144,11 @@ pub fn settings(broker: &Broker) -> Settings {
     s.kafka.brokers = broker.bootstrap().to_owned();
     s.kafka.events_topic = unique("events");
     s.kafka.dead_letter_topic = unique("dead-letter");
+    s.kafka.responses_topic = unique("responses");
+    s.retry.topic_prefix = unique("retry");
+    s.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(2)];
+    // Tests send many requests to one loopback receiver.
+    s.limits.rate = 0.0;
     s.kafka.group_id = unique("hookd");
     s.kafka.create_topics = false;
     if broker.is_real() {
@@ -158,10 +163,47 @@ pub fn settings(broker: &Broker) -> Settings {
     s
 }
 
-/// Creates the worker's topics.
+/// Creates the worker's topics: events (`partitions`), dead letters,
+/// responses and retries.
 pub async fn create_topics(broker: &Broker, s: &Settings, partitions: i32) {
     broker.create_topic(&s.kafka.events_topic, partitions).await;
     broker.create_topic(&s.kafka.dead_letter_topic, 1).await;
+    broker.create_topic(&s.kafka.responses_topic, 1).await;
+    for topic in s.retry.topics() {
+        broker.create_topic(&topic, 2).await;
+    }
+}
+
+/// The `[kafka]`, `[retry]`, `[limits]` and `[outbound]` sections of a config
+/// file for the worker binary, matching `s`.
+pub fn config_sections(s: &Settings) -> String {
+    let mut client = String::new();
+    for (k, v) in &s.kafka.client {
+        client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
+    let delays: Vec<String> = s
+        .retry
+        .delays
+        .iter()
+        .map(|d| format!("\"{}ms\"", d.as_millis()))
+        .collect();
+    format!(
+        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\nresponses_topic = \"{}\"\ncreate_topics = {}\n\
+         [kafka.client]\n{client}\
+         [retry]\ntopic_prefix = \"{}\"\ndelays = [{}]\n\
+         [limits]\nrate = {:?}\nburst = {}\n\
+         [outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
+        s.kafka.brokers,
+        s.kafka.group_id,
+        s.kafka.events_topic,
+        s.kafka.dead_letter_topic,
+        s.kafka.responses_topic,
+        s.kafka.create_topics,
+        s.retry.topic_prefix,
+        delays.join(", "),
+        s.limits.rate,
+        s.limits.burst,
+    )
 }
 
 /// Produces `(key, payload)` records and waits for every acknowledgement.

@@ -1,0 +1,336 @@
+//! Dispatch: one attempt of one delivery under the delivery policy.
+//!
+//! In: an [`Attempt`] (integration, event, attempt number, history) and the
+//! event's template context. Out: the attempt settled: sent and recorded
+//! (success or error), skipped because its host is asleep, or deferred by its
+//! host's rate limit; response events published; a failure handed to its
+//! retry topic or, past the schedule, to the dead-letter topic. Returns
+//! [`Settled::Abandoned`] only when shutdown interrupted a hand-off to Kafka,
+//! in which case the caller must not commit the event.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::MonotonicClock;
+use crate::dead_letter::DeadLetter;
+use crate::deliver::{Deliverer, DeliveryError, Outcome};
+use crate::event::Origin;
+use crate::record::{OutcomeKind, Recorder};
+use crate::render::{idempotency_key, render, EventContext};
+use crate::resolve::Match;
+use crate::responses::{
+    error_event, error_message, hook_sent, response_chunks, ResponseEvent, SLEEPING_MESSAGE,
+};
+use crate::retry::{AttemptLog, Next, RetryRecord, RetrySettings};
+use crate::sign::Signer;
+use crate::sleeping::SleepingHosts;
+use crate::telemetry::{
+    DEFERRED, DELIVERIES_DEAD_LETTERED, INFLIGHT_DELIVERIES, RETRIES_SCHEDULED, THROTTLE_WAIT,
+};
+use crate::throttle::{Decision, Throttle};
+
+/// One attempt of one delivery.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub matched: Match,
+    /// 1 for the first attempt.
+    pub number: u32,
+    pub history: Vec<AttemptLog>,
+    /// Where the event was first read; carried into retries so the event id
+    /// (and idempotency key) never changes.
+    pub origin: Origin,
+}
+
+/// How an attempt ended, for the offset bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Delivered, skipped, deferred, retried or dead-lettered: done here.
+    Done,
+    /// Shutdown interrupted the hand-off to Kafka; do not commit.
+    Abandoned,
+}
+
+/// Everything an attempt needs, shared by every delivery of a worker.
+pub struct Dispatcher {
+    pub deliverer: Deliverer,
+    pub recorder: Recorder,
+    /// Requests in flight across the worker.
+    pub deliveries: Arc<Semaphore>,
+    pub throttle: Arc<Throttle>,
+    pub sleeping: Arc<SleepingHosts<MonotonicClock>>,
+    pub producer: FutureProducer,
+    pub retry: RetrySettings,
+    pub responses_topic: String,
+    pub dead_letter_topic: String,
+}
+
+impl Dispatcher {
+    pub async fn attempt(
+        &self,
+        ctx: &EventContext,
+        a: Attempt,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        let i = a.matched.integration.clone();
+        let mut request = match render(&i, ctx) {
+            Ok(r) => r,
+            Err(e) => {
+                // Deterministic: retrying would fail the same way.
+                self.recorder
+                    .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
+                self.respond(
+                    ctx,
+                    error_event(&i, ctx, format!("error rendering the request: {e}")),
+                )
+                .await;
+                return self
+                    .dead_letter(ctx, a, "render_failed", e.to_string(), shutdown)
+                    .await;
+            }
+        };
+        let host = url::Url::parse(&request.url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default();
+
+        if !self.sleeping.admit(&host) {
+            self.recorder
+                .record_kind(&a.matched, OutcomeKind::Skipped, Duration::ZERO);
+            self.respond(ctx, error_event(&i, ctx, SLEEPING_MESSAGE.into()))
+                .await;
+            return self
+                .after_failure(ctx, a, "skipped".into(), None, shutdown)
+                .await;
+        }
+
+        let waiting = Instant::now();
+        loop {
+            match self.throttle.check(&host) {
+                Decision::Go => break,
+                Decision::Wait(d)
+                    if d <= self.throttle.max_wait() || self.retry.delays.is_empty() =>
+                {
+                    tokio::time::sleep(d).await;
+                }
+                Decision::Wait(d) => return self.defer(ctx, a, d, shutdown).await,
+            }
+        }
+        metrics::histogram!(THROTTLE_WAIT).record(waiting.elapsed().as_secs_f64());
+
+        if let Some(name) = &i.signing_secret {
+            match ctx
+                .secret(name)
+                .ok_or_else(|| {
+                    format!("signingSecret names {name:?}, which is not a configured secret")
+                })
+                .and_then(Signer::try_new)
+            {
+                Ok(signer) => {
+                    let id = idempotency_key(&ctx.event().id, &i.id);
+                    signer.sign(&mut request, &id, chrono::Utc::now().timestamp());
+                }
+                Err(e) => {
+                    self.recorder
+                        .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
+                    return self.dead_letter(ctx, a, "render_failed", e, shutdown).await;
+                }
+            }
+        }
+
+        self.respond(ctx, hook_sent(ctx)).await;
+        let outcome: Outcome = {
+            let _permit = self
+                .deliveries
+                .acquire()
+                .await
+                .expect("the semaphore is never closed");
+            metrics::gauge!(INFLIGHT_DELIVERIES).increment(1.0);
+            let outcome = self.deliverer.send(&request, i.reject_unauthorized).await;
+            metrics::gauge!(INFLIGHT_DELIVERIES).decrement(1.0);
+            outcome
+        };
+        self.sleeping.observe(&host, outcome.is_success());
+        self.recorder.record(&a.matched, &outcome);
+        match &outcome.result {
+            Ok(_) => {
+                match response_chunks(&i, ctx, &outcome.body) {
+                    Ok(events) => {
+                        for e in events {
+                            self.respond(ctx, e).await;
+                        }
+                    }
+                    Err(e) => {
+                        self.respond(
+                            ctx,
+                            error_event(&i, ctx, format!("error rendering the response: {e}")),
+                        )
+                        .await
+                    }
+                }
+                Settled::Done
+            }
+            Err(e) => {
+                tracing::debug!(integration = %i.id, event = %ctx.event().id, attempt = a.number, error = %e, "webhook failed");
+                self.respond(ctx, error_event(&i, ctx, error_message(e, &host)))
+                    .await;
+                let label = match e {
+                    DeliveryError::Render(m) => m.clone(),
+                    e => e.to_string(),
+                };
+                self.after_failure(ctx, a, label, outcome.retry_after, shutdown)
+                    .await
+            }
+        }
+    }
+
+    /// A failed or skipped attempt: the next retry, or the dead-letter topic.
+    async fn after_failure(
+        &self,
+        ctx: &EventContext,
+        mut a: Attempt,
+        outcome: String,
+        retry_after: Option<Duration>,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        let now = chrono::Utc::now();
+        a.history.push(AttemptLog {
+            attempt: a.number,
+            at: now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            outcome: outcome.clone(),
+        });
+        match self
+            .retry
+            .after_failure(a.number, retry_after, now.timestamp_millis())
+        {
+            Next::Retry { topic, due_at_ms } => {
+                metrics::counter!(RETRIES_SCHEDULED).increment(1);
+                let number = a.number + 1;
+                self.schedule(ctx, a, number, &topic, due_at_ms, shutdown)
+                    .await
+            }
+            Next::DeadLetter => {
+                self.dead_letter(ctx, a, "retries_exhausted", outcome, shutdown)
+                    .await
+            }
+        }
+    }
+
+    /// The host's limit would hold this attempt too long: it waits in the
+    /// retry topic instead, keeping its attempt number.
+    async fn defer(
+        &self,
+        ctx: &EventContext,
+        a: Attempt,
+        wait: Duration,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        metrics::counter!(DEFERRED).increment(1);
+        let step = (a.number as usize)
+            .saturating_sub(1)
+            .min(self.retry.delays.len() - 1);
+        let due = chrono::Utc::now().timestamp_millis() + wait.as_millis() as i64;
+        let number = a.number;
+        let topic = self.retry.topic(step);
+        self.schedule(ctx, a, number, &topic, due, shutdown).await
+    }
+
+    async fn schedule(
+        &self,
+        ctx: &EventContext,
+        a: Attempt,
+        number: u32,
+        topic: &str,
+        due_at_ms: i64,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        let record = RetryRecord {
+            event: ctx.event().raw.clone(),
+            origin: a.origin,
+            integration: a.matched.integration.id.to_string(),
+            product: a.matched.product,
+            attempt: number,
+            due_at_ms,
+            history: a.history,
+        };
+        self.send(topic, &ctx.event().device_id, &record.to_json(), shutdown)
+            .await
+    }
+
+    async fn dead_letter(
+        &self,
+        ctx: &EventContext,
+        a: Attempt,
+        reason: &str,
+        error: String,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        metrics::counter!(DELIVERIES_DEAD_LETTERED, "reason" => reason.to_owned()).increment(1);
+        tracing::warn!(integration = %a.matched.integration.id, event = %ctx.event().id, reason, error = %error, "delivery dead-lettered");
+        let letter = DeadLetter::delivery(
+            reason,
+            error,
+            &ctx.event().raw,
+            &a.origin,
+            &a.matched.integration.id,
+            a.history,
+        );
+        self.send(
+            &self.dead_letter_topic,
+            &ctx.event().device_id,
+            &letter.to_json(),
+            shutdown,
+        )
+        .await
+    }
+
+    /// Response events are best effort at shutdown: they never hold an
+    /// event's commit.
+    async fn respond(&self, ctx: &EventContext, event: ResponseEvent) {
+        let payload = event.to_json(ctx);
+        let record = FutureRecord::<str, [u8]>::to(&self.responses_topic)
+            .key(&ctx.event().device_id)
+            .payload(&payload);
+        if let Err((e, _)) = self
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+        {
+            tracing::warn!(error = %e, topic = %self.responses_topic, "response event not published");
+        }
+    }
+
+    /// Produces and waits for the broker's acknowledgement, retrying until it
+    /// comes; gives up only at shutdown.
+    pub async fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        loop {
+            let record = FutureRecord::<str, [u8]>::to(topic)
+                .key(key)
+                .payload(payload);
+            match self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(30)))
+                .await
+            {
+                Ok(_) => return Settled::Done,
+                Err((e, _)) => {
+                    tracing::error!(error = %e, topic, "cannot produce; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Settled::Abandoned,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+}
