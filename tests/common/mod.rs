@@ -102,7 +102,8 @@ impl Broker {
         c.create().expect("producer")
     }
 
-    /// Reads every record of `topic` that arrives within `wait` of the last.
+    /// Reads `topic` from the beginning until `expect` records arrived or
+    /// `deadline` passed. Partitions are assigned directly: no group join.
     pub async fn read_all(
         &self,
         topic: &str,
@@ -112,11 +113,18 @@ impl Broker {
         let consumer: StreamConsumer = self
             .client()
             .set("group.id", unique("reader"))
-            .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
             .create()
             .expect("consumer");
-        consumer.subscribe(&[topic]).expect("subscribe");
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .expect("metadata");
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in metadata.topics()[0].partitions() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&tpl).expect("assign");
         let mut out = Vec::new();
         let end = tokio::time::Instant::now() + deadline;
         while out.len() < expect {
@@ -241,6 +249,8 @@ pub struct Seen {
     pub headers: BTreeMap<String, String>,
     pub body: String,
     pub version: String,
+    /// The status answered.
+    pub status: u16,
 }
 
 /// How the receiver answers.
@@ -319,6 +329,17 @@ impl Receiver {
         self.seen.lock().unwrap().clone()
     }
 
+    /// Idempotency keys of requests answered 2xx.
+    pub fn delivered(&self) -> std::collections::BTreeSet<String> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| (200..300).contains(&s.status))
+            .filter_map(|s| s.headers.get("idempotency-key").cloned())
+            .collect()
+    }
+
     pub fn count(&self) -> usize {
         self.seen.lock().unwrap().len()
     }
@@ -370,13 +391,14 @@ impl Receiver {
                 .collect(),
             body: String::from_utf8_lossy(&body).into_owned(),
             version: format!("{:?}", parts.version),
+            status: 0,
         };
-        self.seen.lock().unwrap().push(seen);
         let (status, body) = match mode {
             Mode::Status(s) => (s, Bytes::from_static(b"ok")),
             Mode::Big(n) => (200, Bytes::from(vec![b'x'; n])),
             _ => (200, Bytes::from_static(b"ok")),
         };
+        self.seen.lock().unwrap().push(Seen { status, ..seen });
         Ok(hyper::Response::builder()
             .status(status)
             .body(Full::new(body))
@@ -407,6 +429,8 @@ pub struct RunningWorker {
 
 /// Starts a worker with `integrations` (JSON records).
 pub fn start_worker(s: &Settings, integrations: Vec<serde_json::Value>) -> RunningWorker {
+    // Shown with --nocapture; RUST_LOG overrides.
+    hookd::telemetry::init_tracing("warn");
     let integrations = integrations
         .into_iter()
         .map(|v| hookd::integration::Integration::from_value(v).expect("valid integration"));
