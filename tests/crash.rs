@@ -16,6 +16,15 @@ use hookd::render::idempotency_key;
 use serde_json::json;
 
 fn write_config(dir: &Path, s: &Settings, receiver: &Receiver) -> std::path::PathBuf {
+    write_config_with(dir, s, receiver, "")
+}
+
+fn write_config_with(
+    dir: &Path,
+    s: &Settings,
+    receiver: &Receiver,
+    extra: &str,
+) -> std::path::PathBuf {
     let integrations = dir.join("integrations");
     std::fs::create_dir_all(&integrations).unwrap();
     let hook = json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in"), "json": {"v": "{{{PARTICLE_EVENT_VALUE}}}"}});
@@ -31,7 +40,7 @@ fn write_config(dir: &Path, s: &Settings, receiver: &Receiver) -> std::path::Pat
         .insert("heartbeat.interval.ms".into(), "500".into());
     let config = format!(
         "{}[integrations]\npath = \"{}\"\n[worker]\nmax_inflight_events = 8\nshutdown_grace = \"10s\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n",
+         [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n{extra}",
         common::config_sections(&s),
         integrations.display(),
     );
@@ -186,4 +195,56 @@ async fn wait_until_all(receiver: &Receiver, want: &BTreeSet<String>) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_pending_in_a_killed_worker_are_delivered_after_restart() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Status(500));
+    let mut s = settings(&broker);
+    s.retry.delays = vec![Duration::from_secs(2), Duration::from_secs(4)];
+    create_topics(&broker, &s, 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    // A host that never falls asleep: this test is about the retries.
+    let config = write_config_with(
+        dir.path(),
+        &s,
+        &receiver,
+        "[sleeping]\ntrip_errors = 1000000000.0\n",
+    );
+    let log = dir.path().join("worker.log");
+    const N: usize = 20;
+    let want: BTreeSet<String> = (0..N)
+        .map(|i| idempotency_key(&format!("c-{i}"), "h"))
+        .collect();
+
+    let mut first = spawn_worker(&config, &log);
+    produce(&broker, &s.kafka.events_topic, &events(N)).await;
+    wait_until(
+        "every first attempt failed",
+        Duration::from_secs(60),
+        || receiver.arrived() >= N,
+    )
+    .await;
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    assert!(receiver.delivered().is_empty());
+    receiver.set_mode(Mode::Status(200));
+
+    let mut second = spawn_worker(&config, &log);
+    let end = tokio::time::Instant::now() + Duration::from_secs(90);
+    while receiver.delivered() != want && tokio::time::Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let delivered = receiver.delivered();
+    assert_eq!(
+        delivered,
+        want,
+        "{} of {N} delivered; log:\n{}",
+        delivered.len(),
+        std::fs::read_to_string(&log).unwrap()
+    );
 }
