@@ -248,3 +248,90 @@ async fn retries_pending_in_a_killed_worker_are_delivered_after_restart() {
         std::fs::read_to_string(&log).unwrap()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_integrations_and_refuses_invalid_ones() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    let s = settings(&broker);
+    create_topics(&broker, &s, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &s, &receiver);
+    let file = dir.path().join("integrations").join("h.json");
+    let log = dir.path().join("worker.log");
+    let mut worker = spawn_worker(&config, &log);
+    let hup = |w: &Child| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &w.id().to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let targets = |r: &Receiver| r.seen().into_iter().map(|s| s.target).collect::<Vec<_>>();
+
+    produce(&broker, &s.kafka.events_topic, &events(1)).await;
+    wait_until("the first webhook", Duration::from_secs(60), || {
+        receiver.count() == 1
+    })
+    .await;
+
+    let edited =
+        json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/edited")});
+    std::fs::write(&file, edited.to_string()).unwrap();
+    hup(&worker);
+    wait_until("the reload", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("integrations reloaded")
+    })
+    .await;
+    produce(
+        &broker,
+        &s.kafka.events_topic,
+        &[(
+            "d".into(),
+            json!({"name": "temp", "coreid": "d", "productID": 5, "id": "x1"}).to_string(),
+        )],
+    )
+    .await;
+    wait_until("the edited webhook", Duration::from_secs(30), || {
+        receiver.count() == 2
+    })
+    .await;
+
+    std::fs::write(
+        &file,
+        r#"{"id": "h", "product_id": 5, "event": "temp", "url": "ftp://nowhere"}"#,
+    )
+    .unwrap();
+    hup(&worker);
+    wait_until("the refusal", Duration::from_secs(30), || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("reload refused")
+    })
+    .await;
+    produce(
+        &broker,
+        &s.kafka.events_topic,
+        &[(
+            "d".into(),
+            json!({"name": "temp", "coreid": "d", "productID": 5, "id": "x2"}).to_string(),
+        )],
+    )
+    .await;
+    wait_until(
+        "a webhook after the refusal",
+        Duration::from_secs(30),
+        || receiver.count() == 3,
+    )
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(targets(&receiver), ["/in", "/edited", "/edited"]);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("must start with http:// or https://"),
+        "the refusal names the reason:\n{log}"
+    );
+}

@@ -36,7 +36,13 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding metrics.listen {}", settings.metrics.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let worker = Worker::new(settings, IndexHandle::new(index));
+    let index = IndexHandle::new(index);
+    tokio::spawn(reload_on_sighup(
+        settings.integrations.path.clone(),
+        index.clone(),
+        shutdown.clone(),
+    ));
+    let worker = Worker::new(settings, index);
     let endpoints_stop = CancellationToken::new();
     let endpoints = tokio::spawn(crate::health::serve(
         listener,
@@ -51,6 +57,44 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     result?;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+/// SIGHUP reloads the integrations file or directory and swaps the index as
+/// a whole while events flow; an invalid file is refused with the reason and
+/// the previous integrations keep running.
+async fn reload_on_sighup(path: PathBuf, index: IndexHandle, shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = hup.recv() => {}
+            }
+            let started = std::time::Instant::now();
+            match crate::source::load_index(&path) {
+                Ok(new) => {
+                    let count = new.len();
+                    index.swap(new);
+                    tracing::info!(
+                        integrations = count,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "integrations reloaded"
+                    );
+                }
+                Err(e) => {
+                    metrics::counter!(crate::telemetry::CONFIG_INVALID, "source" => "file")
+                        .increment(1);
+                    tracing::error!(error = %e, "reload refused; the previous integrations keep running");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, index, shutdown);
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.

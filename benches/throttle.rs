@@ -1,0 +1,30 @@
+//! The limiter decision per request, over 1k destination hosts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use hookd::throttle::{LimitSettings, Throttle};
+
+fn bench_throttle(c: &mut Criterion) {
+    let throttle = Throttle::new(LimitSettings {
+        rate: 1e9,
+        burst: 1_000_000,
+        max_wait: Duration::from_secs(1),
+        hosts: BTreeMap::new(),
+    });
+    let hosts: Vec<String> = (0..1000).map(|i| format!("h{i}.example.com")).collect();
+    let mut group = c.benchmark_group("throttle");
+    group.throughput(Throughput::Elements(1));
+    let mut n = 0usize;
+    group.bench_function("check_1k_hosts", |b| {
+        b.iter(|| {
+            n = (n + 1) % hosts.len();
+            throttle.check(&hosts[n])
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_throttle);
+criterion_main!(benches);
