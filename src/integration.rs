@@ -557,8 +557,10 @@ fn compile_url(src: &str) -> Result<Template, InvalidIntegration> {
     let lower = src.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         if template.is_literal() {
-            url::Url::parse(src)
+            let parsed = url::Url::parse(src)
                 .map_err(|e| invalid("url", format!("{src:?} is not a valid URL: {e}")))?;
+            // Normalised once here, so rendering can use it as it is.
+            return Ok(Template::Literal(parsed.into()));
         }
         Ok(template)
     } else if src.starts_with("{{") {

@@ -1,0 +1,562 @@
+//! End-to-end load benchmark: `cargo bench --bench e2e [-- --events N --rate R --soak-secs S]`.
+//!
+//! One machine, one command: a fresh tansu broker (scripts/install-tansu),
+//! N pre-produced events (~300-byte data, keys over 10k devices, 3 products,
+//! an org integration shared by two of them and a product integration on the
+//! third), the real `hookd worker` binary, and a hyper receiver on loopback
+//! answering 200. Reports, in one run:
+//! - throughput (webhooks/s) draining the backlog, worker CPU seconds per 10k
+//!   webhooks, peak RSS;
+//! - latency from production to receipt at a steady rate (p50/p99/max);
+//! - a reload of 100k integrations under that load (SIGHUP): time to apply,
+//!   p99 latency during vs before;
+//! - the limit: a bare hyper client sending the same requests at the same
+//!   concurrency to the same receiver, and the ratio hookd / limit;
+//! - with --soak-secs, RSS sampled every 10 s at steady load.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use serde_json::json;
+
+const DEVICES: usize = 10_000;
+const CONCURRENCY: usize = 256;
+
+struct Args {
+    events: usize,
+    rate: u64,
+    latency_secs: u64,
+    soak_secs: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        events: 200_000,
+        rate: 0,
+        latency_secs: 30,
+        soak_secs: 0,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let value = |name: &str| {
+        argv.iter()
+            .position(|x| x == name)
+            .and_then(|i| argv.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    if let Some(v) = value("--events") {
+        a.events = v as usize;
+    }
+    if let Some(v) = value("--rate") {
+        a.rate = v;
+    }
+    if let Some(v) = value("--latency-secs") {
+        a.latency_secs = v;
+    }
+    if let Some(v) = value("--soak-secs") {
+        a.soak_secs = v;
+    }
+    a
+}
+
+fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Requests received; latencies (µs) of those carrying `x-produced-at`.
+#[derive(Default)]
+struct Received {
+    count: AtomicU64,
+    latencies: Mutex<Vec<u64>>,
+    first_last: Mutex<Option<(Instant, Instant)>>,
+}
+
+async fn receiver(received: Arc<Received>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let received = received.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let received = received.clone();
+                    async move {
+                        let produced = req
+                            .headers()
+                            .get("x-produced-at")
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                        let _ = req.into_body().collect().await;
+                        let now = Instant::now();
+                        received.count.fetch_add(1, Ordering::Relaxed);
+                        if let Some(p) = produced {
+                            received
+                                .latencies
+                                .lock()
+                                .unwrap()
+                                .push(now_us().saturating_sub(p));
+                        }
+                        let mut fl = received.first_last.lock().unwrap();
+                        *fl = Some(fl.map_or((now, now), |(f, _)| (f, now)));
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                            Bytes::from_static(b"ok"),
+                        )))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(socket), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn start_tansu(root: &Path) -> (Child, u16) {
+    let out = Command::new(root.join("scripts/install-tansu"))
+        .output()
+        .expect("scripts/install-tansu");
+    assert!(
+        out.status.success(),
+        "installing tansu: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tansu = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let port = free_port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (child, port);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("tansu did not listen on {port}");
+}
+
+fn event(n: u64, produced_at: u64) -> (String, String) {
+    let device = n as usize % DEVICES;
+    let product = 1 + (device % 3) as u32;
+    let data = json!({"t": 21.5 + (n % 10) as f64, "h": 40 + n % 50, "battery": n % 100, "seq": n, "ts": produced_at,
+                      "fw": "3.1.0", "lat": 52.1234, "lon": 4.3123, "status": "ok", "readings": [1.5, 2.25, 3.125, 4.0625, 5.5],
+                      "note": "x".repeat(96)})
+    .to_string();
+    let coreid = format!("{device:024x}");
+    let e = json!({"name": "temperature", "data": data, "published_at": "2024-05-13T10:55:40.306Z", "coreid": coreid,
+                   "userid": "", "productID": product, "version": 3, "id": format!("bench-{n}")});
+    (coreid, e.to_string())
+}
+
+fn integrations(receiver: SocketAddr) -> Vec<serde_json::Value> {
+    vec![
+        json!({"id": "org-12", "org": "acme", "products": [1, 2], "event": "temp", "url": format!("http://{receiver}/org/{{{{{{PRODUCT_ID}}}}}}"),
+               "json": {"device": "{{{PARTICLE_DEVICE_ID}}}", "t": "{{{t}}}", "h": "{{{h}}}", "battery": "{{{battery}}}", "seq": "{{{seq}}}"},
+               "headers": {"X-Produced-At": "{{{ts}}}"}}),
+        json!({"id": "prod-3", "product_id": 3, "event": "temp", "url": format!("http://{receiver}/p3"),
+               "form": {"device": "{{{PARTICLE_DEVICE_ID}}}", "t": "{{{t}}}"}, "headers": {"X-Produced-At": "{{{ts}}}"}}),
+    ]
+}
+
+async fn produce(producer: &FutureProducer, topic: &str, from: u64, n: u64, rate: u64) {
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for i in from..from + n {
+        if rate > 0 {
+            let due = started + Duration::from_secs_f64((i - from) as f64 / rate as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let (key, payload) = event(i, now_us());
+        loop {
+            match producer.send_result(FutureRecord::to(topic).key(&key).payload(&payload)) {
+                Ok(f) => {
+                    pending.push(f);
+                    break;
+                }
+                Err(_) => {
+                    for f in pending.drain(..) {
+                        f.await.unwrap().unwrap();
+                    }
+                }
+            }
+        }
+        if pending.len() > 20_000 {
+            for f in pending.drain(..) {
+                f.await.unwrap().unwrap();
+            }
+        }
+    }
+    for f in pending {
+        f.await.unwrap().unwrap();
+    }
+}
+
+/// (CPU seconds, RSS kB, peak RSS kB) of a process.
+fn proc_stats(pid: u32) -> (f64, u64, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0);
+    let cpu = (fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0))
+        / ticks;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    (cpu, kb("VmRSS:"), kb("VmHWM:"))
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
+}
+
+async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let end = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The same requests hookd sends, from a bare hyper client at the same
+/// concurrency: the HTTP limit of this machine for this receiver.
+async fn bare_client_limit(receiver: SocketAddr, n: usize) -> f64 {
+    use hookd::render::{render, EventContext, SecretMode};
+    let index = hookd::resolve::Index::build(
+        integrations(receiver)
+            .into_iter()
+            .map(|v| hookd::integration::Integration::from_value(v).unwrap()),
+    )
+    .unwrap();
+    let origin = hookd::event::Origin {
+        topic: "device-events".into(),
+        partition: 0,
+        offset: 0,
+    };
+    let mut requests = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let (_, payload) = event(i, now_us());
+        let e = hookd::event::DeviceEvent::decode(payload.as_bytes(), &origin, chrono::Utc::now())
+            .unwrap();
+        let m = index.resolve(&e).pop().unwrap();
+        let ctx = EventContext::new(e, Arc::default(), SecretMode::Reveal);
+        requests.push(render(&m.integration, &ctx).unwrap());
+    }
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(CONCURRENCY)
+        .build_http();
+    let requests = Arc::new(requests);
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (client, requests, next) = (client.clone(), requests.clone(), next.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(r) = requests.get(i) else { return };
+                    let mut b = hyper::Request::builder()
+                        .method(r.method.as_str())
+                        .uri(&r.url);
+                    for (k, v) in &r.headers {
+                        b = b.header(k, v);
+                    }
+                    let resp = client
+                        .request(b.body(Full::new(r.body.clone())).unwrap())
+                        .await
+                        .unwrap();
+                    let _ = resp.into_body().collect().await;
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let args = args();
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(args, root));
+}
+
+async fn run(args: Args, root: PathBuf) {
+    let (mut tansu, port) = start_tansu(&root);
+    let brokers = format!("127.0.0.1:{port}");
+    let received = Arc::new(Received::default());
+    let receiver_addr = receiver(received.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let integrations_path = dir.path().join("integrations.json");
+    std::fs::write(
+        &integrations_path,
+        serde_json::to_string(&integrations(receiver_addr)).unwrap(),
+    )
+    .unwrap();
+
+    let mut admin_config = ClientConfig::new();
+    admin_config.set("bootstrap.servers", &brokers);
+    let admin: AdminClient<DefaultClientContext> = admin_config.create().unwrap();
+    let topics = [
+        ("device-events", 6),
+        ("hookd.dead-letter", 1),
+        ("hookd.responses", 3),
+        ("hookd.retry.30s", 1),
+        ("hookd.retry.60s", 1),
+    ];
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|(t, p)| NewTopic::new(t, *p, TopicReplication::Fixed(1)))
+        .collect();
+    for r in admin
+        .create_topics(&new, &AdminOptions::new())
+        .await
+        .unwrap()
+    {
+        r.unwrap();
+    }
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "1000")
+        .create()
+        .unwrap();
+
+    let n = args.events as u64;
+    eprintln!("producing {n} events…");
+    produce(&producer, "device-events", 0, n, 0).await;
+
+    let config = dir.path().join("hookd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\ncreate_topics = false\n[kafka.client]\n\"fetch.wait.max.ms\" = \"10\"\n\
+             [integrations]\npath = \"{}\"\n[worker]\nmax_inflight_events = 4096\nmax_inflight_deliveries = {CONCURRENCY}\n\
+             [metrics]\nlisten = \"127.0.0.1:0\"\n[limits]\nrate = 0.0\n[outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
+            integrations_path.display()
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("worker.log");
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["worker", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = worker.id();
+
+    // Throughput: drain the backlog.
+    wait_for("the first webhook", Duration::from_secs(60), || {
+        received.count.load(Ordering::Relaxed) > 0
+    })
+    .await;
+    let (cpu0, _, _) = proc_stats(pid);
+    wait_for("the backlog", Duration::from_secs(1800), || {
+        received.count.load(Ordering::Relaxed) >= n
+    })
+    .await;
+    let (cpu1, _, peak_after_drain) = proc_stats(pid);
+    let (first, last) = received.first_last.lock().unwrap().unwrap();
+    let drain = last.duration_since(first).as_secs_f64();
+    let throughput = n as f64 / drain;
+    let cpu_per_10k = (cpu1 - cpu0) / (n as f64 / 10_000.0);
+
+    // Latency at a steady rate, then a 100k-integration reload under it.
+    let rate = if args.rate > 0 {
+        args.rate
+    } else {
+        ((throughput * 0.5) as u64).max(100)
+    };
+    received.latencies.lock().unwrap().clear();
+    let steady = n + args.latency_secs * rate;
+    let half = args.latency_secs / 2;
+    let producing = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            produce(
+                &producer,
+                "device-events",
+                n,
+                args.latency_secs * rate,
+                rate,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(half)).await;
+    let before: Vec<u64> = received.latencies.lock().unwrap().clone();
+    let mut big = integrations(receiver_addr);
+    for i in 0..100_000u32 {
+        big.push(json!({"id": format!("r{i}"), "product_id": 1000 + i, "event": "temp", "url": "https://example.com/hook", "json": {"v": "{{{v}}}"}}));
+    }
+    std::fs::write(&integrations_path, serde_json::to_string(&big).unwrap()).unwrap();
+    let mark = received.latencies.lock().unwrap().len();
+    let hup_at = Instant::now();
+    Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for("the reload", Duration::from_secs(120), || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .contains("integrations reloaded")
+    })
+    .await;
+    let reload_wall = hup_at.elapsed();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let reload_ms: u64 = log
+        .lines()
+        .find(|l| l.contains("integrations reloaded"))
+        .and_then(|l| {
+            l.split("elapsed_ms")
+                .nth(1)?
+                .trim_start_matches(|c: char| !c.is_ascii_digit())
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during: Vec<u64> = received.latencies.lock().unwrap()[mark..].to_vec();
+    producing.await.unwrap();
+    wait_for("the steady phase", Duration::from_secs(120), || {
+        received.count.load(Ordering::Relaxed) >= steady
+    })
+    .await;
+    let mut all = received.latencies.lock().unwrap().clone();
+    all.sort_unstable();
+    let mut before = before;
+    before.sort_unstable();
+    let mut during = during;
+    during.sort_unstable();
+
+    // Soak: RSS at steady load.
+    let mut soak = Vec::new();
+    if args.soak_secs > 0 {
+        let producer2 = producer.clone();
+        let total = args.soak_secs * rate;
+        let soaking =
+            tokio::spawn(
+                async move { produce(&producer2, "device-events", steady, total, rate).await },
+            );
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(args.soak_secs) {
+            soak.push((started.elapsed().as_secs(), proc_stats(pid).1));
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        }
+        soaking.await.unwrap();
+    }
+    let (_, _, peak) = proc_stats(pid);
+    let _ = worker.kill();
+    let _ = worker.wait();
+
+    // The limit, same receiver, same concurrency, same requests.
+    let limit_n = (n as usize).min(100_000);
+    let limit = bare_client_limit(receiver_addr, limit_n).await;
+    let _ = tansu.kill();
+    let _ = tansu.wait();
+
+    println!("\n## e2e ({} events, concurrency {CONCURRENCY})\n", n);
+    println!("| figure | value |\n|---|---|");
+    println!("| hookd webhooks/s (draining the backlog) | {throughput:.0} |");
+    println!(
+        "| bare hyper client requests/s (same requests, concurrency, receiver) | {limit:.0} |"
+    );
+    println!("| ratio hookd / limit | {:.2} |", throughput / limit);
+    println!("| worker CPU seconds per 10k webhooks | {cpu_per_10k:.2} |");
+    println!(
+        "| worker peak RSS after the drain | {} MiB |",
+        peak_after_drain / 1024
+    );
+    println!(
+        "| latency at {rate}/s: p50 / p99 / max | {:.1} / {:.1} / {:.1} ms |",
+        percentile(&all, 0.5),
+        percentile(&all, 0.99),
+        percentile(&all, 1.0)
+    );
+    println!(
+        "| 100k-integration reload: applied in (worker) / seen (wall) | {reload_ms} ms / {} ms |",
+        reload_wall.as_millis()
+    );
+    println!(
+        "| p99 latency before / during the reload | {:.1} / {:.1} ms |",
+        percentile(&before, 0.99),
+        percentile(&during, 0.99)
+    );
+    println!("| worker peak RSS (after reload) | {} MiB |", peak / 1024);
+    if !soak.is_empty() {
+        let samples: Vec<String> = soak
+            .iter()
+            .map(|(t, kb)| format!("{t}s:{}MiB", kb / 1024))
+            .collect();
+        println!("| RSS during soak | {} |", samples.join(" "));
+    }
+}
