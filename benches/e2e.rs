@@ -28,7 +28,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
@@ -149,7 +149,7 @@ fn start_tansu(root: &Path) -> (Child, u16) {
     let tansu = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     let port = free_port();
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu)
+    let mut child = Command::new(tansu)
         .args([
             "broker",
             "--listener-url",
@@ -169,6 +169,8 @@ fn start_tansu(root: &Path) -> (Child, u16) {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("tansu did not listen on {port}");
 }
 
