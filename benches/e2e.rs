@@ -420,15 +420,45 @@ async fn run(args: Args, root: PathBuf) {
     })
     .await;
     let (cpu0, _, _) = proc_stats(pid);
+    let (tansu_cpu0, _, _) = proc_stats(tansu.id());
+    // E2E_PERF=<file>: profile the worker while it drains the backlog.
+    let perf = std::env::var("E2E_PERF").ok().map(|out| {
+        Command::new("perf")
+            .args([
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "499",
+                "-g",
+                "-o",
+                &out,
+                "-p",
+                &pid.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("perf")
+    });
     wait_for("the backlog", Duration::from_secs(1800), || {
         received.count.load(Ordering::Relaxed) >= n
     })
     .await;
     let (cpu1, _, peak_after_drain) = proc_stats(pid);
+    let (tansu_cpu1, _, _) = proc_stats(tansu.id());
+    if let Some(mut perf) = perf {
+        Command::new("kill")
+            .args(["-INT", &perf.id().to_string()])
+            .status()
+            .unwrap();
+        let _ = perf.wait();
+    }
     let (first, last) = received.first_last.lock().unwrap().unwrap();
     let drain = last.duration_since(first).as_secs_f64();
     let throughput = n as f64 / drain;
     let cpu_per_10k = (cpu1 - cpu0) / (n as f64 / 10_000.0);
+    let tansu_per_10k = (tansu_cpu1 - tansu_cpu0) / (n as f64 / 10_000.0);
 
     // Latency at a steady rate, then a 100k-integration reload under it.
     let rate = if args.rate > 0 {
@@ -534,6 +564,7 @@ async fn run(args: Args, root: PathBuf) {
     );
     println!("| ratio hookd / limit | {:.2} |", throughput / limit);
     println!("| worker CPU seconds per 10k webhooks | {cpu_per_10k:.2} |");
+    println!("| broker (tansu, same machine) CPU seconds per 10k webhooks | {tansu_per_10k:.2} |");
     println!(
         "| worker peak RSS after the drain | {} MiB |",
         peak_after_drain / 1024

@@ -288,19 +288,26 @@ impl Dispatcher {
         .await
     }
 
-    /// Response events are best effort at shutdown: they never hold an
-    /// event's commit.
+    /// Response events are handed to the producer without waiting for the
+    /// broker's acknowledgement: they never hold a delivery or an event's
+    /// commit (a failure is logged when librdkafka reports it).
     async fn respond(&self, ctx: &EventContext, event: ResponseEvent) {
         let payload = event.to_json(ctx);
         let record = FutureRecord::<str, [u8]>::to(&self.responses_topic)
             .key(&ctx.event().device_id)
             .payload(&payload);
-        if let Err((e, _)) = self
-            .producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-        {
-            tracing::warn!(error = %e, topic = %self.responses_topic, "response event not published");
+        match self.producer.send_result(record) {
+            Ok(delivery) => {
+                let topic = self.responses_topic.clone();
+                tokio::spawn(async move {
+                    if let Ok(Err((e, _))) = delivery.await {
+                        tracing::warn!(error = %e, topic, "response event not published");
+                    }
+                });
+            }
+            Err((e, _)) => {
+                tracing::warn!(error = %e, topic = %self.responses_topic, "response event not queued")
+            }
         }
     }
 

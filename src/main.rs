@@ -5,6 +5,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hookd::cli;
 
+/// The send path allocates per request and per Kafka record from many
+/// threads (tokio's and librdkafka's); glibc malloc showed up as a fifth of
+/// the worker's CPU profile (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// hookd: webhook dispatch for IoT device events (Particle-compatible).
 #[derive(Debug, Parser)]
 #[command(version, about)]

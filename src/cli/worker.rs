@@ -75,7 +75,14 @@ async fn reload_on_sighup(path: PathBuf, index: IndexHandle, shutdown: Cancellat
                 _ = hup.recv() => {}
             }
             let started = std::time::Instant::now();
-            match crate::source::load_index(&path) {
+            // Parsing and compiling many integrations is CPU work: keep it
+            // off the runtime's threads so deliveries keep flowing.
+            let load = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || crate::source::load_index(&path)
+            });
+            let Ok(loaded) = load.await else { continue };
+            match loaded {
                 Ok(new) => {
                     let count = new.len();
                     index.swap(new);
