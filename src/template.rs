@@ -15,7 +15,8 @@
 //! inverted when falsy). All handlebars built-in helpers are unregistered, so a
 //! data key named `if` or `len` is just a variable, as in mustache.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use handlebars::{
     BlockContext, Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy, Output,
@@ -41,7 +42,9 @@ pub enum TemplateError {
 #[derive(Debug, Clone)]
 pub enum Template {
     Literal(String),
-    Compiled(Box<handlebars::Template>),
+    /// Shared: integrations repeat the same templates (the defaults, common
+    /// variables), and each distinct source is compiled once.
+    Compiled(Arc<handlebars::Template>),
 }
 
 impl Template {
@@ -49,10 +52,26 @@ impl Template {
         if !source.contains("{{") {
             return Ok(Template::Literal(source.to_owned()));
         }
+        if let Some(t) = cache()
+            .lock()
+            .expect("cache lock is never poisoned")
+            .get(source)
+        {
+            return Ok(Template::Compiled(t.clone()));
+        }
         let translated = translate_sections(source)?;
-        let compiled = handlebars::Template::compile(&translated)
-            .map_err(|e| TemplateError::Parse(describe_parse_error(&e)))?;
-        Ok(Template::Compiled(Box::new(compiled)))
+        let compiled = Arc::new(
+            handlebars::Template::compile(&translated)
+                .map_err(|e| TemplateError::Parse(describe_parse_error(&e)))?,
+        );
+        let mut cache = cache().lock().expect("cache lock is never poisoned");
+        if cache.len() >= CACHE_LIMIT {
+            // Bounded memory; a config with this many distinct templates
+            // only loses the sharing, not correctness.
+            cache.clear();
+        }
+        cache.insert(source.to_owned(), compiled.clone());
+        Ok(Template::Compiled(compiled))
     }
 
     /// True when the output does not depend on the event.
@@ -72,6 +91,15 @@ impl Template {
             }
         }
     }
+}
+
+/// Distinct template sources kept compiled.
+const CACHE_LIMIT: usize = 65_536;
+
+/// Compiled templates by source, shared across integrations and reloads.
+fn cache() -> &'static Mutex<HashMap<String, Arc<handlebars::Template>>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<handlebars::Template>>>> = OnceLock::new();
+    CACHE.get_or_init(Mutex::default)
 }
 
 fn describe_parse_error(e: &handlebars::TemplateError) -> String {
