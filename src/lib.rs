@@ -1,12 +1,14 @@
 //! hookd: a webhook dispatch engine for IoT device events.
 //!
 //! ```text
-//!  device-events ──► consume ──► resolve ──► render ──► deliver ──► record
-//!   (Kafka)         (worker,    (resolve,   (render,   (deliver)   (record,
-//!                    offsets,    Index)      template)              telemetry)
-//!                    event)
-//!                       │
-//!                       └─ undecodable ──► hookd.dead-letter (dead_letter)
+//!  device-events ─► consume ─► resolve ─► dispatch ───────────────────────────────────► record
+//!  hookd.retry.* ─►  (worker,   (resolve,   render ─► sleeping? ─► throttle ─► deliver    (record,
+//!                     offsets,    Index)    (render,  (sleeping)   (throttle)  (deliver,   telemetry)
+//!                     event)                template)                          outbound,
+//!                       │                                                       sign)
+//!                       │         failures ─► hookd.retry.<delay> (retry) or hookd.dead-letter
+//!                       │         every attempt ─► hookd.responses (responses)
+//!                       └─ undecodable ─► hookd.dead-letter (dead_letter)
 //! ```
 //!
 //! # Layout
@@ -19,6 +21,9 @@
 //! - [`render`]: integration + event → [`render::RenderedRequest`].
 //! - [`deliver`]: the pooled HTTP client → [`deliver::Outcome`]; [`outbound`]
 //!   keeps it off private networks.
+//! - [`dispatch`]: one attempt under the delivery policy: [`sleeping`] hosts
+//!   skipped, [`throttle`] per host, [`sign`]ed, sent, then [`responses`] and
+//!   [`retry`] or dead letter.
 //! - [`record`]: outcomes → metrics and the per-(integration, product) tally.
 //! - [`offsets`]: at-least-once commit points per partition.
 //! - [`worker`]: the consume loop tying the stages together, with
@@ -28,6 +33,7 @@
 //! - [`source`]: integrations from a file or directory.
 //! - [`config`]: typed settings from defaults, file and environment.
 //! - [`telemetry`]: metric names, Prometheus, tracing; [`health`] serves them.
+//! - [`clock`]: the time seam for rules tested with a manual clock.
 //! - [`simulate`]: simulated devices, for `publish --simulate` and the demo.
 //! - [`cli`]: the commands behind `main.rs`.
 

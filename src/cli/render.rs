@@ -21,7 +21,7 @@ pub struct RenderArgs {
     /// One device event (JSON, as on the events topic).
     #[arg(long)]
     pub event: PathBuf,
-    /// Settings whose [secrets] the templates may use (shown masked).
+    /// Settings whose `[secrets]` the templates may use (shown masked).
     #[arg(long, short)]
     pub config: Option<PathBuf>,
 }
