@@ -45,9 +45,16 @@ pub struct KafkaSettings {
     pub create_topics: bool,
     pub topic_partitions: i32,
     pub topic_replication: i32,
-    /// librdkafka properties passed through unchanged.
+    /// librdkafka properties passed through unchanged, to every client.
     #[serde(default)]
     pub client: BTreeMap<String, String>,
+    /// ...to consumers only (librdkafka warns about consumer properties
+    /// given to a producer, and the reverse).
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// ...to producers only.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

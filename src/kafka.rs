@@ -33,18 +33,26 @@ pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    merge(c, client_config(k))
+    let mut c = merge(c, client_config(k));
+    for (key, value) in &k.consumer {
+        c.set(key, value);
+    }
+    c
 }
 
-/// Producer for the dead-letter (and later response, retry, stats) topics:
-/// idempotent, acknowledged by all in-sync replicas.
+/// Producer for the dead-letter, retry and response topics: idempotent,
+/// acknowledged by all in-sync replicas.
 pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000");
-    merge(c, client_config(k))
+    let mut c = merge(c, client_config(k));
+    for (key, value) in &k.producer {
+        c.set(key, value);
+    }
+    c
 }
 
 /// `base` with `overrides` laid over it: the operator's settings win.
@@ -80,4 +88,31 @@ pub async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), Kaf
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pass_through_reaches_the_right_clients() {
+        let mut s = crate::config::Settings::load_from(None, vec![]).unwrap();
+        let k = &mut s.kafka;
+        k.client.insert("security.protocol".into(), "ssl".into());
+        k.consumer.insert("fetch.wait.max.ms".into(), "10".into());
+        k.producer.insert("linger.ms".into(), "20".into());
+        let consumer = consumer_config(k);
+        let producer = producer_config(k);
+        assert_eq!(consumer.get("security.protocol"), Some("ssl"));
+        assert_eq!(producer.get("security.protocol"), Some("ssl"));
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("10"));
+        assert_eq!(producer.get("fetch.wait.max.ms"), None);
+        assert_eq!(
+            producer.get("linger.ms"),
+            Some("20"),
+            "the operator's value wins over hookd's"
+        );
+        assert_eq!(consumer.get("linger.ms"), None);
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+    }
 }

@@ -81,6 +81,12 @@ impl Broker {
     pub fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
+        c
+    }
+
+    /// `client()` for a consumer.
+    pub fn consumer_client(&self) -> ClientConfig {
+        let mut c = self.client();
         if self.is_real() {
             // tansu's fetch waits needlessly otherwise (DESIGN.md).
             c.set("fetch.wait.max.ms", "10");
@@ -111,7 +117,7 @@ impl Broker {
         deadline: Duration,
     ) -> Vec<(Option<Vec<u8>>, Vec<u8>)> {
         let consumer: StreamConsumer = self
-            .client()
+            .consumer_client()
             .set("group.id", unique("reader"))
             .set("enable.auto.commit", "false")
             .create()
@@ -160,8 +166,9 @@ pub fn settings(broker: &Broker) -> Settings {
     s.kafka.group_id = unique("hookd");
     s.kafka.create_topics = false;
     if broker.is_real() {
+        // tansu's fetch waits needlessly otherwise (DESIGN.md).
         s.kafka
-            .client
+            .consumer
             .insert("fetch.wait.max.ms".into(), "10".into());
     }
     s.metrics.listen = "127.0.0.1:0".parse().unwrap();
@@ -189,6 +196,10 @@ pub fn config_sections(s: &Settings) -> String {
     for (k, v) in &s.kafka.client {
         client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
     }
+    let mut consumer = String::new();
+    for (k, v) in &s.kafka.consumer {
+        consumer.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
     let delays: Vec<String> = s
         .retry
         .delays
@@ -197,7 +208,7 @@ pub fn config_sections(s: &Settings) -> String {
         .collect();
     format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\nresponses_topic = \"{}\"\ncreate_topics = {}\n\
-         [kafka.client]\n{client}\
+         [kafka.client]\n{client}[kafka.consumer]\n{consumer}\
          [retry]\ntopic_prefix = \"{}\"\ndelays = [{}]\n\
          [limits]\nrate = {:?}\nburst = {}\n\
          [outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
