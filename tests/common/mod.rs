@@ -170,6 +170,11 @@ pub fn settings(broker: &Broker) -> Settings {
         s.kafka
             .consumer
             .insert("fetch.wait.max.ms".into(), "10".into());
+        // The worker's own records (retries, dead letters) one per batch too:
+        // see `Broker::producer` for the tansu fetch bug this avoids.
+        s.kafka
+            .producer
+            .insert("batch.num.messages".into(), "1".into());
     }
     s.metrics.listen = "127.0.0.1:0".parse().unwrap();
     // The receivers are on loopback, which deliveries may not reach by default.
@@ -200,6 +205,10 @@ pub fn config_sections(s: &Settings) -> String {
     for (k, v) in &s.kafka.consumer {
         consumer.push_str(&format!("\"{k}\" = \"{v}\"\n"));
     }
+    let mut producer = String::new();
+    for (k, v) in &s.kafka.producer {
+        producer.push_str(&format!("\"{k}\" = \"{v}\"\n"));
+    }
     let delays: Vec<String> = s
         .retry
         .delays
@@ -208,7 +217,7 @@ pub fn config_sections(s: &Settings) -> String {
         .collect();
     format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\nresponses_topic = \"{}\"\ncreate_topics = {}\n\
-         [kafka.client]\n{client}[kafka.consumer]\n{consumer}\
+         [kafka.client]\n{client}[kafka.consumer]\n{consumer}[kafka.producer]\n{producer}\
          [retry]\ntopic_prefix = \"{}\"\ndelays = [{}]\n\
          [limits]\nrate = {:?}\nburst = {}\n\
          [outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
