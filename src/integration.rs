@@ -699,15 +699,23 @@ fn compile_auth(value: Option<&Value>) -> Result<Option<(Template, Template)>, I
 
 /// "event + part of the URL", as Particle names unnamed webhooks.
 fn default_name(event: &str, url: &str) -> String {
-    let shown = match url::Url::parse(url) {
-        Ok(u) => format!(
-            "{}{}",
-            u.host_str().unwrap_or_default(),
-            u.path().trim_end_matches('/')
-        ),
-        Err(_) => url.chars().take(40).collect(),
+    // Plain string slicing rather than a second URL parse: this runs for every
+    // unnamed integration of a reload. Credentials (`user:pass@`), the query
+    // and the fragment are never shown.
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let path = path
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let shown: String = if path.is_empty() {
+        host.to_owned()
+    } else {
+        format!("{host}/{path}")
     };
-    format!("{event} → {shown}")
+    format!("{event} → {}", shown.chars().take(60).collect::<String>())
 }
 
 #[cfg(test)]
@@ -759,6 +767,16 @@ mod tests {
         assert!(i.reject_unauthorized);
         assert!(!i.disabled);
         assert_eq!(i.name, "temp → example.com/in");
+    }
+
+    #[test]
+    fn default_names_never_show_credentials_or_queries() {
+        assert_eq!(
+            default_name("t", "https://u:secret@h.example:8443/a/b/?k=v#f"),
+            "t → h.example:8443/a/b"
+        );
+        assert_eq!(default_name("t", "http://h.example"), "t → h.example");
+        assert_eq!(default_name("t", "{{{BASE}}}/x"), "t → {{{BASE}}}/x");
     }
 
     #[test]
