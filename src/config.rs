@@ -261,12 +261,7 @@ impl Settings {
             ));
         }
         for name in self.secrets.keys() {
-            let mut chars = name.chars();
-            let ok = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-                && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-            if !ok {
+            if !crate::render::is_secret_name(name) {
                 return Err(invalid(
                     &format!("secrets.{name}"),
                     format!("secret name {name:?} must match [A-Z_][A-Z0-9_]*"),

@@ -21,7 +21,7 @@ use crate::dead_letter::DeadLetter;
 use crate::deliver::{Deliverer, DeliveryError, Outcome};
 use crate::event::Origin;
 use crate::record::{OutcomeKind, Recorder};
-use crate::render::{idempotency_key, render, EventContext};
+use crate::render::{idempotency_key, render, url_host, EventContext};
 use crate::resolve::Match;
 use crate::responses::{
     error_event, error_message, hook_sent, response_chunks, ResponseEvent, SLEEPING_MESSAGE,
@@ -93,10 +93,7 @@ impl Dispatcher {
                     .await;
             }
         };
-        let host = url::Url::parse(&request.url)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_owned))
-            .unwrap_or_default();
+        let host = url_host(&request.url).to_owned();
 
         if !self.sleeping.admit(&host) {
             self.recorder

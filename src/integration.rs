@@ -440,12 +440,7 @@ impl TryFrom<IntegrationSpec> for Integration {
             .map(|t| compile_field("responseTemplate", t))
             .transpose()?;
         if let Some(secret) = &spec.signing_secret {
-            let mut chars = secret.chars();
-            let ok = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-                && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-            if !ok {
+            if !crate::render::is_secret_name(secret) {
                 return Err(invalid("signingSecret", format!("{secret:?} must name a configured secret ([A-Z_][A-Z0-9_]*), not hold the key")));
             }
         }

@@ -16,10 +16,7 @@ pub fn client_config(k: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
     c.set("client.id", concat!("hookd/", env!("CARGO_PKG_VERSION")));
-    for (key, value) in &k.client {
-        c.set(key, value);
-    }
-    c
+    overlay(c, &k.client)
 }
 
 /// Consumer of the events topic. Offsets are stored by hookd only once an
@@ -33,11 +30,7 @@ pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
-    let mut c = merge(c, client_config(k));
-    for (key, value) in &k.consumer {
-        c.set(key, value);
-    }
-    c
+    overlay(merge(c, client_config(k)), &k.consumer)
 }
 
 /// Producer for the dead-letter, retry and response topics: idempotent,
@@ -48,17 +41,20 @@ pub fn producer_config(k: &KafkaSettings) -> ClientConfig {
         .set("acks", "all")
         .set("linger.ms", "5")
         .set("message.timeout.ms", "30000");
-    let mut c = merge(c, client_config(k));
-    for (key, value) in &k.producer {
-        c.set(key, value);
-    }
-    c
+    overlay(merge(c, client_config(k)), &k.producer)
 }
 
 /// `base` with `overrides` laid over it: the operator's settings win.
-fn merge(mut base: ClientConfig, overrides: ClientConfig) -> ClientConfig {
-    for (k, v) in overrides.config_map() {
-        base.set(k, v);
+fn merge(base: ClientConfig, overrides: ClientConfig) -> ClientConfig {
+    overlay(base, overrides.config_map())
+}
+
+fn overlay<'a>(
+    mut base: ClientConfig,
+    settings: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> ClientConfig {
+    for (key, value) in settings {
+        base.set(key, value);
     }
     base
 }

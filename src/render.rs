@@ -34,6 +34,30 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Named secret values from config, usable as `{{{NAME}}}` in any field.
 pub type Secrets = Arc<BTreeMap<String, String>>;
 
+/// Secret names are `[A-Z_][A-Z0-9_]*` (PARTICLE.md, "Templates").
+pub fn is_secret_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The host of a rendered URL, without credentials or port: the key of the
+/// per-host rate limit and the sleeping-host rating. Rendered URLs are
+/// already normalised by `url` (at load for literal URLs, at render for
+/// templated ones), so slicing the string is enough; no second parse per
+/// request.
+pub fn url_host(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = host_port.strip_prefix('[') {
+        return v6.split(']').next().unwrap_or("");
+    }
+    host_port.split(':').next().unwrap_or("")
+}
+
 /// Whether secrets render as their values (to send) or masked (to show).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SecretMode {
@@ -686,6 +710,28 @@ mod tests {
             reference.append_pair(&k, &v);
             reference.append_pair("b", "x y");
             proptest::prop_assert_eq!(encode_form([(k.as_str(), v.as_str()), ("b", "x y")].into_iter()), reference.finish());
+        }
+    }
+
+    #[test]
+    fn url_hosts_drop_credentials_and_ports() {
+        assert_eq!(
+            url_host("https://u:p@api.example.com:8443/x?y#z"),
+            "api.example.com"
+        );
+        assert_eq!(url_host("http://h.example"), "h.example");
+        assert_eq!(url_host("http://h.example?q=1"), "h.example");
+        assert_eq!(url_host("http://[::1]:8080/"), "::1");
+        for url in [
+            "https://u:p@api.example.com:8443/x?y#z",
+            "http://[::1]:8080/",
+            "http://h.example/a",
+        ] {
+            let parsed = url::Url::parse(url).unwrap();
+            assert_eq!(
+                url_host(url),
+                parsed.host_str().unwrap().trim_matches(['[', ']'])
+            );
         }
     }
 
