@@ -30,6 +30,8 @@ pub struct Settings {
     pub sleeping: crate::sleeping::SleepRule,
     pub retry: crate::retry::RetrySettings,
     pub log: LogSettings,
+    pub traffic: TrafficSettings,
+    pub api: ApiSettings,
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
 }
@@ -42,6 +44,13 @@ pub struct KafkaSettings {
     pub events_topic: String,
     pub dead_letter_topic: String,
     pub responses_topic: String,
+    /// The config log: integration and product records (compacted, one
+    /// partition so every reader sees one order).
+    pub config_topic: String,
+    /// Per-minute traffic deltas, aggregated by the api.
+    pub stats_topic: String,
+    /// Delivery-log entries, secrets masked.
+    pub log_topic: String,
     pub create_topics: bool,
     pub topic_partitions: i32,
     pub topic_replication: i32,
@@ -60,8 +69,69 @@ pub struct KafkaSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationSettings {
-    /// File or directory of JSON integrations; empty for none.
+    pub source: IntegrationSource,
+    /// With `source = "file"`: file or directory of JSON integrations; empty
+    /// for none.
     pub path: PathBuf,
+}
+
+/// Where a worker's integrations come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegrationSource {
+    /// `kafka.config_topic`, replayed then followed live.
+    Kafka,
+    /// `integrations.path`, reloaded on SIGHUP.
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrafficSettings {
+    /// Publish traffic deltas and delivery-log entries for the api.
+    pub publish: bool,
+    /// How often a worker publishes what it counted and sampled.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    #[serde(deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// How long a write waits to see its own record applied from the log.
+    #[serde(with = "humantime_serde")]
+    pub apply_timeout: Duration,
+    /// Days of daily history kept and shown.
+    pub history_days: u32,
+    #[serde(default)]
+    pub tokens: Vec<TokenSettings>,
+}
+
+/// One bearer token and its scope: exactly one of `org`, `user`, `operator`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    pub token: String,
+    #[serde(default)]
+    pub org: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub operator: bool,
+}
+
+/// Tokens are secrets: never printed, not even in a debug dump of settings.
+impl std::fmt::Debug for TokenSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSettings")
+            .field("token", &"[[SENSITIVE]]")
+            .field("org", &self.org)
+            .field("user", &self.user)
+            .field("operator", &self.operator)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -208,6 +278,9 @@ impl Settings {
             ("kafka.events_topic", &k.events_topic),
             ("kafka.dead_letter_topic", &k.dead_letter_topic),
             ("kafka.responses_topic", &k.responses_topic),
+            ("kafka.config_topic", &k.config_topic),
+            ("kafka.stats_topic", &k.stats_topic),
+            ("kafka.log_topic", &k.log_topic),
             ("retry.topic_prefix", &self.retry.topic_prefix),
         ] {
             if value.trim().is_empty() {
@@ -275,6 +348,38 @@ impl Settings {
                     &format!("secrets.{name}"),
                     format!("secret name {name:?} would hide a predefined variable"),
                 ));
+            }
+        }
+        if self.traffic.flush_interval.is_zero() {
+            return Err(invalid(
+                "traffic.flush_interval",
+                "must be longer than 0s, got 0s".into(),
+            ));
+        }
+        if self.api.history_days == 0 {
+            return Err(invalid(
+                "api.history_days",
+                "must be at least 1, got 0".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (n, t) in self.api.tokens.iter().enumerate() {
+            let key = format!("api.tokens[{n}]");
+            let scopes = [t.org.is_some(), t.user.is_some(), t.operator];
+            if scopes.iter().filter(|s| **s).count() != 1 {
+                return Err(invalid(
+                    &key,
+                    "give exactly one of org = \"<id>\", user = \"<id>\" or operator = true".into(),
+                ));
+            }
+            if t.token.len() < 16 {
+                return Err(invalid(
+                    &format!("{key}.token"),
+                    format!("must be at least 16 characters, got {}", t.token.len()),
+                ));
+            }
+            if !seen.insert(t.token.as_str()) {
+                return Err(invalid(&format!("{key}.token"), "is given twice".into()));
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| {

@@ -59,16 +59,43 @@ fn overlay<'a>(
     base
 }
 
-/// Creates `topics` that do not exist yet; existing ones are left alone.
+/// Creates `topics` that do not exist yet, with `topic_partitions` each;
+/// existing ones are left alone.
 pub async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), KafkaError> {
+    let specs: Vec<TopicSpec<'_>> = topics
+        .iter()
+        .map(|name| TopicSpec {
+            name,
+            partitions: k.topic_partitions,
+            configs: &[],
+        })
+        .collect();
+    ensure_topic_specs(k, &specs).await
+}
+
+/// A topic to create: its partition count and topic-level configs.
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    pub partitions: i32,
+    pub configs: &'a [(&'a str, &'a str)],
+}
+
+/// Creates the topics of `specs` that do not exist yet.
+pub async fn ensure_topic_specs(
+    k: &KafkaSettings,
+    specs: &[TopicSpec<'_>],
+) -> Result<(), KafkaError> {
     let admin: AdminClient<DefaultClientContext> = client_config(k).create()?;
-    let new: Vec<NewTopic<'_>> = topics
+    let new: Vec<NewTopic<'_>> = specs
         .iter()
         .map(|t| {
-            NewTopic::new(
-                t,
-                k.topic_partitions,
-                TopicReplication::Fixed(k.topic_replication),
+            t.configs.iter().fold(
+                NewTopic::new(
+                    t.name,
+                    t.partitions,
+                    TopicReplication::Fixed(k.topic_replication),
+                ),
+                |topic, (key, value)| topic.set(key, value),
             )
         })
         .collect();
@@ -84,6 +111,19 @@ pub async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), Kaf
         }
     }
     Ok(())
+}
+
+/// A consumer that reads whole topics from the beginning by assignment, for
+/// readers that need every record rather than a share (the config log, the
+/// api's traffic history): no group join, no commits.
+pub fn reader_config(k: &KafkaSettings) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("group.id", format!("{}.reader", k.group_id))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    overlay(merge(c, client_config(k)), &k.consumer)
 }
 
 #[cfg(test)]

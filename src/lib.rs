@@ -30,7 +30,8 @@
 //!   backpressure and graceful shutdown.
 //! - [`kafka`]: client configuration and topic creation.
 //! - [`dead_letter`]: the record written for what cannot be delivered.
-//! - [`source`]: integrations from a file or directory.
+//! - [`source`]: integrations from a file or directory; [`config_log`]: from
+//!   the `hookd.config` topic, followed live, and written read-your-writes.
 //! - [`config`]: typed settings from defaults, file and environment.
 //! - [`telemetry`]: metric names, Prometheus, tracing; [`health`] serves them.
 //! - [`clock`]: the time seam for rules tested with a manual clock.
@@ -40,6 +41,7 @@
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod config_log;
 pub mod dead_letter;
 pub mod deliver;
 pub mod dispatch;

@@ -44,9 +44,16 @@ impl Index {
     pub fn build(
         integrations: impl IntoIterator<Item = Integration>,
     ) -> Result<Index, DuplicateId> {
+        Index::from_shared(integrations.into_iter().map(Arc::new))
+    }
+
+    /// As [`Index::build`], from integrations already shared with another
+    /// snapshot (the config log rebuilds its index without recompiling).
+    pub fn from_shared(
+        integrations: impl IntoIterator<Item = Arc<Integration>>,
+    ) -> Result<Index, DuplicateId> {
         let mut index = Index::default();
         for integration in integrations {
-            let integration = Arc::new(integration);
             if index
                 .by_id
                 .insert(integration.id.clone(), integration.clone())

@@ -32,6 +32,8 @@ pub const DEFERRED: &str = "hookd_deliveries_deferred_total";
 pub const RETRIES_SCHEDULED: &str = "hookd_retries_scheduled_total";
 /// Deliveries given up on, by `reason` (`retries_exhausted`, `render_failed`).
 pub const DELIVERIES_DEAD_LETTERED: &str = "hookd_deliveries_dead_lettered_total";
+/// Config-log records applied (created, updated, deleted or restated).
+pub const CONFIG_APPLIED: &str = "hookd_config_records_applied_total";
 /// Integration records refused at load, by source.
 pub const CONFIG_INVALID: &str = "hookd_config_records_invalid_total";
 
@@ -88,6 +90,7 @@ fn describe() {
         Unit::Count,
         "Webhook requests in flight."
     );
+    describe_counter!(CONFIG_APPLIED, Unit::Count, "Config-log records applied.");
     describe_counter!(
         CONFIG_INVALID,
         Unit::Count,

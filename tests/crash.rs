@@ -39,7 +39,7 @@ fn write_config_with(
         .client
         .insert("heartbeat.interval.ms".into(), "500".into());
     let config = format!(
-        "{}[integrations]\npath = \"{}\"\n[worker]\nmax_inflight_events = 8\nshutdown_grace = \"10s\"\n\
+        "{}[integrations]\nsource = \"file\"\npath = \"{}\"\n[worker]\nmax_inflight_events = 8\nshutdown_grace = \"10s\"\n\
          [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n{extra}",
         common::config_sections(&s),
         integrations.display(),

@@ -52,7 +52,7 @@ async fn health_readiness_and_metrics_without_integration_label() {
     std::fs::write(
         &config,
         format!(
-            "{}[integrations]\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n",
+            "{}[integrations]\nsource = \"file\"\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n",
             common::config_sections(&s),
             dir.path().display()
         ),

@@ -7,8 +7,9 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
-use crate::resolve::IndexHandle;
+use crate::config::{IntegrationSource, Settings};
+use crate::config_log::follower::ConfigLog;
+use crate::resolve::{Index, IndexHandle};
 use crate::worker::Worker;
 
 #[derive(Debug, clap::Args)]
@@ -22,13 +23,6 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
     crate::telemetry::init_tracing(&settings.log.filter);
     let metrics = crate::telemetry::metrics_handle();
-    let index = crate::source::load_index(&settings.integrations.path).with_context(|| {
-        format!(
-            "loading integrations from {}",
-            settings.integrations.path.display()
-        )
-    })?;
-    tracing::info!(integrations = index.len(), "integrations loaded");
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
 
@@ -36,13 +30,8 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding metrics.listen {}", settings.metrics.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
-    let index = IndexHandle::new(index);
-    tokio::spawn(reload_on_sighup(
-        settings.integrations.path.clone(),
-        index.clone(),
-        shutdown.clone(),
-    ));
-    let worker = Worker::new(settings, index);
+    let index = IndexHandle::new(Index::default());
+    let worker = Worker::new(settings.clone(), index.clone());
     let endpoints_stop = CancellationToken::new();
     let endpoints = tokio::spawn(crate::health::serve(
         listener,
@@ -50,6 +39,31 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         worker.readiness(),
         endpoints_stop.clone(),
     ));
+    // /readyz stays 503 until the integrations are loaded: consuming before
+    // would resolve events against an empty index.
+    match settings.integrations.source {
+        IntegrationSource::File => {
+            let path = &settings.integrations.path;
+            let loaded = crate::source::load_index(path)
+                .with_context(|| format!("loading integrations from {}", path.display()))?;
+            tracing::info!(integrations = loaded.len(), "integrations loaded");
+            index.swap(loaded);
+            tokio::spawn(reload_on_sighup(
+                path.clone(),
+                index.clone(),
+                shutdown.clone(),
+            ));
+        }
+        IntegrationSource::Kafka => {
+            let log = ConfigLog::start(&settings.kafka, Some(index.clone()), shutdown.clone())
+                .await
+                .context("starting the config log")?;
+            tokio::select! {
+                _ = log.caught_up() => {}
+                _ = shutdown.cancelled() => {}
+            }
+        }
+    }
 
     let result = worker.run(shutdown).await;
     endpoints_stop.cancel();
