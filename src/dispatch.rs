@@ -83,11 +83,9 @@ impl Dispatcher {
                 // Deterministic: retrying would fail the same way.
                 self.recorder
                     .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
-                self.respond(
-                    ctx,
-                    error_event(&i, ctx, format!("error rendering the request: {e}")),
-                )
-                .await;
+                let message = format!("error rendering the request: {e}");
+                self.sample_failure(ctx, &a, &message);
+                self.respond(ctx, error_event(&i, ctx, message)).await;
                 return self
                     .dead_letter(ctx, a, "render_failed", e.to_string(), shutdown)
                     .await;
@@ -98,6 +96,7 @@ impl Dispatcher {
         if !self.sleeping.admit(&host) {
             self.recorder
                 .record_kind(&a.matched, OutcomeKind::Skipped, Duration::ZERO);
+            self.sample_failure(ctx, &a, SLEEPING_MESSAGE);
             self.respond(ctx, error_event(&i, ctx, SLEEPING_MESSAGE.into()))
                 .await;
             return self
@@ -134,6 +133,7 @@ impl Dispatcher {
                 Err(e) => {
                     self.recorder
                         .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
+                    self.sample_failure(ctx, &a, &e);
                     return self.dead_letter(ctx, a, "render_failed", e, shutdown).await;
                 }
             }
@@ -153,6 +153,9 @@ impl Dispatcher {
         };
         self.sleeping.observe(&host, outcome.is_success());
         self.recorder.record(&a.matched, &outcome);
+        if let Some(book) = self.recorder.traffic() {
+            book.sample(&i, a.matched.product, ctx.event(), &outcome);
+        }
         match &outcome.result {
             Ok(_) => {
                 match response_chunks(&i, ctx, &outcome.body) {
@@ -182,6 +185,15 @@ impl Dispatcher {
                 self.after_failure(ctx, a, label, outcome.retry_after, shutdown)
                     .await
             }
+        }
+    }
+
+    /// Keeps an attempt that ended before its request was sent for the
+    /// delivery log.
+    fn sample_failure(&self, ctx: &EventContext, a: &Attempt, message: &str) {
+        if let Some(book) = self.recorder.traffic() {
+            let m = &a.matched;
+            book.sample_failure(&m.integration, m.product, ctx.event(), message.to_owned());
         }
     }
 

@@ -113,6 +113,24 @@ pub async fn ensure_topic_specs(
     Ok(())
 }
 
+/// The stats and log topics: plain retention long enough for the api to
+/// rebuild 31 days of history after a restart.
+pub fn traffic_topics(k: &KafkaSettings) -> [TopicSpec<'_>; 2] {
+    const RETENTION: &[(&str, &str)] = &[("retention.ms", "2678400000")];
+    [
+        TopicSpec {
+            name: &k.stats_topic,
+            partitions: k.topic_partitions,
+            configs: RETENTION,
+        },
+        TopicSpec {
+            name: &k.log_topic,
+            partitions: k.topic_partitions,
+            configs: RETENTION,
+        },
+    ]
+}
+
 /// A consumer that reads whole topics from the beginning by assignment, for
 /// readers that need every record rather than a share (the config log, the
 /// api's traffic history): no group join, no commits.

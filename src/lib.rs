@@ -24,7 +24,9 @@
 //! - [`dispatch`]: one attempt under the delivery policy: [`sleeping`] hosts
 //!   skipped, [`throttle`] per host, [`sign`]ed, sent, then [`responses`] and
 //!   [`retry`] or dead letter.
-//! - [`record`]: outcomes → metrics and the per-(integration, product) tally.
+//! - [`record`]: outcomes → metrics and the per-(integration, product) tally;
+//!   [`traffic`]: per-minute counts and delivery samples published for the
+//!   api, and their aggregation into history there.
 //! - [`offsets`]: at-least-once commit points per partition.
 //! - [`worker`]: the consume loop tying the stages together, with
 //!   backpressure and graceful shutdown.
@@ -63,4 +65,5 @@ pub mod source;
 pub mod telemetry;
 pub mod template;
 pub mod throttle;
+pub mod traffic;
 pub mod worker;

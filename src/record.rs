@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use crate::deliver::Outcome;
 use crate::resolve::Match;
 use crate::telemetry::{WEBHOOK_ATTEMPTS, WEBHOOK_DURATION};
+use crate::traffic::book::TrafficBook;
 
 /// What an attempt counts as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,7 +44,7 @@ impl Counts {
         self.success + self.error + self.skipped
     }
 
-    fn add(&mut self, kind: OutcomeKind) {
+    pub(crate) fn add(&mut self, kind: OutcomeKind) {
         match kind {
             OutcomeKind::Success => self.success += 1,
             OutcomeKind::Error => self.error += 1,
@@ -103,6 +104,8 @@ impl Tally {
 #[derive(Debug, Clone)]
 pub struct Recorder {
     tally: Tally,
+    /// Counts and samples for the api's history, when published.
+    traffic: Option<Arc<TrafficBook>>,
     /// Config `metrics.integration_label`: off for fleets with very many
     /// integrations, where one series per integration costs too much.
     integration_label: bool,
@@ -112,8 +115,19 @@ impl Recorder {
     pub fn new(tally: Tally, integration_label: bool) -> Recorder {
         Recorder {
             tally,
+            traffic: None,
             integration_label,
         }
+    }
+
+    /// Also counts into `book`, for publishing.
+    pub fn with_traffic(mut self, book: Arc<TrafficBook>) -> Recorder {
+        self.traffic = Some(book);
+        self
+    }
+
+    pub fn traffic(&self) -> Option<&Arc<TrafficBook>> {
+        self.traffic.as_ref()
     }
 
     pub fn tally(&self) -> &Tally {
@@ -132,6 +146,9 @@ impl Recorder {
     /// Counts an attempt of `kind` that took `elapsed` (zero for skipped).
     pub fn record_kind(&self, m: &Match, kind: OutcomeKind, elapsed: std::time::Duration) {
         self.tally.add(&m.integration.id, m.product, kind);
+        if let Some(book) = &self.traffic {
+            book.count(&m.integration.id, m.product, kind);
+        }
         let product = m.product.map(|p| p.to_string()).unwrap_or_default();
         if self.integration_label {
             metrics::counter!(WEBHOOK_ATTEMPTS, "integration" => m.integration.id.to_string(), "product" => product, "outcome" => kind.as_label())

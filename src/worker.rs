@@ -170,7 +170,10 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(settings: Settings, index: IndexHandle) -> Worker {
-        let recorder = Recorder::new(Tally::default(), settings.metrics.integration_label);
+        let mut recorder = Recorder::new(Tally::default(), settings.metrics.integration_label);
+        if settings.traffic.publish {
+            recorder = recorder.with_traffic(Arc::default());
+        }
         Worker {
             settings,
             index,
@@ -197,6 +200,9 @@ impl Worker {
             let mut topics = vec![k.dead_letter_topic.as_str(), k.responses_topic.as_str()];
             topics.extend(retry_topics.iter().map(String::as_str));
             crate::kafka::ensure_topics(k, &topics).await?;
+            if s.traffic.publish {
+                crate::kafka::ensure_topic_specs(k, &crate::kafka::traffic_topics(k)).await?;
+            }
         }
         let throttle = Arc::new(Throttle::new(s.limits.clone()));
         let sleeping = Arc::new(SleepingHosts::new(s.sleeping, MonotonicClock::default()));
@@ -249,6 +255,17 @@ impl Worker {
         };
         let tasks = TaskTracker::new();
         tasks.spawn(prune_periodically(throttle, sleeping, shutdown.clone()));
+        // Publishes until the deliveries have drained, then once more.
+        let traffic_stop = CancellationToken::new();
+        let traffic = self.recorder.traffic().cloned().map(|book| {
+            tokio::spawn(book.run(
+                pipeline.dispatcher.producer.clone(),
+                (k.stats_topic.clone(), k.log_topic.clone()),
+                pipeline.secrets.clone(),
+                s.traffic.flush_interval,
+                traffic_stop.clone(),
+            ))
+        });
         self.readiness.set_ready();
         tracing::info!(topic = %k.events_topic, group = %k.group_id, partitions, "worker consuming");
 
@@ -287,6 +304,10 @@ impl Worker {
         events.commit_final();
         if let Some(r) = &retries {
             r.commit_final();
+        }
+        traffic_stop.cancel();
+        if let Some(t) = traffic {
+            let _ = t.await;
         }
         Ok(())
     }

@@ -159,6 +159,10 @@ pub fn settings(broker: &Broker) -> Settings {
     s.kafka.events_topic = unique("events");
     s.kafka.dead_letter_topic = unique("dead-letter");
     s.kafka.responses_topic = unique("responses");
+    s.kafka.config_topic = unique("config");
+    s.kafka.stats_topic = unique("stats");
+    s.kafka.log_topic = unique("log");
+    s.traffic.flush_interval = Duration::from_millis(200);
     s.retry.topic_prefix = unique("retry");
     s.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(2)];
     // Tests send many requests to one loopback receiver.
@@ -189,6 +193,9 @@ pub async fn create_topics(broker: &Broker, s: &Settings, partitions: i32) {
     broker.create_topic(&s.kafka.events_topic, partitions).await;
     broker.create_topic(&s.kafka.dead_letter_topic, 1).await;
     broker.create_topic(&s.kafka.responses_topic, 1).await;
+    broker.create_topic(&s.kafka.config_topic, 1).await;
+    broker.create_topic(&s.kafka.stats_topic, 2).await;
+    broker.create_topic(&s.kafka.log_topic, 2).await;
     for topic in s.retry.topics() {
         broker.create_topic(&topic, 2).await;
     }
@@ -217,6 +224,7 @@ pub fn config_sections(s: &Settings) -> String {
         .collect();
     format!(
         "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\nresponses_topic = \"{}\"\ncreate_topics = {}\n\
+         config_topic = \"{}\"\nstats_topic = \"{}\"\nlog_topic = \"{}\"\n\
          [kafka.client]\n{client}[kafka.consumer]\n{consumer}[kafka.producer]\n{producer}\
          [retry]\ntopic_prefix = \"{}\"\ndelays = [{}]\n\
          [limits]\nrate = {:?}\nburst = {}\n\
@@ -227,6 +235,9 @@ pub fn config_sections(s: &Settings) -> String {
         s.kafka.dead_letter_topic,
         s.kafka.responses_topic,
         s.kafka.create_topics,
+        s.kafka.config_topic,
+        s.kafka.stats_topic,
+        s.kafka.log_topic,
         s.retry.topic_prefix,
         delays.join(", "),
         s.limits.rate,
