@@ -38,8 +38,10 @@
 //! - [`telemetry`]: metric names, Prometheus, tracing; [`health`] serves them.
 //! - [`clock`]: the time seam for rules tested with a manual clock.
 //! - [`simulate`]: simulated devices, for `publish --simulate` and the demo.
+//! - [`api`]: the control plane's REST API (`hookd api`).
 //! - [`cli`]: the commands behind `main.rs`.
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;

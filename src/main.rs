@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Consume device events from Kafka and deliver the webhooks they trigger.
     Worker(cli::worker::WorkerArgs),
+    /// The control plane: REST API over the config log and traffic history.
+    Api(cli::api::ApiArgs),
     /// Dry run: print the request an integration would send for an event.
     Render(cli::render::RenderArgs),
     /// Produce device events (JSON lines, or simulated devices) to Kafka.
@@ -53,6 +55,7 @@ fn main() -> ExitCode {
 async fn run_async(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Worker(args) => cli::worker::run(args).await,
+        Command::Api(args) => cli::api::run(args).await,
         Command::Publish(args) => {
             let sent = cli::publish::run(args).await?;
             eprintln!("published {sent} events");

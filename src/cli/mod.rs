@@ -1,5 +1,6 @@
 //! The commands behind `main.rs`, one file each.
 
+pub mod api;
 pub mod demo;
 pub mod publish;
 pub mod render;

@@ -22,7 +22,7 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::state::{Applied, ConfigState, RecordRefused};
@@ -59,6 +59,8 @@ pub struct ConfigLog {
     position: watch::Sender<i64>,
     caught_up: watch::Sender<bool>,
     outcomes: Mutex<BTreeMap<i64, Outcome>>,
+    /// Keys of records refused after the replay, for the api's repair.
+    refused: broadcast::Sender<String>,
 }
 
 impl ConfigLog {
@@ -118,6 +120,7 @@ impl ConfigLog {
             position: watch::channel(0).0,
             caught_up: watch::channel(false).0,
             outcomes: Mutex::new(BTreeMap::new()),
+            refused: broadcast::channel(1024).0,
         });
         tracing::info!(topic = %log.topic, end, "replaying the config log");
         if end <= 0 {
@@ -146,6 +149,12 @@ impl ConfigLog {
     pub async fn caught_up(&self) {
         let mut rx = self.caught_up.subscribe();
         let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Keys of records refused from now on (live, not during the replay,
+    /// whose refusals were handled when they were live).
+    pub fn refused_keys(&self) -> broadcast::Receiver<String> {
+        self.refused.subscribe()
     }
 
     /// Waits until the record at `offset` is applied and returns its
@@ -229,6 +238,9 @@ impl ConfigLog {
             Err(refused) => {
                 metrics::counter!(CONFIG_INVALID, "source" => "kafka").increment(1);
                 tracing::warn!(key = %key, offset, reason = %refused, "config record refused; the previous version keeps running");
+                if self.is_caught_up() && !matches!(refused, RecordRefused::Key(_)) {
+                    let _ = self.refused.send(key.clone().into_owned());
+                }
             }
         }
         let mut outcomes = self

@@ -1,0 +1,521 @@
+//! The API's handlers: integrations of a place (the caller's sandbox, a
+//! product, an org), separation, test sends, history, delivery log and the
+//! product catalog.
+//!
+//! Every handler first resolves the caller and the place of its path
+//! ([`Api::enter`]); an integration is found only within that place, so a
+//! record of another scope answers 404 exactly like a missing one. Writes are
+//! checked against the current state first (400/409 with the field at
+//! fault), then written to the config log, and answered once the log's own
+//! decision came back (read-your-writes).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::auth::{authorize, Place, Principal};
+use super::error::ApiError;
+use super::server::Api;
+use super::views::{config_of, detail, history_view, summary, PLACEMENT_FIELDS};
+use crate::config_log::state::Product;
+use crate::event::{DeviceEvent, Origin};
+use crate::integration::{Integration, InvalidIntegration, Scope};
+use crate::render::{idempotency_key, render, EventContext, SecretMode};
+use crate::traffic::book::mask;
+
+type Params = Path<HashMap<String, String>>;
+type Reply = Result<Json<Value>, ApiError>;
+
+impl From<InvalidIntegration> for ApiError {
+    fn from(e: InvalidIntegration) -> ApiError {
+        ApiError::invalid(&e.field, e.to_string())
+    }
+}
+
+/// The caller and the place their path names.
+struct Entered {
+    who: Principal,
+    place: Place,
+}
+
+impl Api {
+    fn enter(&self, headers: &HeaderMap, params: &HashMap<String, String>) -> Result<Entered, ApiError> {
+        let who = self.tokens.principal(headers)?;
+        let place = if let Some(p) = params.get("product") {
+            let id = p
+                .parse::<u32>()
+                .map_err(|_| ApiError::not_found(format!("product {p:?}")))?;
+            Place::Product(id)
+        } else if let Some(org) = params.get("org") {
+            Place::Org(org.clone())
+        } else {
+            Place::Sandbox
+        };
+        authorize(&who, &place, &self.log.state())?;
+        Ok(Entered { who, place })
+    }
+
+    /// The integration `id` as seen from `place`: the sandbox's own, the
+    /// org's own, or a product's own and the org integrations shared with it.
+    fn find(&self, e: &Entered, id: &str) -> Result<Arc<Integration>, ApiError> {
+        let state = self.log.state();
+        let found = state.integration(id).filter(|i| match (&e.place, &i.scope) {
+            (Place::Sandbox, Scope::Sandbox { owner }) => e.who == Principal::User(owner.clone()),
+            (Place::Org(org), Scope::Org { org: o, .. }) => org == o,
+            (Place::Product(p), Scope::Product { product }) => p == product,
+            (Place::Product(p), Scope::Org { org, products }) => {
+                products.ids().contains(p) && state.product(*p).is_some_and(|x| &x.org == org)
+            }
+            _ => false,
+        });
+        found
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("integration {id:?}")))
+    }
+
+    /// Checks a record against the current state, writes it and waits for
+    /// the log's decision.
+    async fn write(&self, key: &str, value: Option<&Value>) -> Result<(), ApiError> {
+        let bytes = value.map(|v| serde_json::to_vec(v).expect("JSON serializes"));
+        self.log.state().validate(key, bytes.as_deref())?;
+        self.writer.write(key, bytes.as_deref()).await?;
+        Ok(())
+    }
+
+    fn show(&self, i: &Integration, place: &Place) -> Value {
+        detail(i, place, &self.history, &self.log.state(), self.history.days())
+    }
+}
+
+/// A JSON object body; the placement fields are set by the path, never by it.
+fn config_body(body: &Bytes, allow: &[&str]) -> Result<Map<String, Value>, ApiError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid("body", format!("the body is not JSON: {e}")))?;
+    let Value::Object(map) = value else {
+        return Err(ApiError::invalid("body", "the body must be a JSON object"));
+    };
+    for f in PLACEMENT_FIELDS {
+        if map.contains_key(*f) && !allow.contains(f) {
+            return Err(ApiError::invalid(
+                f,
+                format!("{f} is set by hookd and the request's path, not by the body"),
+            ));
+        }
+    }
+    Ok(map)
+}
+
+/// A new integration id: 24 hex digits, like Particle's.
+fn new_id() -> String {
+    format!("{:024x}", rand::random::<u128>() >> 32)
+}
+
+/// The record for `config` placed at `place` with `id` and `version`.
+fn placed(
+    mut config: Map<String, Value>,
+    e: &Entered,
+    id: &str,
+    version: u64,
+    products: Option<Value>,
+) -> Value {
+    config.insert("id".into(), id.into());
+    config.insert("version".into(), version.into());
+    match (&e.place, &e.who) {
+        (Place::Sandbox, Principal::User(u)) => {
+            config.insert("owner".into(), u.as_str().into());
+        }
+        (Place::Product(p), _) => {
+            config.insert("product_id".into(), (*p).into());
+        }
+        (Place::Org(org), _) => {
+            config.insert("org".into(), org.as_str().into());
+            config.insert("products".into(), products.unwrap_or(Value::Null));
+        }
+        (Place::Sandbox, _) => unreachable!("authorize admits only users to the sandbox"),
+    }
+    Value::Object(config)
+}
+
+/// Validates a whole record the way every reader will, plus the catalog.
+fn checked(api: &Api, record: &Value) -> Result<Integration, ApiError> {
+    let i = Integration::from_value(record.clone())?;
+    api.log.state().check_references(&i)?;
+    Ok(i)
+}
+
+pub async fn list(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let state = api.log.state();
+    let mut items: Vec<&Arc<Integration>> = state
+        .integrations()
+        .filter(|i| match (&e.place, &i.scope) {
+            (Place::Sandbox, Scope::Sandbox { owner }) => e.who == Principal::User(owner.clone()),
+            (Place::Org(org), Scope::Org { org: o, .. }) => org == o,
+            (Place::Product(p), Scope::Product { product }) => p == product,
+            (Place::Product(p), Scope::Org { products, .. }) => products.ids().contains(p),
+            _ => false,
+        })
+        .collect();
+    items.sort_by(|a, b| a.id.cmp(&b.id));
+    let list: Vec<Value> = items
+        .into_iter()
+        .map(|i| summary(i, &e.place, &api.history))
+        .collect();
+    Ok(Json(json!({ "integrations": list })))
+}
+
+pub async fn get(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let i = api.find(&e, &params["id"])?;
+    Ok(Json(api.show(&i, &e.place)))
+}
+
+pub async fn create(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let e = api.enter(&headers, &params)?;
+    let is_org = matches!(e.place, Place::Org(_));
+    let mut config = config_body(&body, if is_org { &["products"] } else { &[] })?;
+    let products = config.remove("products");
+    if is_org && products.is_none() {
+        return Err(ApiError::invalid(
+            "products",
+            "products: is required for an organization integration: list the product ids it executes on",
+        ));
+    }
+    let id = new_id();
+    let record = placed(config, &e, &id, 1, products);
+    checked(&api, &record)?;
+    api.write(&format!("integration/{id}"), Some(&record)).await?;
+    let i = api.find(&e, &id)?;
+    Ok((StatusCode::CREATED, Json(api.show(&i, &e.place))))
+}
+
+pub async fn edit(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params, body: Bytes) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let current = api.find(&e, &params["id"])?;
+    refuse_shared(&current, &e.place, "edit")?;
+    let is_org = matches!(e.place, Place::Org(_));
+    let mut config = config_body(&body, if is_org { &["products", "version"] } else { &["version"] })?;
+    if let Some(v) = config.remove("version") {
+        if v.as_u64() != Some(current.version) {
+            return Err(ApiError::conflict(format!(
+                "the edit was made from version {v}; integration {:?} is at version {}",
+                &*current.id, current.version
+            )));
+        }
+    }
+    let products = match (config.remove("products"), &current.scope) {
+        (Some(p), _) => Some(p),
+        (None, Scope::Org { products, .. }) => Some(products.ids().into()),
+        (None, _) => None,
+    };
+    let record = placed(config, &e, &current.id, current.version + 1, products);
+    checked(&api, &record)?;
+    api.write(&format!("integration/{}", current.id), Some(&record)).await?;
+    let i = api.find(&e, &current.id)?;
+    Ok(Json(api.show(&i, &e.place)))
+}
+
+pub async fn delete(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+) -> Result<StatusCode, ApiError> {
+    let e = api.enter(&headers, &params)?;
+    let current = api.find(&e, &params["id"])?;
+    refuse_shared(&current, &e.place, "delete")?;
+    api.write(&format!("integration/{}", current.id), None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An org integration seen under one of its products is the org's to
+/// change; the product may only separate from it.
+fn refuse_shared(i: &Integration, place: &Place, what: &str) -> Result<(), ApiError> {
+    match (&i.scope, place) {
+        (Scope::Org { org, .. }, Place::Product(p)) => Err(ApiError::conflict(format!(
+            "integration {:?} is shared by org {org:?}; {what} it at /v1/orgs/{org}/integrations/{}, or separate product {p} from it first",
+            &*i.id, &*i.id
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// `POST /v1/products/:p/integrations/:id/separate`: product `p` leaves the
+/// org integration and gets its own integration with the edited config.
+pub async fn separate(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let e = api.enter(&headers, &params)?;
+    let Place::Product(p) = e.place else {
+        unreachable!("the route has a product")
+    };
+    let id = &params["id"];
+    let shared = {
+        let state = api.log.state();
+        let product_org = state.product(p).map(|x| x.org.clone());
+        state
+            .integration(id)
+            .filter(|i| matches!(&i.scope, Scope::Org { org, .. } if Some(org) == product_org.as_ref()))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("integration {id:?}")))?
+    };
+    let Scope::Org { products, .. } = &shared.scope else {
+        unreachable!("filtered to org integrations")
+    };
+    if !products.ids().contains(&p) {
+        return Err(ApiError::invalid(
+            "product",
+            format!("product {p} is not one of integration {id:?}'s products, so there is nothing to separate"),
+        ));
+    }
+    if products.ids().len() == 1 {
+        return Err(ApiError::invalid(
+            "product",
+            format!("product {p} is the last product of integration {id:?}; edit or delete the integration instead"),
+        ));
+    }
+    let config = config_body(&body, &[])?;
+    let new_id = new_id();
+    let record = placed(config, &e, &new_id, 1, None);
+    let new = checked(&api, &record)?;
+    if config_of(&new.spec) == config_of(&shared.spec) {
+        return Err(ApiError::invalid(
+            "config",
+            "the separated config equals the shared one in every field; change at least one (the name is enough)",
+        ));
+    }
+    let mut org_record = serde_json::to_value(&shared.spec).expect("a spec serializes");
+    org_record["version"] = (shared.version + 1).into();
+    org_record["products"] = products.ids().iter().copied().filter(|x| *x != p).collect::<Vec<_>>().into();
+    org_record["separated"] = json!({"product": p, "into": record});
+    api.write(&format!("integration/{id}"), Some(&org_record)).await?;
+    // Restated under its own key, so the log stays right once compaction
+    // drops the separation record; applying it changes nothing.
+    if let Err(err) = api.write(&format!("integration/{new_id}"), Some(&record)).await {
+        tracing::warn!(error = %err.error, integration = %new_id, "restating a separated integration failed; it stands until the org integration is edited again");
+    }
+    let i = api.find(&e, &new_id)?;
+    Ok((StatusCode::CREATED, Json(api.show(&i, &e.place))))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct DaysQuery {
+    days: Option<u32>,
+}
+
+pub async fn history(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+    Query(q): Query<DaysQuery>,
+) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let i = api.find(&e, &params["id"])?;
+    let max = api.history.days();
+    let days = q.days.unwrap_or(max);
+    if days == 0 || days > max {
+        return Err(ApiError::invalid("days", format!("must be 1 to {max}, got {days}")));
+    }
+    Ok(Json(history_view(&i, &e.place, &api.history, &api.log.state(), days)))
+}
+
+pub async fn log(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let i = api.find(&e, &params["id"])?;
+    let filter = match (&e.place, &i.scope) {
+        (Place::Product(p), Scope::Org { .. }) => Some(Some(*p)),
+        _ => None,
+    };
+    let recent = api.history.recent(&i.id, filter);
+    Ok(Json(json!({"successes": recent.successes, "errors": recent.errors})))
+}
+
+/// `POST …/:id/test`: one sample event through render, signing and the
+/// delivery client now; the outcome and the response (secrets masked).
+pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let i = api.find(&e, &params["id"])?;
+    let (product, user) = match (&e.place, &i.scope) {
+        (Place::Product(p), _) => (Some(*p), None),
+        (_, Scope::Org { products, .. }) => (products.ids().first().copied(), None),
+        (_, Scope::Product { product }) => (Some(*product), None),
+        (_, Scope::Sandbox { owner }) => (None, Some(owner.clone())),
+    };
+    let mut event = json!({
+        "name": i.trigger.as_str(),
+        "data": "test event from hookd",
+        "published_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "coreid": i.device_id.clone().unwrap_or_else(|| "000000000000000000000000".into()),
+        "userid": user.unwrap_or_default(),
+        "id": format!("test-{}", new_id()),
+    });
+    if let Some(p) = product {
+        event["productID"] = p.into();
+    }
+    let origin = Origin {
+        topic: "test".into(),
+        partition: 0,
+        offset: 0,
+    };
+    let event = DeviceEvent::decode(event.to_string().as_bytes(), &origin, chrono::Utc::now())
+        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let shown = render(&i, &EventContext::new(event.clone(), api.secrets.clone(), SecretMode::Mask))
+        .ok()
+        .map(|r| r.to_json());
+    let ctx = EventContext::new(event.clone(), api.secrets.clone(), SecretMode::Reveal);
+    let mut request = match render(&i, &ctx) {
+        Ok(r) => r,
+        Err(err) => {
+            return Ok(Json(json!({"outcome": "error", "request": shown, "error": err.to_string()})))
+        }
+    };
+    if let Some(name) = &i.signing_secret {
+        match ctx.secret(name).ok_or("not configured".to_owned()).and_then(crate::sign::Signer::try_new) {
+            Ok(signer) => signer.sign(
+                &mut request,
+                &idempotency_key(&event.id, &i.id),
+                chrono::Utc::now().timestamp(),
+            ),
+            Err(_) => {
+                return Ok(Json(json!({"outcome": "error", "request": shown,
+                    "error": format!("signingSecret names {name:?}, which is not a configured secret")})))
+            }
+        }
+    }
+    let outcome = api.deliverer.send(&request, i.reject_unauthorized).await;
+    let body = String::from_utf8_lossy(&outcome.body[..outcome.body.len().min(4096)]).into_owned();
+    Ok(Json(match &outcome.result {
+        Ok(status) => json!({
+            "outcome": if outcome.is_success() { "success" } else { "error" },
+            "request": shown,
+            "response": {"status": status, "body": mask(&body, &api.secrets)},
+            "elapsed_ms": outcome.elapsed.as_millis() as u64,
+        }),
+        Err(err) => json!({
+            "outcome": "error",
+            "request": shown,
+            "error": mask(&err.to_string(), &api.secrets),
+            "elapsed_ms": outcome.elapsed.as_millis() as u64,
+        }),
+    }))
+}
+
+pub async fn list_products(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let Place::Org(org) = &e.place else {
+        unreachable!("the route has an org")
+    };
+    let state = api.log.state();
+    let products: Vec<&Product> = state.products().filter(|p| &p.org == org).collect();
+    Ok(Json(json!({ "products": products })))
+}
+
+/// The product `p` of the path's org, or 404 (also when it is another org's).
+fn product_in(api: &Api, params: &HashMap<String, String>, org: &str) -> Result<(u32, Option<Product>), ApiError> {
+    let raw = &params["id"];
+    let p = raw
+        .parse::<u32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ApiError::not_found(format!("product {raw:?}")))?;
+    let found = api.log.state().product(p).cloned();
+    match found {
+        Some(x) if x.org != org => Err(ApiError::not_found(format!("product {p}"))),
+        found => Ok((p, found)),
+    }
+}
+
+pub async fn get_product(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let Place::Org(org) = &e.place else {
+        unreachable!("the route has an org")
+    };
+    match product_in(&api, &params, org)? {
+        (_, Some(p)) => Ok(Json(json!(p))),
+        (p, None) => Err(ApiError::not_found(format!("product {p}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProductBody {
+    name: String,
+    /// The version the edit was made from, if the caller checks.
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// `PUT /v1/orgs/:org/products/:p`: the operator keeps the catalog.
+pub async fn put_product(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params, body: Bytes) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let Place::Org(org) = &e.place else {
+        unreachable!("the route has an org")
+    };
+    if e.who != Principal::Operator {
+        return Err(ApiError::forbidden("the product catalog is kept by the operator"));
+    }
+    let b: ProductBody = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::invalid("body", format!("expected {{\"name\": \"...\"}}: {err}")))?;
+    let (p, current) = match api.log.state().product(params["id"].parse().unwrap_or(0)) {
+        Some(x) if &x.org != org => {
+            return Err(ApiError::conflict(format!("product {} belongs to another org", x.id)))
+        }
+        _ => product_in(&api, &params, org)?,
+    };
+    let version = current.as_ref().map_or(0, |c| c.version);
+    if let Some(v) = b.version {
+        if v != version {
+            return Err(ApiError::conflict(format!(
+                "the edit was made from version {v}; product {p} is at version {version}"
+            )));
+        }
+    }
+    let record = Product {
+        id: p,
+        name: b.name,
+        org: org.clone(),
+        version: version + 1,
+    };
+    api.write(&format!("product/{p}"), Some(&json!(record))).await?;
+    let saved = api.log.state().product(p).cloned();
+    Ok(Json(json!(saved)))
+}
+
+pub async fn delete_product(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+) -> Result<StatusCode, ApiError> {
+    let e = api.enter(&headers, &params)?;
+    let Place::Org(org) = &e.place else {
+        unreachable!("the route has an org")
+    };
+    if e.who != Principal::Operator {
+        return Err(ApiError::forbidden("the product catalog is kept by the operator"));
+    }
+    let (p, current) = product_in(&api, &params, org)?;
+    if current.is_none() {
+        return Err(ApiError::not_found(format!("product {p}")));
+    }
+    if let Some(i) = api.log.state().product_in_use(p) {
+        return Err(ApiError::conflict(format!(
+            "product {p} still has integration {:?}; delete it or separate the product from it first",
+            &*i.id
+        )));
+    }
+    api.write(&format!("product/{p}"), None).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

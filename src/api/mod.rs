@@ -1,0 +1,13 @@
+//! `hookd api`: the control plane's REST API under `/v1`.
+//!
+//! In: HTTP requests with a bearer token ([`auth`]). Out: integrations and
+//! products read from this process's own view of the config log and written
+//! to it read-your-writes ([`handlers`]), traffic history from the workers'
+//! stats and log topics, all as JSON ([`views`]); errors as
+//! `{"error","field"}` ([`error`]). [`server`] wires it together.
+
+pub mod auth;
+pub mod error;
+pub mod handlers;
+pub mod server;
+pub mod views;

@@ -1,0 +1,152 @@
+//! The api process: its view of the config log, the writer, the traffic
+//! history, the routes, and the repair of refused records.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use rdkafka::producer::FutureProducer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Tokens;
+use super::handlers;
+use crate::config::Settings;
+use crate::config_log::follower::{ConfigLog, ConfigLogError};
+use crate::config_log::writer::ConfigWriter;
+use crate::deliver::Deliverer;
+use crate::render::Secrets;
+use crate::traffic::history::History;
+
+/// What every handler shares.
+pub struct Api {
+    pub(super) log: Arc<ConfigLog>,
+    pub(super) writer: ConfigWriter,
+    pub(super) history: Arc<History>,
+    pub(super) tokens: Tokens,
+    /// For `test` sends: the workers' delivery client and outbound policy.
+    pub(super) deliverer: Deliverer,
+    pub(super) secrets: Secrets,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("{0}")]
+    ConfigLog(#[from] ConfigLogError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("binding api.listen {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    use handlers as h;
+    let integration_routes = |base: &str| {
+        Router::new()
+            .route(base, get(h::list).post(h::create))
+            .route(
+                &format!("{base}/{{id}}"),
+                get(h::get).put(h::edit).delete(h::delete),
+            )
+            .route(&format!("{base}/{{id}}/test"), post(h::test))
+            .route(&format!("{base}/{{id}}/history"), get(h::history))
+            .route(&format!("{base}/{{id}}/log"), get(h::log))
+    };
+    Router::new()
+        .merge(integration_routes("/v1/integrations"))
+        .merge(integration_routes("/v1/products/{product}/integrations"))
+        .merge(integration_routes("/v1/orgs/{org}/integrations"))
+        .route(
+            "/v1/products/{product}/integrations/{id}/separate",
+            post(h::separate),
+        )
+        .route("/v1/orgs/{org}/products", get(h::list_products))
+        .route(
+            "/v1/orgs/{org}/products/{id}",
+            get(h::get_product)
+                .put(h::put_product)
+                .delete(h::delete_product),
+        )
+        .with_state(api)
+}
+
+/// A running api: where it listens and its task.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Replays the config log, then serves until `shutdown`.
+pub async fn start(settings: &Settings, shutdown: CancellationToken) -> Result<RunningApi, ApiStartError> {
+    let k = &settings.kafka;
+    if k.create_topics {
+        crate::kafka::ensure_topic_specs(k, &crate::kafka::traffic_topics(k)).await?;
+    }
+    let log = ConfigLog::start(k, None, shutdown.clone()).await?;
+    let history = Arc::new(History::new(settings.api.history_days));
+    history.clone().follow(k, shutdown.clone()).await?;
+    let producer: FutureProducer = crate::kafka::producer_config(k).create()?;
+    tokio::spawn(repair(log.clone(), producer.clone(), shutdown.clone()));
+    tokio::select! {
+        _ = log.caught_up() => {}
+        _ = shutdown.cancelled() => {}
+    }
+    let api = Arc::new(Api {
+        writer: ConfigWriter::new(producer, log.clone(), settings.api.apply_timeout),
+        log,
+        history,
+        tokens: Tokens::new(&settings.api.tokens),
+        deliverer: Deliverer::new(&settings.delivery, &settings.outbound),
+        secrets: Arc::new(settings.secrets.clone()),
+    });
+    let addr = settings.api.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| ApiStartError::Bind { addr, error })?;
+    let addr = listener.local_addr().map_err(|error| ApiStartError::Bind { addr, error })?;
+    tracing::info!(%addr, "api serving /v1");
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router(api))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "api server failed");
+        }
+    });
+    Ok(RunningApi { addr, task })
+}
+
+/// After a refused record, restates the current record of its key, so that
+/// compaction (which keeps only a key's last record) keeps the truth.
+async fn repair(log: Arc<ConfigLog>, producer: FutureProducer, shutdown: CancellationToken) {
+    let mut refused = log.refused_keys();
+    loop {
+        let key = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            k = refused.recv() => match k {
+                Ok(k) => k,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "refused config records not restated");
+                    continue;
+                }
+                Err(_) => return,
+            },
+        };
+        let value = log.state().restatement(&key);
+        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(log.topic()).key(&key);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        match producer
+            .send(record, rdkafka::util::Timeout::After(std::time::Duration::from_secs(10)))
+            .await
+        {
+            Ok(_) => tracing::info!(key, "restated the current record after a refused one"),
+            Err((e, _)) => tracing::warn!(key, error = %e, "cannot restate a refused config record"),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! JSON views of integrations, products and traffic, as the API returns them.
+//!
+//! An integration is shown with its scope, whether it is shared (an org
+//! integration), how many products it executes on, its traffic today (UTC)
+//! and over the kept days — summed over its products, or for one product
+//! when listed under that product — and, when viewed alone, its config and
+//! daily history in aggregate and per product.
+
+use chrono::NaiveDate;
+use serde_json::{json, Map, Value};
+
+use super::auth::Place;
+use crate::config_log::state::ConfigState;
+use crate::integration::{Integration, IntegrationSpec, Scope};
+use crate::record::Counts;
+use crate::traffic::history::{today, History};
+
+/// Fields of a record that say where it executes and which version it is:
+/// set by the path and the api, never part of the config a user edits.
+pub const PLACEMENT_FIELDS: &[&str] = &["id", "version", "owner", "product_id", "org", "products"];
+
+/// The integration's config as a user edits it: the record without its
+/// placement fields.
+pub fn config_of(spec: &IntegrationSpec) -> Map<String, Value> {
+    let mut value = serde_json::to_value(spec).expect("a spec serializes");
+    let map = value.as_object_mut().expect("a spec is an object");
+    for f in PLACEMENT_FIELDS {
+        map.remove(*f);
+    }
+    std::mem::take(map)
+}
+
+pub fn counts(c: Counts) -> Value {
+    json!({"success": c.success, "error": c.error, "skipped": c.skipped})
+}
+
+/// The product filter for traffic of `i` shown under `place`: a shared
+/// integration listed under one product shows that product's traffic.
+fn product_filter(i: &Integration, place: &Place) -> Option<Option<u32>> {
+    match (place, &i.scope) {
+        (Place::Product(p), Scope::Org { .. }) => Some(Some(*p)),
+        _ => None,
+    }
+}
+
+/// One line of a list.
+pub fn summary(i: &Integration, place: &Place, history: &History) -> Value {
+    let filter = product_filter(i, place);
+    let mut v = json!({
+        "id": &*i.id,
+        "name": i.name,
+        "version": i.version,
+        "event": i.trigger.as_str(),
+        "url": i.spec.url,
+        "disabled": i.disabled,
+        "traffic": {
+            "today": counts(history.total(&i.id, filter, today())),
+            format!("last_{}_days", history.days()): counts(history.total(&i.id, filter, history.window_start())),
+        },
+    });
+    let m = v.as_object_mut().expect("an object");
+    match &i.scope {
+        Scope::Sandbox { owner } => {
+            m.insert("scope".into(), "sandbox".into());
+            m.insert("owner".into(), owner.as_str().into());
+            m.insert("shared".into(), false.into());
+        }
+        Scope::Product { product } => {
+            m.insert("scope".into(), "product".into());
+            m.insert("product_id".into(), (*product).into());
+            m.insert("shared".into(), false.into());
+        }
+        Scope::Org { org, products } => {
+            m.insert("scope".into(), "organization".into());
+            m.insert("org".into(), org.as_str().into());
+            m.insert("shared".into(), true.into());
+            m.insert("products".into(), products.ids().into());
+            m.insert("executes_on".into(), products.ids().len().into());
+            if let Place::Product(_) = place {
+                m.insert("org_integration".into(), (*i.id).into());
+            }
+        }
+    }
+    v
+}
+
+/// One integration alone: its summary, config and history.
+pub fn detail(
+    i: &Integration,
+    place: &Place,
+    history: &History,
+    state: &ConfigState,
+    days: u32,
+) -> Value {
+    let mut v = summary(i, place, history);
+    let m = v.as_object_mut().expect("an object");
+    m.insert("config".into(), Value::Object(config_of(&i.spec)));
+    m.insert("history".into(), history_view(i, place, history, state, days));
+    v
+}
+
+/// Daily counts over the last `days` days (zeros included, oldest first),
+/// in aggregate and per product.
+pub fn history_view(
+    i: &Integration,
+    place: &Place,
+    history: &History,
+    state: &ConfigState,
+    days: u32,
+) -> Value {
+    let last = today();
+    let first = last - chrono::Days::new(u64::from(days.max(1)) - 1);
+    let daily = history.daily(&i.id);
+    let series = |want: Option<Option<u32>>| -> Vec<Value> {
+        let mut day = first;
+        let mut out = Vec::new();
+        while day <= last {
+            let c = daily
+                .iter()
+                .filter(|(d, p, _)| *d == day && want.is_none_or(|w| w == *p))
+                .fold(Counts::default(), |mut acc, (_, _, c)| {
+                    acc.success += c.success;
+                    acc.error += c.error;
+                    acc.skipped += c.skipped;
+                    acc
+                });
+            out.push(day_counts(day, c));
+            day = day.succ_opt().expect("not the end of time");
+        }
+        out
+    };
+    let products: Vec<u32> = match (&i.scope, place) {
+        (Scope::Org { .. }, Place::Product(p)) => vec![*p],
+        (Scope::Org { products, .. }, _) => products.ids().to_vec(),
+        (Scope::Product { product }, _) => vec![*product],
+        // Sandbox traffic counts under whatever product the device had.
+        (Scope::Sandbox { .. }, _) => {
+            let mut ps: Vec<u32> = daily.iter().filter_map(|(_, p, _)| *p).collect();
+            ps.sort_unstable();
+            ps.dedup();
+            ps
+        }
+    };
+    let per_product: Vec<Value> = products
+        .iter()
+        .map(|p| {
+            let (name, link) = match state.product(*p) {
+                Some(found) => (
+                    Value::from(found.name.as_str()),
+                    Value::from(format!("/v1/orgs/{}/products/{p}", found.org)),
+                ),
+                None => (Value::Null, Value::Null),
+            };
+            json!({"product": p, "name": name, "link": link, "days": series(Some(Some(*p)))})
+        })
+        .collect();
+    json!({
+        "days": days,
+        "aggregate": series(product_filter(i, place)),
+        "per_product": per_product,
+    })
+}
+
+fn day_counts(day: NaiveDate, c: Counts) -> Value {
+    json!({"date": day.to_string(), "success": c.success, "error": c.error, "skipped": c.skipped})
+}
