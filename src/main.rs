@@ -25,6 +25,9 @@ enum Command {
     Worker(cli::worker::WorkerArgs),
     /// The control plane: REST API over the config log and traffic history.
     Api(cli::api::ApiArgs),
+    /// Client of the api: create, list, get, edit, separate, delete, test,
+    /// history, log.
+    Integrations(cli::integrations::IntegrationsArgs),
     /// Dry run: print the request an integration would send for an event.
     Render(cli::render::RenderArgs),
     /// Produce device events (JSON lines, or simulated devices) to Kafka.
@@ -56,6 +59,10 @@ async fn run_async(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Worker(args) => cli::worker::run(args).await,
         Command::Api(args) => cli::api::run(args).await,
+        Command::Integrations(args) => {
+            println!("{}", cli::integrations::run(args).await?);
+            Ok(())
+        }
         Command::Publish(args) => {
             let sent = cli::publish::run(args).await?;
             eprintln!("published {sent} events");

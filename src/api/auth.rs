@@ -91,7 +91,11 @@ pub fn authorize(who: &Principal, place: &Place, state: &ConfigState) -> Result<
             "product integrations are managed with an org token",
         )),
         (Place::Product(p), who) => match state.product(*p) {
-            Some(found) if *who == Principal::Operator || *who == Principal::Org(found.org.clone()) => Ok(()),
+            Some(found)
+                if *who == Principal::Operator || *who == Principal::Org(found.org.clone()) =>
+            {
+                Ok(())
+            }
             _ => Err(ApiError::not_found(format!("product {p}"))),
         },
     }

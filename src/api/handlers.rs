@@ -45,7 +45,11 @@ struct Entered {
 }
 
 impl Api {
-    fn enter(&self, headers: &HeaderMap, params: &HashMap<String, String>) -> Result<Entered, ApiError> {
+    fn enter(
+        &self,
+        headers: &HeaderMap,
+        params: &HashMap<String, String>,
+    ) -> Result<Entered, ApiError> {
         let who = self.tokens.principal(headers)?;
         let place = if let Some(p) = params.get("product") {
             let id = p
@@ -65,15 +69,19 @@ impl Api {
     /// org's own, or a product's own and the org integrations shared with it.
     fn find(&self, e: &Entered, id: &str) -> Result<Arc<Integration>, ApiError> {
         let state = self.log.state();
-        let found = state.integration(id).filter(|i| match (&e.place, &i.scope) {
-            (Place::Sandbox, Scope::Sandbox { owner }) => e.who == Principal::User(owner.clone()),
-            (Place::Org(org), Scope::Org { org: o, .. }) => org == o,
-            (Place::Product(p), Scope::Product { product }) => p == product,
-            (Place::Product(p), Scope::Org { org, products }) => {
-                products.ids().contains(p) && state.product(*p).is_some_and(|x| &x.org == org)
-            }
-            _ => false,
-        });
+        let found = state
+            .integration(id)
+            .filter(|i| match (&e.place, &i.scope) {
+                (Place::Sandbox, Scope::Sandbox { owner }) => {
+                    e.who == Principal::User(owner.clone())
+                }
+                (Place::Org(org), Scope::Org { org: o, .. }) => org == o,
+                (Place::Product(p), Scope::Product { product }) => p == product,
+                (Place::Product(p), Scope::Org { org, products }) => {
+                    products.ids().contains(p) && state.product(*p).is_some_and(|x| &x.org == org)
+                }
+                _ => false,
+            });
         found
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("integration {id:?}")))
@@ -89,7 +97,13 @@ impl Api {
     }
 
     fn show(&self, i: &Integration, place: &Place) -> Value {
-        detail(i, place, &self.history, &self.log.state(), self.history.days())
+        detail(
+            i,
+            place,
+            &self.history,
+            &self.log.state(),
+            self.history.days(),
+        )
     }
 }
 
@@ -195,17 +209,30 @@ pub async fn create(
     let id = new_id();
     let record = placed(config, &e, &id, 1, products);
     checked(&api, &record)?;
-    api.write(&format!("integration/{id}"), Some(&record)).await?;
+    api.write(&format!("integration/{id}"), Some(&record))
+        .await?;
     let i = api.find(&e, &id)?;
     Ok((StatusCode::CREATED, Json(api.show(&i, &e.place))))
 }
 
-pub async fn edit(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params, body: Bytes) -> Reply {
+pub async fn edit(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+    body: Bytes,
+) -> Reply {
     let e = api.enter(&headers, &params)?;
     let current = api.find(&e, &params["id"])?;
     refuse_shared(&current, &e.place, "edit")?;
     let is_org = matches!(e.place, Place::Org(_));
-    let mut config = config_body(&body, if is_org { &["products", "version"] } else { &["version"] })?;
+    let mut config = config_body(
+        &body,
+        if is_org {
+            &["products", "version"]
+        } else {
+            &["version"]
+        },
+    )?;
     if let Some(v) = config.remove("version") {
         if v.as_u64() != Some(current.version) {
             return Err(ApiError::conflict(format!(
@@ -221,7 +248,8 @@ pub async fn edit(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
     };
     let record = placed(config, &e, &current.id, current.version + 1, products);
     checked(&api, &record)?;
-    api.write(&format!("integration/{}", current.id), Some(&record)).await?;
+    api.write(&format!("integration/{}", current.id), Some(&record))
+        .await?;
     let i = api.find(&e, &current.id)?;
     Ok(Json(api.show(&i, &e.place)))
 }
@@ -234,7 +262,8 @@ pub async fn delete(
     let e = api.enter(&headers, &params)?;
     let current = api.find(&e, &params["id"])?;
     refuse_shared(&current, &e.place, "delete")?;
-    api.write(&format!("integration/{}", current.id), None).await?;
+    api.write(&format!("integration/{}", current.id), None)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -268,7 +297,9 @@ pub async fn separate(
         let product_org = state.product(p).map(|x| x.org.clone());
         state
             .integration(id)
-            .filter(|i| matches!(&i.scope, Scope::Org { org, .. } if Some(org) == product_org.as_ref()))
+            .filter(
+                |i| matches!(&i.scope, Scope::Org { org, .. } if Some(org) == product_org.as_ref()),
+            )
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("integration {id:?}")))?
     };
@@ -299,12 +330,22 @@ pub async fn separate(
     }
     let mut org_record = serde_json::to_value(&shared.spec).expect("a spec serializes");
     org_record["version"] = (shared.version + 1).into();
-    org_record["products"] = products.ids().iter().copied().filter(|x| *x != p).collect::<Vec<_>>().into();
+    org_record["products"] = products
+        .ids()
+        .iter()
+        .copied()
+        .filter(|x| *x != p)
+        .collect::<Vec<_>>()
+        .into();
     org_record["separated"] = json!({"product": p, "into": record});
-    api.write(&format!("integration/{id}"), Some(&org_record)).await?;
+    api.write(&format!("integration/{id}"), Some(&org_record))
+        .await?;
     // Restated under its own key, so the log stays right once compaction
     // drops the separation record; applying it changes nothing.
-    if let Err(err) = api.write(&format!("integration/{new_id}"), Some(&record)).await {
+    if let Err(err) = api
+        .write(&format!("integration/{new_id}"), Some(&record))
+        .await
+    {
         tracing::warn!(error = %err.error, integration = %new_id, "restating a separated integration failed; it stands until the org integration is edited again");
     }
     let i = api.find(&e, &new_id)?;
@@ -327,9 +368,18 @@ pub async fn history(
     let max = api.history.days();
     let days = q.days.unwrap_or(max);
     if days == 0 || days > max {
-        return Err(ApiError::invalid("days", format!("must be 1 to {max}, got {days}")));
+        return Err(ApiError::invalid(
+            "days",
+            format!("must be 1 to {max}, got {days}"),
+        ));
     }
-    Ok(Json(history_view(&i, &e.place, &api.history, &api.log.state(), days)))
+    Ok(Json(history_view(
+        &i,
+        &e.place,
+        &api.history,
+        &api.log.state(),
+        days,
+    )))
 }
 
 pub async fn log(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
@@ -340,7 +390,9 @@ pub async fn log(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): 
         _ => None,
     };
     let recent = api.history.recent(&i.id, filter);
-    Ok(Json(json!({"successes": recent.successes, "errors": recent.errors})))
+    Ok(Json(
+        json!({"successes": recent.successes, "errors": recent.errors}),
+    ))
 }
 
 /// `POST …/:id/test`: one sample event through render, signing and the
@@ -372,18 +424,27 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
     };
     let event = DeviceEvent::decode(event.to_string().as_bytes(), &origin, chrono::Utc::now())
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
-    let shown = render(&i, &EventContext::new(event.clone(), api.secrets.clone(), SecretMode::Mask))
-        .ok()
-        .map(|r| r.to_json());
+    let shown = render(
+        &i,
+        &EventContext::new(event.clone(), api.secrets.clone(), SecretMode::Mask),
+    )
+    .ok()
+    .map(|r| r.to_json());
     let ctx = EventContext::new(event.clone(), api.secrets.clone(), SecretMode::Reveal);
     let mut request = match render(&i, &ctx) {
         Ok(r) => r,
         Err(err) => {
-            return Ok(Json(json!({"outcome": "error", "request": shown, "error": err.to_string()})))
+            return Ok(Json(
+                json!({"outcome": "error", "request": shown, "error": err.to_string()}),
+            ))
         }
     };
     if let Some(name) = &i.signing_secret {
-        match ctx.secret(name).ok_or("not configured".to_owned()).and_then(crate::sign::Signer::try_new) {
+        match ctx
+            .secret(name)
+            .ok_or("not configured".to_owned())
+            .and_then(crate::sign::Signer::try_new)
+        {
             Ok(signer) => signer.sign(
                 &mut request,
                 &idempotency_key(&event.id, &i.id),
@@ -413,7 +474,11 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
     }))
 }
 
-pub async fn list_products(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+pub async fn list_products(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+) -> Reply {
     let e = api.enter(&headers, &params)?;
     let Place::Org(org) = &e.place else {
         unreachable!("the route has an org")
@@ -424,7 +489,11 @@ pub async fn list_products(State(api): State<Arc<Api>>, headers: HeaderMap, Path
 }
 
 /// The product `p` of the path's org, or 404 (also when it is another org's).
-fn product_in(api: &Api, params: &HashMap<String, String>, org: &str) -> Result<(u32, Option<Product>), ApiError> {
+fn product_in(
+    api: &Api,
+    params: &HashMap<String, String>,
+    org: &str,
+) -> Result<(u32, Option<Product>), ApiError> {
     let raw = &params["id"];
     let p = raw
         .parse::<u32>()
@@ -438,7 +507,11 @@ fn product_in(api: &Api, params: &HashMap<String, String>, org: &str) -> Result<
     }
 }
 
-pub async fn get_product(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
+pub async fn get_product(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+) -> Reply {
     let e = api.enter(&headers, &params)?;
     let Place::Org(org) = &e.place else {
         unreachable!("the route has an org")
@@ -459,19 +532,30 @@ pub struct ProductBody {
 }
 
 /// `PUT /v1/orgs/:org/products/:p`: the operator keeps the catalog.
-pub async fn put_product(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params, body: Bytes) -> Reply {
+pub async fn put_product(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+    body: Bytes,
+) -> Reply {
     let e = api.enter(&headers, &params)?;
     let Place::Org(org) = &e.place else {
         unreachable!("the route has an org")
     };
     if e.who != Principal::Operator {
-        return Err(ApiError::forbidden("the product catalog is kept by the operator"));
+        return Err(ApiError::forbidden(
+            "the product catalog is kept by the operator",
+        ));
     }
-    let b: ProductBody = serde_json::from_slice(&body)
-        .map_err(|err| ApiError::invalid("body", format!("expected {{\"name\": \"...\"}}: {err}")))?;
+    let b: ProductBody = serde_json::from_slice(&body).map_err(|err| {
+        ApiError::invalid("body", format!("expected {{\"name\": \"...\"}}: {err}"))
+    })?;
     let (p, current) = match api.log.state().product(params["id"].parse().unwrap_or(0)) {
         Some(x) if &x.org != org => {
-            return Err(ApiError::conflict(format!("product {} belongs to another org", x.id)))
+            return Err(ApiError::conflict(format!(
+                "product {} belongs to another org",
+                x.id
+            )))
         }
         _ => product_in(&api, &params, org)?,
     };
@@ -489,7 +573,8 @@ pub async fn put_product(State(api): State<Arc<Api>>, headers: HeaderMap, Path(p
         org: org.clone(),
         version: version + 1,
     };
-    api.write(&format!("product/{p}"), Some(&json!(record))).await?;
+    api.write(&format!("product/{p}"), Some(&json!(record)))
+        .await?;
     let saved = api.log.state().product(p).cloned();
     Ok(Json(json!(saved)))
 }
@@ -504,7 +589,9 @@ pub async fn delete_product(
         unreachable!("the route has an org")
     };
     if e.who != Principal::Operator {
-        return Err(ApiError::forbidden("the product catalog is kept by the operator"));
+        return Err(ApiError::forbidden(
+            "the product catalog is kept by the operator",
+        ));
     }
     let (p, current) = product_in(&api, &params, org)?;
     if current.is_none() {

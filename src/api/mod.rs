@@ -7,6 +7,7 @@
 //! `{"error","field"}` ([`error`]). [`server`] wires it together.
 
 pub mod auth;
+pub mod client;
 pub mod error;
 pub mod handlers;
 pub mod server;

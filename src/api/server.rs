@@ -81,7 +81,10 @@ pub struct RunningApi {
 }
 
 /// Replays the config log, then serves until `shutdown`.
-pub async fn start(settings: &Settings, shutdown: CancellationToken) -> Result<RunningApi, ApiStartError> {
+pub async fn start(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<RunningApi, ApiStartError> {
     let k = &settings.kafka;
     if k.create_topics {
         crate::kafka::ensure_topic_specs(k, &crate::kafka::traffic_topics(k)).await?;
@@ -107,7 +110,9 @@ pub async fn start(settings: &Settings, shutdown: CancellationToken) -> Result<R
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|error| ApiStartError::Bind { addr, error })?;
-    let addr = listener.local_addr().map_err(|error| ApiStartError::Bind { addr, error })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|error| ApiStartError::Bind { addr, error })?;
     tracing::info!(%addr, "api serving /v1");
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router(api))
@@ -142,11 +147,16 @@ async fn repair(log: Arc<ConfigLog>, producer: FutureProducer, shutdown: Cancell
             record = record.payload(v);
         }
         match producer
-            .send(record, rdkafka::util::Timeout::After(std::time::Duration::from_secs(10)))
+            .send(
+                record,
+                rdkafka::util::Timeout::After(std::time::Duration::from_secs(10)),
+            )
             .await
         {
             Ok(_) => tracing::info!(key, "restated the current record after a refused one"),
-            Err((e, _)) => tracing::warn!(key, error = %e, "cannot restate a refused config record"),
+            Err((e, _)) => {
+                tracing::warn!(key, error = %e, "cannot restate a refused config record")
+            }
         }
     }
 }

@@ -95,7 +95,10 @@ pub fn detail(
     let mut v = summary(i, place, history);
     let m = v.as_object_mut().expect("an object");
     m.insert("config".into(), Value::Object(config_of(&i.spec)));
-    m.insert("history".into(), history_view(i, place, history, state, days));
+    m.insert(
+        "history".into(),
+        history_view(i, place, history, state, days),
+    );
     v
 }
 

@@ -2,6 +2,7 @@
 
 pub mod api;
 pub mod demo;
+pub mod integrations;
 pub mod publish;
 pub mod render;
 pub mod worker;
