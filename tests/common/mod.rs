@@ -484,3 +484,87 @@ impl RunningWorker {
         self.run.await.expect("worker task").expect("worker ran");
     }
 }
+
+/// Tokens of the control-plane tests: two orgs, two users, the operator.
+pub const ACME: &str = "acme-token-0123456789";
+pub const OTHER: &str = "other-token-0123456789";
+pub const ALICE: &str = "alice-token-0123456789";
+pub const BOB: &str = "bob-token-0123456789ab";
+pub const OPERATOR: &str = "operator-token-012345";
+
+/// `s` with the api on a free port and the test tokens.
+pub fn with_api(mut s: Settings) -> Settings {
+    use hookd::config::TokenSettings;
+    s.api.listen = "127.0.0.1:0".parse().unwrap();
+    let token =
+        |token: &str, org: Option<&str>, user: Option<&str>, operator: bool| TokenSettings {
+            token: token.into(),
+            org: org.map(Into::into),
+            user: user.map(Into::into),
+            operator,
+        };
+    s.api.tokens = vec![
+        token(ACME, Some("acme"), None, false),
+        token(OTHER, Some("other"), None, false),
+        token(ALICE, None, Some("alice"), false),
+        token(BOB, None, Some("bob"), false),
+        token(OPERATOR, None, None, true),
+    ];
+    s
+}
+
+/// An api running in this process.
+pub struct RunningApi {
+    pub client: hookd::api::client::ApiClient,
+    shutdown: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+pub async fn start_api(s: &Settings) -> RunningApi {
+    hookd::telemetry::init_tracing("warn");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = hookd::api::server::start(s, shutdown.clone())
+        .await
+        .expect("api starts");
+    RunningApi {
+        client: hookd::api::client::ApiClient::new(format!("http://{}", running.addr), OPERATOR),
+        shutdown,
+        task: running.task,
+    }
+}
+
+impl RunningApi {
+    pub fn as_token(&self, token: &str) -> hookd::api::client::ApiClient {
+        self.client.with_token(token)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("api task");
+    }
+}
+
+/// Starts a worker that takes its integrations from the config log, once
+/// the log is replayed (as `hookd worker` does).
+pub async fn start_log_worker(s: &Settings) -> RunningWorker {
+    hookd::telemetry::init_tracing("warn");
+    let _ = hookd::telemetry::metrics_handle();
+    let index = hookd::resolve::IndexHandle::new(hookd::resolve::Index::default());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let log = hookd::config_log::follower::ConfigLog::start(
+        &s.kafka,
+        Some(index.clone()),
+        shutdown.clone(),
+    )
+    .await
+    .expect("config log");
+    log.caught_up().await;
+    let worker = hookd::worker::Worker::new(s.clone(), index);
+    let tally = worker.tally();
+    let run = tokio::spawn(worker.run(shutdown.clone()));
+    RunningWorker {
+        tally,
+        shutdown,
+        run,
+    }
+}
