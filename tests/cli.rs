@@ -228,7 +228,17 @@ async fn publish_produces_simulated_and_file_events() {
 
 #[test]
 fn demo_delivers_webhooks_to_its_receiver() {
-    let out = hookd(&["demo", "--seconds", "8", "--every", "2", "--rate", "100"]);
+    let out = hookd(&[
+        "demo",
+        "--seconds",
+        "8",
+        "--every",
+        "2",
+        "--rate",
+        "100",
+        "--api-listen",
+        "127.0.0.1:0",
+    ]);
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(
         out.status.success(),

@@ -120,7 +120,7 @@ pub fn history_view(
         while day <= last {
             let c = daily
                 .iter()
-                .filter(|(d, p, _)| *d == day && want.is_none_or(|w| w == *p))
+                .filter(|(d, p, _)| *d == day && want.is_none() || want == Some(*p))
                 .fold(Counts::default(), |mut acc, (_, _, c)| {
                     acc.success += c.success;
                     acc.error += c.error;

@@ -1,9 +1,11 @@
 //! `hookd demo`: the whole system in one process. An embedded broker
-//! (librdkafka's mock cluster), the sample integrations of
-//! `config/integrations` (an org integration shared by two products, a
-//! product integration, a sandbox integration), a local receiver standing in
-//! for the users' endpoints, simulated devices, and a worker; live counts are
-//! printed every few seconds until Ctrl-C.
+//! (librdkafka's mock cluster); the api, with demo tokens; the product
+//! catalog and the sample integrations of `config/integrations` (an org
+//! integration shared by two products, a product integration, a sandbox
+//! integration) written to the config log; a worker following that log; a
+//! local receiver standing in for the users' endpoints; and simulated
+//! devices. Live counts are printed every few seconds until Ctrl-C, and the
+//! api answers `hookd integrations` meanwhile.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,7 +20,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::client::ApiClient;
 use crate::config::Settings;
+use crate::config_log::follower::ConfigLog;
 use crate::integration::Integration;
 use crate::record::Tally;
 use crate::resolve::{Index, IndexHandle};
@@ -45,7 +49,14 @@ const SAMPLES: [(&str, &str); 3] = [
 const SAMPLE_ORIGIN: &str = "http://localhost:8788";
 
 const PRODUCTS: [u32; 3] = [1001, 1002, 1003];
+const ORG: &str = "acme";
 const USER: &str = "demo-user";
+/// Demo tokens (printed; a real deployment configures its own).
+const TOKENS: [(&str, Option<&str>, Option<&str>); 3] = [
+    ("demo-operator-token", None, None),
+    ("demo-acme-org-token", Some(ORG), None),
+    ("demo-user-sandbox-token", None, Some(USER)),
+];
 
 #[derive(Debug, clap::Args)]
 pub struct DemoArgs {
@@ -58,6 +69,9 @@ pub struct DemoArgs {
     /// Seconds between two printouts.
     #[arg(long, default_value_t = 3)]
     pub every: u64,
+    /// Where the api listens (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    pub api_listen: SocketAddr,
 }
 
 /// Requests the demo receiver got, by path.
@@ -72,6 +86,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     cluster.create_topic(&k.events_topic, 3, 1)?;
     cluster.create_topic(&k.dead_letter_topic, 1, 1)?;
     cluster.create_topic(&k.responses_topic, 1, 1)?;
+    cluster.create_topic(&k.config_topic, 1, 1)?;
+    cluster.create_topic(&k.stats_topic, 1, 1)?;
+    cluster.create_topic(&k.log_topic, 1, 1)?;
     for topic in settings.retry.topics() {
         cluster.create_topic(&topic, 1, 1)?;
     }
@@ -83,18 +100,43 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .insert("DEMO_API_KEY".into(), "demo-secret-key".into());
     // The demo receiver is on loopback, which deliveries may not reach by default.
     settings.outbound.allow_networks = vec!["127.0.0.1/32".parse()?];
+    settings.traffic.flush_interval = Duration::from_secs(1);
+    settings.api.listen = args.api_listen;
+    settings.api.tokens = TOKENS
+        .iter()
+        .map(|(token, org, user)| crate::config::TokenSettings {
+            token: (*token).into(),
+            org: org.map(Into::into),
+            user: user.map(Into::into),
+            operator: org.is_none() && user.is_none(),
+        })
+        .collect();
 
     let shutdown = CancellationToken::new();
     tokio::spawn(crate::cli::worker::cancel_on_signal(shutdown.clone()));
     let received: Received = Received::default();
     let receiver = start_receiver(received.clone(), shutdown.clone()).await?;
-    let index = sample_index(&format!("http://{receiver}"))?;
+    let api = crate::api::server::start(&settings, shutdown.clone())
+        .await
+        .context("starting the api")?;
+    let api_url = format!("http://{}", api.addr);
+    let samples = seed(&settings, &api_url, &format!("http://{receiver}")).await?;
 
     println!("hookd demo: embedded broker at {}", settings.kafka.brokers);
     println!("  receiver (stands in for your endpoints): http://{receiver}");
-    for i in index.iter() {
+    for i in &samples {
         println!("  integration {:<16} {}", i.id, i.name);
     }
+    println!("  api: {api_url}/v1 — try, while the demo runs:");
+    println!(
+        "    HOOKCTL_API={api_url} HOOKCTL_TOKEN={} hookd integrations --org {ORG} list",
+        TOKENS[1].0
+    );
+    println!("    HOOKCTL_API={api_url} HOOKCTL_TOKEN={} hookd integrations --org {ORG} history org-telemetry", TOKENS[1].0);
+    println!(
+        "    curl -H 'Authorization: Bearer {}' {api_url}/v1/integrations",
+        TOKENS[2].0
+    );
     println!(
         "  simulated devices publish {} events/s over products {PRODUCTS:?};",
         args.rate
@@ -104,7 +146,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         settings.kafka.dead_letter_topic
     );
 
-    let worker = Worker::new(settings.clone(), IndexHandle::new(index));
+    let index = IndexHandle::new(Index::default());
+    let log = ConfigLog::start(&settings.kafka, Some(index.clone()), shutdown.clone()).await?;
+    log.caught_up().await;
+    let worker = Worker::new(settings.clone(), index);
     let tally = worker.tally();
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let producer: FutureProducer = crate::kafka::producer_config(&settings.kafka).create()?;
@@ -132,20 +177,58 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let produced = devices.await.unwrap_or(0);
     worker_task.await.context("worker task")??;
+    let _ = api.task.await;
     print_counts(started, &tally, &received);
     println!("demo stopped after {produced} events");
     Ok(())
 }
 
-fn sample_index(receiver: &str) -> anyhow::Result<Index> {
-    let mut integrations = Vec::new();
+/// The catalog through the api (as an operator would), and the samples
+/// imported straight into the config log at version 1 (as a migration from
+/// exported Particle webhooks would); waits until the api shows them.
+async fn seed(settings: &Settings, api: &str, receiver: &str) -> anyhow::Result<Vec<Integration>> {
+    let operator = ApiClient::new(api, TOKENS[0].0);
+    for p in PRODUCTS {
+        operator
+            .call(
+                hyper::Method::PUT,
+                &format!("/v1/orgs/{ORG}/products/{p}"),
+                Some(&serde_json::json!({"name": format!("Demo product {p}")})),
+            )
+            .await?;
+    }
+    let producer: FutureProducer = crate::kafka::producer_config(&settings.kafka).create()?;
+    let mut samples = Vec::new();
     for (file, text) in SAMPLES {
         let mut spec: crate::integration::IntegrationSpec =
             serde_json::from_str(text).with_context(|| format!("sample {file}"))?;
         spec.url = spec.url.map(|u| u.replace(SAMPLE_ORIGIN, receiver));
-        integrations.push(Integration::try_from(spec).with_context(|| format!("sample {file}"))?);
+        spec.version = 1;
+        let record = serde_json::to_vec(&spec)?;
+        let key = format!("integration/{}", spec.id);
+        producer
+            .send(
+                FutureRecord::<str, [u8]>::to(&settings.kafka.config_topic)
+                    .key(&key)
+                    .payload(&record),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        samples.push(Integration::try_from(spec).with_context(|| format!("sample {file}"))?);
     }
-    Ok(Index::build(integrations)?)
+    let user = operator.with_token(TOKENS[2].0);
+    for _ in 0..100 {
+        if user
+            .call(hyper::Method::GET, "/v1/integrations/sandbox-motion", None)
+            .await
+            .is_ok()
+        {
+            return Ok(samples);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("the api did not show the sample integrations")
 }
 
 async fn start_receiver(

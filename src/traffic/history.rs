@@ -144,7 +144,7 @@ impl History {
     ) -> Counts {
         self.daily(integration)
             .into_iter()
-            .filter(|(day, p, _)| *day >= since && product.is_none_or(|want| want == *p))
+            .filter(|(day, p, _)| *day >= since && (product.is_none() || product == Some(*p)))
             .fold(Counts::default(), |mut acc, (_, _, c)| {
                 acc.success += c.success;
                 acc.error += c.error;
