@@ -110,3 +110,64 @@ async fn health_readiness_and_metrics_without_integration_label() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_waits_until_the_config_log_is_replayed() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    let s = settings(&broker);
+    create_topics(&broker, &s, 1).await;
+    // A log to replay: many records, the integration that matters last.
+    let mut records: Vec<(String, String)> = (0..1000)
+        .map(|n| {
+            let hook = json!({"id": format!("h{n}"), "version": 1, "product_id": 1000 + n,
+                              "event": "temp", "url": receiver.url("/other")});
+            (format!("integration/h{n}"), hook.to_string())
+        })
+        .collect();
+    let last = json!({"id": "last", "version": 1, "product_id": 5, "event": "temp", "url": receiver.url("/last")});
+    records.push(("integration/last".into(), last.to_string()));
+    produce(&broker, &s.kafka.config_topic, &records).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = dir.path().join("hookd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = true\n",
+            common::config_sections(&s),
+        ),
+    )
+    .unwrap();
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["worker", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("/readyz", Duration::from_secs(30), || {
+        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    // Ready means replayed: the last record is already in the index.
+    let (_, metrics) = get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("hookd_config_records_applied_total 1001"),
+        "{metrics}"
+    );
+    let event = json!({"name": "temp", "data": "1", "coreid": "d", "productID": 5}).to_string();
+    produce(&broker, &s.kafka.events_topic, &[("d".into(), event)]).await;
+    wait_until("the webhook", Duration::from_secs(60), || {
+        receiver.count() == 1
+    })
+    .await;
+    assert_eq!(receiver.seen()[0].target, "/last");
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}

@@ -50,6 +50,10 @@ impl ApiClient {
         }
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The same api as another caller.
     pub fn with_token(&self, token: impl Into<String>) -> ApiClient {
         ApiClient {
