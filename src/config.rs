@@ -34,6 +34,10 @@ pub struct Settings {
     pub api: ApiSettings,
     #[serde(default)]
     pub secrets: BTreeMap<String, String>,
+    /// Which scopes may use each secret (`"org:<id>"`, `"user:<id>"`,
+    /// `"product:<id>"`, `"*"`), for integrations from the config log.
+    #[serde(default)]
+    pub secret_scopes: BTreeMap<String, Vec<String>>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -382,6 +386,28 @@ impl Settings {
                 return Err(invalid(&format!("{key}.token"), "is given twice".into()));
             }
         }
+        for (name, scopes) in &self.secret_scopes {
+            let key = format!("secret_scopes.{name}");
+            if !self.secrets.contains_key(name) {
+                return Err(invalid(
+                    &key,
+                    format!("names no configured secret {name:?}"),
+                ));
+            }
+            if let Some(bad) = scopes.iter().find(|s| {
+                *s != "*"
+                    && !["org:", "user:", "product:"]
+                        .iter()
+                        .any(|p| s.strip_prefix(p).is_some_and(|id| !id.is_empty()))
+            }) {
+                return Err(invalid(
+                    &key,
+                    format!(
+                        "{bad:?} is not \"*\", \"org:<id>\", \"user:<id>\" or \"product:<id>\""
+                    ),
+                ));
+            }
+        }
         tracing_subscriber::EnvFilter::try_new(&self.log.filter).map_err(|e| {
             invalid(
                 "log.filter",
@@ -495,6 +521,41 @@ mod tests {
         assert_eq!(s.worker.max_inflight_events, 7);
         assert_eq!(s.delivery.timeout, Duration::from_secs(3));
         assert_eq!(s.secrets["API_KEY"], "k");
+    }
+
+    #[test]
+    fn api_tokens_and_secret_scopes_are_checked() {
+        let s = load(
+            "[[api.tokens]]\ntoken = \"0123456789abcdefXYZ\"\norg = \"acme\"\n[secrets]\nK = \"v\"\n[secret_scopes]\nK = [\"org:acme\", \"*\"]\n",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.api.tokens[0].org.as_deref(), Some("acme"));
+        assert!(
+            !format!("{s:?}").contains("0123456789abcdef"),
+            "tokens never printed"
+        );
+        let err = |toml: &str| load(toml, &[]).unwrap_err().to_string();
+        assert_eq!(
+            err("[[api.tokens]]\ntoken = \"short\"\nuser = \"u\"\n"),
+            "api.tokens[0].token: must be at least 16 characters, got 5"
+        );
+        assert_eq!(
+            err("[[api.tokens]]\ntoken = \"0123456789abcdefXYZ\"\nuser = \"u\"\noperator = true\n"),
+            "api.tokens[0]: give exactly one of org = \"<id>\", user = \"<id>\" or operator = true"
+        );
+        assert_eq!(
+            err("[secret_scopes]\nK = [\"org:acme\"]\n"),
+            "secret_scopes.K: names no configured secret \"K\""
+        );
+        assert_eq!(
+            err("[secrets]\nK = \"v\"\n[secret_scopes]\nK = [\"acme\"]\n"),
+            "secret_scopes.K: \"acme\" is not \"*\", \"org:<id>\", \"user:<id>\" or \"product:<id>\""
+        );
+        assert_eq!(
+            err("[integrations]\nsource = \"s3\"\n").split(':').next(),
+            Some("integrations.source")
+        );
     }
 
     #[test]

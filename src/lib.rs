@@ -24,6 +24,7 @@
 //! - [`dispatch`]: one attempt under the delivery policy: [`sleeping`] hosts
 //!   skipped, [`throttle`] per host, [`sign`]ed, sent, then [`responses`] and
 //!   [`retry`] or dead letter.
+//! - [`secrets`]: which secrets each tenant's templates may use.
 //! - [`record`]: outcomes → metrics and the per-(integration, product) tally;
 //!   [`traffic`]: per-minute counts and delivery samples published for the
 //!   api, and their aggregation into history there.
@@ -60,6 +61,7 @@ pub mod render;
 pub mod resolve;
 pub mod responses;
 pub mod retry;
+pub mod secrets;
 pub mod sign;
 pub mod simulate;
 pub mod sleeping;

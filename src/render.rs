@@ -116,6 +116,11 @@ impl EventContext {
         })
     }
 
+    /// Whether this context was made with exactly `secrets` (the same map).
+    pub fn shares_secrets(&self, secrets: &Secrets) -> bool {
+        Arc::ptr_eq(&self.secrets, secrets)
+    }
+
     /// The secret named `name`, if configured (for signing keys).
     pub fn secret(&self, name: &str) -> Option<&str> {
         self.secrets.get(name).map(String::as_str)

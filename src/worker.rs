@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::MonotonicClock;
+use crate::config::IntegrationSource;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
 use crate::deliver::Deliverer;
@@ -44,9 +45,10 @@ use crate::dispatch::{Attempt, Dispatcher, Settled};
 use crate::event::{DeviceEvent, Origin};
 use crate::offsets::{OffsetLedger, Ticket};
 use crate::record::{Recorder, Tally};
-use crate::render::{EventContext, SecretMode, Secrets};
+use crate::render::{EventContext, SecretMode};
 use crate::resolve::{IndexHandle, Match};
 use crate::retry::RetryRecord;
+use crate::secrets::SecretPolicy;
 use crate::sleeping::SleepingHosts;
 use crate::telemetry::{EVENTS_CONSUMED, EVENTS_INVALID, EVENTS_UNMATCHED};
 use crate::throttle::Throttle;
@@ -156,7 +158,8 @@ impl Source {
 #[derive(Clone)]
 struct Pipeline {
     index: IndexHandle,
-    secrets: Secrets,
+    /// The secrets each integration's templates see.
+    secrets: SecretPolicy,
     dispatcher: Arc<Dispatcher>,
 }
 
@@ -240,7 +243,10 @@ impl Worker {
         let producer: FutureProducer = crate::kafka::producer_config(k).create()?;
         let pipeline = Pipeline {
             index: self.index.clone(),
-            secrets: Arc::new(s.secrets.clone()),
+            secrets: match s.integrations.source {
+                IntegrationSource::File => SecretPolicy::unscoped(&s.secrets),
+                IntegrationSource::Kafka => SecretPolicy::scoped(&s.secrets, &s.secret_scopes),
+            },
             dispatcher: Arc::new(Dispatcher {
                 deliverer: Deliverer::new(&s.delivery, &s.outbound),
                 recorder: self.recorder.clone(),
@@ -261,7 +267,7 @@ impl Worker {
             tokio::spawn(book.run(
                 pipeline.dispatcher.producer.clone(),
                 (k.stats_topic.clone(), k.log_topic.clone()),
-                pipeline.secrets.clone(),
+                pipeline.secrets.all().clone(),
                 s.traffic.flush_interval,
                 traffic_stop.clone(),
             ))
@@ -462,15 +468,33 @@ impl Pipeline {
         match work {
             Work::Done => Settled::Done,
             Work::Deliver(event, matches) => {
-                let ctx = EventContext::new(event, self.secrets.clone(), SecretMode::Reveal);
-                let attempts = matches.into_iter().map(|matched| {
+                // One template context per set of visible secrets: usually
+                // one for the whole event, a few when tenants differ.
+                let mut contexts: Vec<EventContext> = Vec::with_capacity(1);
+                let mut which = Vec::with_capacity(matches.len());
+                for m in &matches {
+                    let secrets = self.secrets.for_integration(&m.integration);
+                    let n = match contexts.iter().position(|c| c.shares_secrets(secrets)) {
+                        Some(n) => n,
+                        None => {
+                            contexts.push(EventContext::new(
+                                event.clone(),
+                                secrets.clone(),
+                                SecretMode::Reveal,
+                            ));
+                            contexts.len() - 1
+                        }
+                    };
+                    which.push(n);
+                }
+                let attempts = matches.into_iter().zip(which).map(|(matched, n)| {
                     let a = Attempt {
                         matched,
                         number: 1,
                         history: Vec::new(),
                         origin: origin.clone(),
                     };
-                    self.dispatcher.attempt(&ctx, a, shutdown)
+                    self.dispatcher.attempt(&contexts[n], a, shutdown)
                 });
                 let settled = join_all(attempts).await;
                 if settled.contains(&Settled::Abandoned) {
@@ -518,7 +542,8 @@ impl Pipeline {
                 return Settled::Done;
             }
         };
-        let ctx = EventContext::new(event, self.secrets.clone(), SecretMode::Reveal);
+        let secrets = self.secrets.for_integration(&integration).clone();
+        let ctx = EventContext::new(event, secrets, SecretMode::Reveal);
         let a = Attempt {
             matched: Match {
                 integration,

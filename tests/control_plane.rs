@@ -301,6 +301,8 @@ async fn traffic_of_two_workers_adds_up_per_product_and_survives_an_api_restart(
     let broker = Broker::start();
     let mut s = with_api(settings(&broker));
     s.secrets.insert("API_KEY".into(), "sekret-value-42".into());
+    s.secret_scopes
+        .insert("API_KEY".into(), vec!["org:acme".into()]);
     create_topics(&broker, &s, 2).await;
     let receiver = Receiver::start().await;
     let api = start_api(&s).await;
@@ -1164,5 +1166,81 @@ async fn the_cli_client_manages_integrations() {
         !ok && err.contains(&format!("404: integration \"{id}\" not found")),
         "{err}"
     );
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_never_gets_another_tenants_secret() {
+    let broker = Broker::start();
+    let mut s = with_api(settings(&broker));
+    s.secrets
+        .insert("ACME_KEY".into(), "acme-only-secret-77".into());
+    s.secret_scopes
+        .insert("ACME_KEY".into(), vec!["org:acme".into()]);
+    create_topics(&broker, &s, 1).await;
+    let receiver = Receiver::start().await;
+    let api = start_api(&s).await;
+    catalog(&api.client).await;
+    let hook = |path: &str, products: Value| {
+        json!({"event": "temp", "url": receiver.url(&format!("{path}?k={{{{{{ACME_KEY}}}}}}")),
+               "headers": {"X-Key": "{{{ACME_KEY}}}"}, "products": products})
+    };
+    // Through the api: refused, naming the secret.
+    let (status, message, field) = refused(
+        &api.as_token(OTHER),
+        Method::POST,
+        "/v1/orgs/other/integrations",
+        hook("/leak", json!([9])),
+    )
+    .await;
+    assert_eq!(
+        (status, message.as_str(), field.as_deref()),
+        (
+            400,
+            "secret ACME_KEY is not granted to org:other ([secret_scopes] in the api's config)",
+            Some("secrets")
+        )
+    );
+    api.as_token(ACME)
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/integrations",
+            Some(&hook("/acme", json!([1]))),
+        )
+        .await
+        .unwrap();
+    // Past the api, straight into the log: the worker renders it without
+    // the secret.
+    let mut record = hook("/leak", json!([9]));
+    record["id"] = "leak".into();
+    record["version"] = 1.into();
+    record["org"] = "other".into();
+    produce(
+        &broker,
+        &s.kafka.config_topic,
+        &[("integration/leak".into(), record.to_string())],
+    )
+    .await;
+    let worker = start_log_worker(&s).await;
+    produce(
+        &broker,
+        &s.kafka.events_topic,
+        &[event(9, "to-other"), event(1, "to-acme")],
+    )
+    .await;
+    wait_until("both deliveries", Duration::from_secs(30), || {
+        receiver.count() == 2
+    })
+    .await;
+    let seen = receiver.seen();
+    let leak = seen.iter().find(|x| x.target.starts_with("/leak")).unwrap();
+    assert_eq!(leak.target, "/leak?k=");
+    assert_eq!(leak.headers.get("x-key").map(String::as_str), Some(""));
+    let acme = seen.iter().find(|x| x.target.starts_with("/acme")).unwrap();
+    assert_eq!(
+        acme.target, "/acme?k=acme-only-secret-77",
+        "the granted tenant gets it"
+    );
+    worker.stop().await;
     api.stop().await;
 }

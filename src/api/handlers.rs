@@ -156,10 +156,20 @@ fn placed(
     Value::Object(config)
 }
 
-/// Validates a whole record the way every reader will, plus the catalog.
+/// Validates a whole record the way every reader will, plus the catalog
+/// and the secrets its scope may use.
 fn checked(api: &Api, record: &Value) -> Result<Integration, ApiError> {
     let i = Integration::from_value(record.clone())?;
     api.log.state().check_references(&i)?;
+    if let Some(name) = api.secrets.forbidden_in(&i) {
+        return Err(ApiError::invalid(
+            "secrets",
+            format!(
+                "secret {name} is not granted to {} ([secret_scopes] in the api's config)",
+                crate::secrets::scope_key(&i)
+            ),
+        ));
+    }
     Ok(i)
 }
 
@@ -426,11 +436,15 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
     let shown = render(
         &i,
-        &EventContext::new(event.clone(), api.secrets.clone(), SecretMode::Mask),
+        &EventContext::new(event.clone(), api.secrets.all().clone(), SecretMode::Mask),
     )
     .ok()
     .map(|r| r.to_json());
-    let ctx = EventContext::new(event.clone(), api.secrets.clone(), SecretMode::Reveal);
+    let ctx = EventContext::new(
+        event.clone(),
+        api.secrets.for_integration(&i).clone(),
+        SecretMode::Reveal,
+    );
     let mut request = match render(&i, &ctx) {
         Ok(r) => r,
         Err(err) => {
@@ -462,13 +476,13 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
         Ok(status) => json!({
             "outcome": if outcome.is_success() { "success" } else { "error" },
             "request": shown,
-            "response": {"status": status, "body": mask(&body, &api.secrets)},
+            "response": {"status": status, "body": mask(&body, api.secrets.all())},
             "elapsed_ms": outcome.elapsed.as_millis() as u64,
         }),
         Err(err) => json!({
             "outcome": "error",
             "request": shown,
-            "error": mask(&err.to_string(), &api.secrets),
+            "error": mask(&err.to_string(), api.secrets.all()),
             "elapsed_ms": outcome.elapsed.as_millis() as u64,
         }),
     }))

@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::config_log::follower::{ConfigLog, ConfigLogError};
 use crate::config_log::writer::ConfigWriter;
 use crate::deliver::Deliverer;
-use crate::render::Secrets;
+use crate::secrets::SecretPolicy;
 use crate::traffic::history::History;
 
 /// What every handler shares.
@@ -27,7 +27,7 @@ pub struct Api {
     pub(super) tokens: Tokens,
     /// For `test` sends: the workers' delivery client and outbound policy.
     pub(super) deliverer: Deliverer,
-    pub(super) secrets: Secrets,
+    pub(super) secrets: SecretPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +104,7 @@ pub async fn start(
         history,
         tokens: Tokens::new(&settings.api.tokens),
         deliverer: Deliverer::new(&settings.delivery, &settings.outbound),
-        secrets: Arc::new(settings.secrets.clone()),
+        secrets: SecretPolicy::scoped(&settings.secrets, &settings.secret_scopes),
     });
     let addr = settings.api.listen;
     let listener = TcpListener::bind(addr)

@@ -98,6 +98,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     settings
         .secrets
         .insert("DEMO_API_KEY".into(), "demo-secret-key".into());
+    settings
+        .secret_scopes
+        .insert("DEMO_API_KEY".into(), vec![format!("org:{ORG}")]);
     // The demo receiver is on loopback, which deliveries may not reach by default.
     settings.outbound.allow_networks = vec!["127.0.0.1/32".parse()?];
     settings.traffic.flush_interval = Duration::from_secs(1);
