@@ -1,5 +1,7 @@
 //! Reload: 100k integration records (JSON) → validated, compiled index, the
-//! work a config reload does before the atomic swap.
+//! work a config reload does before the atomic swap; and one change on the
+//! config log with 100k integrations live: apply the record, rebuild the
+//! index (no recompiling), which is what a worker does per batch.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hookd::integration::Integration;
@@ -25,6 +27,36 @@ fn bench_reload(c: &mut Criterion) {
                     .map(|r| Integration::from_json(r.as_bytes()).unwrap()),
             )
             .unwrap()
+        })
+    });
+    group.finish();
+
+    let mut state = hookd::config_log::state::ConfigState::default();
+    let records: Vec<String> = (0..100_000u32)
+        .map(|i| {
+            json!({"id": format!("r{i}"), "version": 1, "owner": format!("user{i}"), "event": "temp",
+                   "url": "https://example.com/hook", "json": {"v": "{{{v}}}"}})
+            .to_string()
+        })
+        .collect();
+    for (i, r) in records.iter().enumerate() {
+        state
+            .apply(&format!("integration/r{i}"), Some(r.as_bytes()))
+            .unwrap();
+    }
+    let mut version = 1u64;
+    let mut group = c.benchmark_group("config_log");
+    group.sample_size(10);
+    group.bench_function("one_change_with_100k_live", |b| {
+        b.iter(|| {
+            version += 1;
+            let edit = json!({"id": "r7", "version": version, "owner": "user7", "event": "temp",
+                              "url": format!("https://example.com/v{version}")})
+            .to_string();
+            state
+                .apply("integration/r7", Some(edit.as_bytes()))
+                .unwrap();
+            state.index()
         })
     });
     group.finish();

@@ -17,8 +17,19 @@ use hyper::Method;
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
 
-/// Products 1, 2, 3 of org acme and 9 of org other.
+/// Orgs acme (enterprise) and other (basic); products 1, 2, 3 of acme and 9
+/// of other.
 async fn catalog(operator: &ApiClient) {
+    for (org, plan) in [("acme", "enterprise"), ("other", "basic")] {
+        operator
+            .call(
+                Method::PUT,
+                &format!("/v1/orgs/{org}"),
+                Some(&json!({"name": org, "plan": plan})),
+            )
+            .await
+            .expect("org saved");
+    }
     for (p, org) in [(1, "acme"), (2, "acme"), (3, "acme"), (9, "other")] {
         operator
             .call(
@@ -592,6 +603,55 @@ async fn every_validation_rule_answers_with_its_message() {
         .await,
         (409, "product 9 belongs to another org".into(), None)
     );
+    // Plans: only basic (formerly growth) and enterprise orgs have org integrations.
+    api.client
+        .call(
+            Method::PUT,
+            "/v1/orgs/cheap",
+            Some(&json!({"name": "Cheap", "plan": "free"})),
+        )
+        .await
+        .unwrap();
+    api.client
+        .call(
+            Method::PUT,
+            "/v1/orgs/cheap/products/5",
+            Some(&json!({"name": "P5"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        refused(&api.client, Method::POST, "/v1/orgs/cheap/integrations", hook(json!([5]))).await,
+        (400, "org: org \"cheap\" is on the free plan; organization integrations come with the basic (formerly growth) and enterprise plans".into(), Some("org".into()))
+    );
+    assert_eq!(
+        refused(
+            &acme,
+            Method::PUT,
+            "/v1/orgs/acme",
+            json!({"name": "A", "plan": "enterprise"})
+        )
+        .await,
+        (
+            403,
+            "orgs and their plans are kept by the operator".into(),
+            None
+        )
+    );
+    assert_eq!(
+        refused(
+            &api.client,
+            Method::PUT,
+            "/v1/orgs/nobody/products/6",
+            json!({"name": "x"})
+        )
+        .await,
+        (
+            400,
+            "org \"nobody\" has no record; create it first (PUT /v1/orgs/nobody)".into(),
+            Some("org".into())
+        )
+    );
     api.stop().await;
 }
 
@@ -705,6 +765,8 @@ async fn no_token_reaches_another_scope() {
             "/v1/orgs/acme/products".into(),
             org_status,
         ));
+        cases.push((token, Method::GET, "/v1/orgs/acme".into(), org_status));
+        cases.push((token, Method::PUT, "/v1/orgs/acme".into(), org_status));
         cases.push((
             token,
             Method::GET,

@@ -23,7 +23,7 @@ use super::auth::{authorize, Place, Principal};
 use super::error::ApiError;
 use super::server::Api;
 use super::views::{config_of, detail, history_view, summary, PLACEMENT_FIELDS};
-use crate::config_log::state::Product;
+use crate::config_log::state::{Org, Plan, Product};
 use crate::event::{DeviceEvent, Origin};
 use crate::integration::{Integration, InvalidIntegration, Scope};
 use crate::render::{idempotency_key, render, EventContext, SecretMode};
@@ -573,6 +573,12 @@ pub async fn put_product(
         }
         _ => product_in(&api, &params, org)?,
     };
+    if api.log.state().org(org).is_none() {
+        return Err(ApiError::invalid(
+            "org",
+            format!("org {org:?} has no record; create it first (PUT /v1/orgs/{org})"),
+        ));
+    }
     let version = current.as_ref().map_or(0, |c| c.version);
     if let Some(v) = b.version {
         if v != version {
@@ -591,6 +597,72 @@ pub async fn put_product(
         .await?;
     let saved = api.log.state().product(p).cloned();
     Ok(Json(json!(saved)))
+}
+
+pub async fn get_org(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let Place::Org(org) = &e.place else {
+        unreachable!("the route has an org")
+    };
+    let found = api.log.state().org(org).cloned();
+    found
+        .map(|o| Json(json!(o)))
+        .ok_or_else(|| ApiError::not_found(format!("org {org:?}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrgBody {
+    name: String,
+    plan: Plan,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+/// `PUT /v1/orgs/:org`: the operator keeps orgs and their plans.
+pub async fn put_org(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+    body: Bytes,
+) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let Place::Org(org) = &e.place else {
+        unreachable!("the route has an org")
+    };
+    if e.who != Principal::Operator {
+        return Err(ApiError::forbidden(
+            "orgs and their plans are kept by the operator",
+        ));
+    }
+    let b: OrgBody = serde_json::from_slice(&body).map_err(|err| {
+        ApiError::invalid(
+            "body",
+            format!(
+                "expected {{\"name\": \"...\", \"plan\": \"free|basic|growth|enterprise\"}}: {err}"
+            ),
+        )
+    })?;
+    let version = api.log.state().org(org).map_or(0, |o| o.version);
+    if b.version.is_some_and(|v| v != version) {
+        return Err(ApiError::conflict(format!(
+            "the edit was made from version {}; org {org:?} is at version {version}",
+            b.version.unwrap_or_default()
+        )));
+    }
+    let record = Org {
+        id: org.clone(),
+        name: b.name,
+        plan: b.plan,
+        version: version + 1,
+    };
+    api.write(&format!("org/{org}"), Some(&json!(record)))
+        .await?;
+    Ok(Json(json!(record)))
 }
 
 pub async fn delete_product(

@@ -64,6 +64,7 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/products/{product}/integrations/{id}/separate",
             post(h::separate),
         )
+        .route("/v1/orgs/{org}", get(h::get_org).put(h::put_org))
         .route("/v1/orgs/{org}/products", get(h::list_products))
         .route(
             "/v1/orgs/{org}/products/{id}",

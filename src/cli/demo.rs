@@ -191,6 +191,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 /// exported Particle webhooks would); waits until the api shows them.
 async fn seed(settings: &Settings, api: &str, receiver: &str) -> anyhow::Result<Vec<Integration>> {
     let operator = ApiClient::new(api, TOKENS[0].0);
+    operator
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/orgs/{ORG}"),
+            Some(&serde_json::json!({"name": "Acme Demo", "plan": "enterprise"})),
+        )
+        .await?;
     for p in PRODUCTS {
         operator
             .call(

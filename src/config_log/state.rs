@@ -47,17 +47,58 @@ pub struct Product {
     pub version: u64,
 }
 
+/// An organization. Its plan decides whether it may have organization
+/// integrations (PARTICLE.md, "Plans").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Org {
+    pub id: String,
+    pub name: String,
+    pub plan: Plan,
+    #[serde(default)]
+    pub version: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Plan {
+    Free,
+    Basic,
+    /// Basic's former name, accepted as it.
+    Growth,
+    Enterprise,
+}
+
+impl Plan {
+    pub fn has_org_integrations(self) -> bool {
+        !matches!(self, Plan::Free)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Plan::Free => "free",
+            Plan::Basic => "basic",
+            Plan::Growth => "growth",
+            Plan::Enterprise => "enterprise",
+        }
+    }
+}
+
 /// The key of a config record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
     Integration(String),
     Product(u32),
+    Org(String),
 }
 
 impl Key {
     pub fn parse(raw: &str) -> Result<Key, RecordRefused> {
         if let Some(id) = raw.strip_prefix("integration/") {
             return Ok(Key::Integration(id.to_owned()));
+        }
+        if let Some(id) = raw.strip_prefix("org/") {
+            return Ok(Key::Org(id.to_owned()));
         }
         if let Some(id) = raw.strip_prefix("product/") {
             if let Ok(id) = id.parse::<u32>() {
@@ -75,6 +116,7 @@ impl std::fmt::Display for Key {
         match self {
             Key::Integration(id) => write!(f, "integration/{id}"),
             Key::Product(id) => write!(f, "product/{id}"),
+            Key::Org(id) => write!(f, "org/{id}"),
         }
     }
 }
@@ -102,7 +144,7 @@ pub enum Applied {
 /// Why a record was not applied. Every reader refuses the same records.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RecordRefused {
-    #[error("key {0:?} is not integration/<id> or product/<positive id>")]
+    #[error("key {0:?} is not integration/<id>, product/<positive id> or org/<id>")]
     Key(String),
     #[error("{0}")]
     Invalid(InvalidIntegration),
@@ -144,6 +186,8 @@ enum Change {
     DeleteIntegration(String),
     PutProduct(Product),
     DeleteProduct(u32),
+    PutOrg(Org),
+    DeleteOrg(String),
     Nothing,
 }
 
@@ -152,6 +196,7 @@ enum Change {
 pub struct ConfigState {
     integrations: HashMap<Arc<str>, Arc<Integration>>,
     products: BTreeMap<u32, Product>,
+    orgs: BTreeMap<String, Org>,
     /// Keys deleted while this reader watched: they take only version 1.
     deleted: HashSet<String>,
 }
@@ -185,6 +230,12 @@ impl ConfigState {
             Change::DeleteProduct(id) => {
                 self.products.remove(&id);
             }
+            Change::PutOrg(o) => {
+                self.orgs.insert(o.id.clone(), o);
+            }
+            Change::DeleteOrg(id) => {
+                self.orgs.remove(&id);
+            }
             Change::Nothing => {}
         }
         Ok(applied)
@@ -206,6 +257,10 @@ impl ConfigState {
 
     pub fn product(&self, id: u32) -> Option<&Product> {
         self.products.get(&id)
+    }
+
+    pub fn org(&self, id: &str) -> Option<&Org> {
+        self.orgs.get(id)
     }
 
     pub fn products(&self) -> impl Iterator<Item = &Product> {
@@ -236,6 +291,12 @@ impl ConfigState {
             (Key::Integration(id), Some(bytes)) => {
                 self.check_integration(&id, bytes, self.deleted.contains(key))
             }
+            (Key::Org(id), None) => Ok(if self.orgs.contains_key(&id) {
+                (Change::DeleteOrg(id), Applied::Deleted)
+            } else {
+                (Change::Nothing, Applied::Unchanged)
+            }),
+            (Key::Org(id), Some(bytes)) => self.check_org(&id, bytes, self.deleted.contains(key)),
         }
     }
 
@@ -288,6 +349,42 @@ impl ConfigState {
             )),
             Next::Create => Ok((Change::PutProduct(product), Applied::Created)),
             Next::Update => Ok((Change::PutProduct(product), Applied::Updated)),
+        }
+    }
+
+    fn check_org(
+        &self,
+        id: &str,
+        bytes: &[u8],
+        was_deleted: bool,
+    ) -> Result<(Change, Applied), RecordRefused> {
+        let org: Org = serde_json::from_slice(bytes)
+            .map_err(|e| RecordRefused::invalid("org", format!("not an org record: {e}")))?;
+        if org.id != id {
+            return Err(RecordRefused::invalid(
+                "id",
+                format!("{:?} does not match the key org/{id}", org.id),
+            ));
+        }
+        validate_plain_id("id", &org.id)?;
+        if org.name.trim().is_empty() || org.name.len() > 128 {
+            return Err(RecordRefused::invalid(
+                "name",
+                format!("{:?} must be 1-128 characters", org.name),
+            ));
+        }
+        let current = self.orgs.get(id);
+        match next_version(
+            current.map(|c| c.version),
+            was_deleted,
+            org.version,
+            "org",
+            id,
+        )? {
+            Next::Same if current == Some(&org) => Ok((Change::Nothing, Applied::Unchanged)),
+            Next::Same => Err(same_version_conflict("org", id, org.version)),
+            Next::Create => Ok((Change::PutOrg(org), Applied::Created)),
+            Next::Update => Ok((Change::PutOrg(org), Applied::Updated)),
         }
     }
 
@@ -382,6 +479,21 @@ impl ConfigState {
                 )),
             },
             Scope::Org { org, products } => {
+                match self.orgs.get(org) {
+                    Some(o) if o.plan.has_org_integrations() => {}
+                    Some(o) => {
+                        return Err(RecordRefused::invalid(
+                            "org",
+                            format!("org {org:?} is on the {} plan; organization integrations come with the basic (formerly growth) and enterprise plans", o.plan.as_str()),
+                        ))
+                    }
+                    None => {
+                        return Err(RecordRefused::invalid(
+                            "org",
+                            format!("org {org:?} has no record; the operator creates it (PUT /v1/orgs/{org})"),
+                        ))
+                    }
+                }
                 for (n, p) in products.ids().iter().enumerate() {
                     match self.products.get(p) {
                         Some(found) if &found.org == org => {}
@@ -468,6 +580,10 @@ impl ConfigState {
                 .products
                 .get(&id)
                 .map(|p| serde_json::to_vec(p).expect("a product serializes")),
+            Key::Org(id) => self
+                .orgs
+                .get(&id)
+                .map(|o| serde_json::to_vec(o).expect("an org serializes")),
         }
     }
 
@@ -563,6 +679,14 @@ mod tests {
 
     fn catalog() -> ConfigState {
         let mut s = ConfigState::default();
+        for (id, plan) in [
+            ("acme", "enterprise"),
+            ("other", "growth"),
+            ("cheap", "free"),
+        ] {
+            let o = json!({"id": id, "name": id, "plan": plan, "version": 1});
+            assert_eq!(put(&mut s, &format!("org/{id}"), o), Ok(Applied::Created));
+        }
         for (id, org) in [(1, "acme"), (2, "acme"), (3, "acme"), (9, "other")] {
             let p = json!({"id": id, "name": format!("P{id}"), "org": org, "version": 1});
             assert_eq!(
@@ -685,6 +809,25 @@ mod tests {
             ),
             "product_id: product 77 is not in the catalog"
         );
+        let cheap = json!({"id": "c", "version": 1, "org": "cheap", "products": [1], "event": "t", "url": "http://h/"});
+        assert_eq!(
+            refs(cheap),
+            "org: org \"cheap\" is on the free plan; organization integrations come with the basic (formerly growth) and enterprise plans"
+        );
+        let nowhere = json!({"id": "n", "version": 1, "org": "ghost", "products": [1], "event": "t", "url": "http://h/"});
+        assert_eq!(
+            refs(nowhere),
+            "org: org \"ghost\" has no record; the operator creates it (PUT /v1/orgs/ghost)"
+        );
+        let mut s2 = s.clone();
+        assert!(put(
+            &mut s2,
+            "org/acme",
+            json!({"id": "acme", "name": "A", "plan": "gold", "version": 2})
+        )
+        .unwrap_err()
+        .to_string()
+        .contains("unknown variant `gold`"));
     }
 
     #[test]
@@ -702,7 +845,7 @@ mod tests {
         );
         assert_eq!(
             message(s.apply("webhook/x", Some(b"{}"))),
-            "key \"webhook/x\" is not integration/<id> or product/<positive id>"
+            "key \"webhook/x\" is not integration/<id>, product/<positive id> or org/<id>"
         );
         assert_eq!(
             message(s.apply("integration/x", Some(b"{nope")))

@@ -163,6 +163,10 @@ pub fn settings(broker: &Broker) -> Settings {
     s.kafka.stats_topic = unique("stats");
     s.kafka.log_topic = unique("log");
     s.traffic.flush_interval = Duration::from_millis(200);
+    // In-process workers get their integrations from the test itself, as
+    // the operator's own file would give them (every secret visible);
+    // `start_log_worker` switches to the config log.
+    s.integrations.source = hookd::config::IntegrationSource::File;
     s.retry.topic_prefix = unique("retry");
     s.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(2)];
     // Tests send many requests to one loopback receiver.
@@ -559,7 +563,9 @@ pub async fn start_log_worker(s: &Settings) -> RunningWorker {
     .await
     .expect("config log");
     log.caught_up().await;
-    let worker = hookd::worker::Worker::new(s.clone(), index);
+    let mut s = s.clone();
+    s.integrations.source = hookd::config::IntegrationSource::Kafka;
+    let worker = hookd::worker::Worker::new(s, index);
     let tally = worker.tally();
     let run = tokio::spawn(worker.run(shutdown.clone()));
     RunningWorker {
