@@ -370,6 +370,9 @@ async fn run(args: Args, root: PathBuf) {
         ("hookd.responses", 3),
         ("hookd.retry.30s", 1),
         ("hookd.retry.60s", 1),
+        // The worker publishes its traffic for the api, as in production.
+        ("hookd.stats", 1),
+        ("hookd.log", 1),
     ];
     let new: Vec<NewTopic> = topics
         .iter()
