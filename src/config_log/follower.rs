@@ -211,8 +211,13 @@ impl ConfigLog {
             // Mid-replay the index would only show a past config: build it
             // once the replay is done, then after every batch.
             if let (Some(index), true) = (&self.index, replayed) {
-                let built = self.state().index();
-                index.swap(built);
+                // O(integrations) (~0.2 s at 100k, BENCHMARKS.md): off the
+                // runtime's threads, so deliveries keep flowing meanwhile.
+                let log = self.clone();
+                match tokio::task::spawn_blocking(move || log.state().index()).await {
+                    Ok(built) => index.swap(built),
+                    Err(e) => tracing::error!(error = %e, "building the index failed"),
+                }
             }
             self.position.send_replace(next);
             if replayed && !self.is_caught_up() {
