@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, ThreadedProducer};
 use rdkafka::util::Timeout;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,8 @@ use crate::record::{OutcomeKind, Recorder};
 use crate::render::{idempotency_key, render, url_host, EventContext};
 use crate::resolve::Match;
 use crate::responses::{
-    error_event, error_message, hook_sent, response_chunks, ResponseEvent, SLEEPING_MESSAGE,
+    error_event, error_message, hook_sent, response_chunks, ResponseEvent, ResponseReports,
+    SLEEPING_MESSAGE,
 };
 use crate::retry::{AttemptLog, Next, RetryRecord, RetrySettings};
 use crate::sign::Signer;
@@ -63,7 +64,10 @@ pub struct Dispatcher {
     pub deliveries: Arc<Semaphore>,
     pub throttle: Arc<Throttle>,
     pub sleeping: Arc<SleepingHosts<MonotonicClock>>,
+    /// Retries and dead letters: awaited.
     pub producer: FutureProducer,
+    /// Response events: fire and forget.
+    pub responder: ThreadedProducer<ResponseReports>,
     pub retry: RetrySettings,
     pub responses_topic: String,
     pub dead_letter_topic: String,
@@ -297,26 +301,17 @@ impl Dispatcher {
         .await
     }
 
-    /// Response events are handed to the producer without waiting for the
-    /// broker's acknowledgement: they never hold a delivery or an event's
-    /// commit (a failure is logged when librdkafka reports it).
+    /// Response events are handed to their own producer without waiting
+    /// for the broker's acknowledgement: they never hold a delivery or an
+    /// event's commit, and cost no task or channel per record (librdkafka's
+    /// delivery report logs a failure, [`ResponseReports`]).
     async fn respond(&self, ctx: &EventContext, event: ResponseEvent) {
         let payload = event.to_json(ctx);
-        let record = FutureRecord::<str, [u8]>::to(&self.responses_topic)
+        let record = BaseRecord::<str, [u8]>::to(&self.responses_topic)
             .key(&ctx.event().device_id)
             .payload(&payload);
-        match self.producer.send_result(record) {
-            Ok(delivery) => {
-                let topic = self.responses_topic.clone();
-                tokio::spawn(async move {
-                    if let Ok(Err((e, _))) = delivery.await {
-                        tracing::warn!(error = %e, topic, "response event not published");
-                    }
-                });
-            }
-            Err((e, _)) => {
-                tracing::warn!(error = %e, topic = %self.responses_topic, "response event not queued")
-            }
+        if let Err((e, _)) = self.responder.send(record) {
+            tracing::warn!(error = %e, topic = %self.responses_topic, "response event not queued");
         }
     }
 

@@ -349,7 +349,7 @@ impl TryFrom<IntegrationSpec> for Integration {
     type Error = InvalidIntegration;
 
     fn try_from(spec: IntegrationSpec) -> Result<Integration, InvalidIntegration> {
-        validate_id(&spec.id)?;
+        validate_plain_id("id", &spec.id)?;
         let scope = scope_of(&spec)?;
         let trigger = EventPrefix::try_new(spec.event.as_deref().ok_or_else(|| {
             invalid(
@@ -467,8 +467,9 @@ impl TryFrom<IntegrationSpec> for Integration {
     }
 }
 
-/// Ids appear in Kafka keys, metric labels and URLs: keep them plain.
-fn validate_id(id: &str) -> Result<(), InvalidIntegration> {
+/// Ids (of integrations, orgs, users) appear in Kafka keys, metric labels
+/// and URLs: keep them plain.
+pub fn validate_plain_id(field: &str, id: &str) -> Result<(), InvalidIntegration> {
     let ok = !id.is_empty()
         && id.len() <= 64
         && id
@@ -478,7 +479,7 @@ fn validate_id(id: &str) -> Result<(), InvalidIntegration> {
         Ok(())
     } else {
         Err(invalid(
-            "id",
+            field,
             format!("{id:?} must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'"),
         ))
     }

@@ -39,6 +39,14 @@ pub struct Counts {
     pub skipped: u64,
 }
 
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, other: Counts) {
+        self.success += other.success;
+        self.error += other.error;
+        self.skipped += other.skipped;
+    }
+}
+
 impl Counts {
     pub fn total(&self) -> u64 {
         self.success + self.error + self.skipped
@@ -84,9 +92,7 @@ impl Tally {
         map.iter().filter(|((_, p), _)| *p == Some(product)).fold(
             Counts::default(),
             |mut acc, (_, c)| {
-                acc.success += c.success;
-                acc.error += c.error;
-                acc.skipped += c.skipped;
+                acc += *c;
                 acc
             },
         )

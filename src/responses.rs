@@ -108,6 +108,22 @@ pub fn error_message(error: &DeliveryError, host: &str) -> String {
     format!("{error} from {host}")
 }
 
+/// Delivery reports of response events: a failure is logged, nothing waits.
+pub struct ResponseReports;
+
+impl rdkafka::ClientContext for ResponseReports {}
+
+impl rdkafka::producer::ProducerContext for ResponseReports {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
+        if let Err((e, m)) = result {
+            use rdkafka::Message as _;
+            tracing::warn!(error = %e, topic = m.topic(), "response event not published");
+        }
+    }
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character
 /// boundary.
 fn truncate(s: &str, max: usize) -> &str {

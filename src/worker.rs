@@ -254,6 +254,8 @@ impl Worker {
                 throttle: throttle.clone(),
                 sleeping: sleeping.clone(),
                 producer,
+                responder: crate::kafka::producer_config(k)
+                    .create_with_context(crate::responses::ResponseReports)?,
                 retry: s.retry.clone(),
                 responses_topic: k.responses_topic.clone(),
                 dead_letter_topic: k.dead_letter_topic.clone(),
@@ -315,6 +317,10 @@ impl Worker {
         if let Some(t) = traffic {
             let _ = t.await;
         }
+        // Fire-and-forget response events still queued get out too.
+        let d = &pipeline.dispatcher;
+        let _ = rdkafka::producer::Producer::flush(&d.responder, Duration::from_secs(5));
+        let _ = rdkafka::producer::Producer::flush(&d.producer, Duration::from_secs(5));
         Ok(())
     }
 }

@@ -151,6 +151,18 @@ async fn probe(broker: &Broker, topic: &str, receiver: &Receiver, product: u32, 
     }
 }
 
+/// Waits until the receiver has had nothing new for 500 ms: deliveries run
+/// concurrently, so a probe can arrive before events resolved ahead of it.
+async fn settle(receiver: &Receiver) {
+    loop {
+        let before = receiver.count();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if receiver.count() == before {
+            return;
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn workers_follow_create_edit_separate_delete_while_events_flow() {
     let broker = Broker::start();
@@ -176,11 +188,13 @@ async fn workers_follow_create_edit_separate_delete_while_events_flow() {
     assert_eq!(shared["shared"], true);
     assert_eq!(shared["executes_on"], 2);
     probe(&broker, topic, &receiver, 1, "/v1").await;
+    settle(&receiver).await;
     let first: Vec<_> = (0..20)
         .flat_map(|n| [1, 2, 3].map(|p| event(p, &format!("first-{p}-{n}"))))
         .collect();
     produce(&broker, topic, &first).await;
     probe(&broker, topic, &receiver, 2, "/v1").await;
+    settle(&receiver).await;
     let seen = routes(&receiver);
     for n in 0..20 {
         assert_eq!(seen[&format!("first-1-{n}")], ["/v1"]);
@@ -207,6 +221,7 @@ async fn workers_follow_create_edit_separate_delete_while_events_flow() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = flowing.stop().await;
     probe(&broker, topic, &receiver, 1, "/v2").await;
+    settle(&receiver).await;
     let seen = routes(&receiver);
     split(&sent[&1], &seen, Some("/v1"), Some("/v2"));
     split(&sent[&2], &seen, Some("/v1"), Some("/v2"));
@@ -229,6 +244,7 @@ async fn workers_follow_create_edit_separate_delete_while_events_flow() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = flowing.stop().await;
     probe(&broker, topic, &receiver, 1, "/v2").await;
+    settle(&receiver).await;
     let seen = routes(&receiver);
     split(&sent[&1], &seen, Some("/v2"), Some("/v2"));
     split(&sent[&2], &seen, Some("/v2"), Some("/b-own"));
@@ -287,6 +303,7 @@ async fn workers_follow_create_edit_separate_delete_while_events_flow() {
     .await
     .unwrap();
     probe(&broker, topic, &receiver, 3, "/sentinel").await;
+    settle(&receiver).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let seen = routes(&receiver);
     split(&sent[&1], &seen, Some("/v2"), None);

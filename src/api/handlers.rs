@@ -44,6 +44,25 @@ struct Entered {
     place: Place,
 }
 
+impl Entered {
+    /// The org of an `/v1/orgs/:org/…` path.
+    fn org(&self) -> &str {
+        match &self.place {
+            Place::Org(org) => org,
+            _ => unreachable!("the route has an org"),
+        }
+    }
+
+    /// As [`Entered::org`], for the operator only; `keeps` says what the
+    /// operator keeps, for the 403.
+    fn operator_org(&self, keeps: &str) -> Result<&str, ApiError> {
+        if self.who != Principal::Operator {
+            return Err(ApiError::forbidden(keeps));
+        }
+        Ok(self.org())
+    }
+}
+
 impl Api {
     fn enter(
         &self,
@@ -494,11 +513,9 @@ pub async fn list_products(
     Path(params): Params,
 ) -> Reply {
     let e = api.enter(&headers, &params)?;
-    let Place::Org(org) = &e.place else {
-        unreachable!("the route has an org")
-    };
+    let org = e.org();
     let state = api.log.state();
-    let products: Vec<&Product> = state.products().filter(|p| &p.org == org).collect();
+    let products: Vec<&Product> = state.products().filter(|p| p.org == org).collect();
     Ok(Json(json!({ "products": products })))
 }
 
@@ -527,9 +544,7 @@ pub async fn get_product(
     Path(params): Params,
 ) -> Reply {
     let e = api.enter(&headers, &params)?;
-    let Place::Org(org) = &e.place else {
-        unreachable!("the route has an org")
-    };
+    let org = e.org();
     match product_in(&api, &params, org)? {
         (_, Some(p)) => Ok(Json(json!(p))),
         (p, None) => Err(ApiError::not_found(format!("product {p}"))),
@@ -553,19 +568,12 @@ pub async fn put_product(
     body: Bytes,
 ) -> Reply {
     let e = api.enter(&headers, &params)?;
-    let Place::Org(org) = &e.place else {
-        unreachable!("the route has an org")
-    };
-    if e.who != Principal::Operator {
-        return Err(ApiError::forbidden(
-            "the product catalog is kept by the operator",
-        ));
-    }
+    let org = e.operator_org("the product catalog is kept by the operator")?;
     let b: ProductBody = serde_json::from_slice(&body).map_err(|err| {
         ApiError::invalid("body", format!("expected {{\"name\": \"...\"}}: {err}"))
     })?;
     let (p, current) = match api.log.state().product(params["id"].parse().unwrap_or(0)) {
-        Some(x) if &x.org != org => {
+        Some(x) if x.org != org => {
             return Err(ApiError::conflict(format!(
                 "product {} belongs to another org",
                 x.id
@@ -590,7 +598,7 @@ pub async fn put_product(
     let record = Product {
         id: p,
         name: b.name,
-        org: org.clone(),
+        org: org.to_owned(),
         version: version + 1,
     };
     api.write(&format!("product/{p}"), Some(&json!(record)))
@@ -605,9 +613,7 @@ pub async fn get_org(
     Path(params): Params,
 ) -> Reply {
     let e = api.enter(&headers, &params)?;
-    let Place::Org(org) = &e.place else {
-        unreachable!("the route has an org")
-    };
+    let org = e.org();
     let found = api.log.state().org(org).cloned();
     found
         .map(|o| Json(json!(o)))
@@ -631,14 +637,7 @@ pub async fn put_org(
     body: Bytes,
 ) -> Reply {
     let e = api.enter(&headers, &params)?;
-    let Place::Org(org) = &e.place else {
-        unreachable!("the route has an org")
-    };
-    if e.who != Principal::Operator {
-        return Err(ApiError::forbidden(
-            "orgs and their plans are kept by the operator",
-        ));
-    }
+    let org = e.operator_org("orgs and their plans are kept by the operator")?;
     let b: OrgBody = serde_json::from_slice(&body).map_err(|err| {
         ApiError::invalid(
             "body",
@@ -655,7 +654,7 @@ pub async fn put_org(
         )));
     }
     let record = Org {
-        id: org.clone(),
+        id: org.to_owned(),
         name: b.name,
         plan: b.plan,
         version: version + 1,
@@ -671,14 +670,7 @@ pub async fn delete_product(
     Path(params): Params,
 ) -> Result<StatusCode, ApiError> {
     let e = api.enter(&headers, &params)?;
-    let Place::Org(org) = &e.place else {
-        unreachable!("the route has an org")
-    };
-    if e.who != Principal::Operator {
-        return Err(ApiError::forbidden(
-            "the product catalog is kept by the operator",
-        ));
-    }
+    let org = e.operator_org("the product catalog is kept by the operator")?;
     let (p, current) = product_in(&api, &params, org)?;
     if current.is_none() {
         return Err(ApiError::not_found(format!("product {p}")));

@@ -122,9 +122,7 @@ pub fn history_view(
                 .iter()
                 .filter(|(d, p, _)| *d == day && want.is_none() || want == Some(*p))
                 .fold(Counts::default(), |mut acc, (_, _, c)| {
-                    acc.success += c.success;
-                    acc.error += c.error;
-                    acc.skipped += c.skipped;
+                    acc += *c;
                     acc
                 });
             out.push(day_counts(day, c));

@@ -321,7 +321,7 @@ impl ConfigState {
                 format!("{:?} must be 1-128 characters", product.name),
             ));
         }
-        validate_plain_id("org", &product.org)?;
+        crate::integration::validate_plain_id("org", &product.org)?;
         let current = self.products.get(&id);
         if let Some(c) = current {
             if c.org != product.org {
@@ -366,7 +366,7 @@ impl ConfigState {
                 format!("{:?} does not match the key org/{id}", org.id),
             ));
         }
-        validate_plain_id("id", &org.id)?;
+        crate::integration::validate_plain_id("id", &org.id)?;
         if org.name.trim().is_empty() || org.name.len() > 128 {
             return Err(RecordRefused::invalid(
                 "name",
@@ -648,23 +648,6 @@ fn describe_scope(s: &Scope) -> String {
         Scope::Sandbox { owner } => format!("user {owner:?}'s sandbox integration"),
         Scope::Product { product } => format!("an integration of product {product}"),
         Scope::Org { org, .. } => format!("an integration of org {org:?}"),
-    }
-}
-
-/// Org and user ids appear in URLs and keys: the same rule as integration ids.
-pub fn validate_plain_id(field: &str, id: &str) -> Result<(), RecordRefused> {
-    let ok = !id.is_empty()
-        && id.len() <= 64
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(RecordRefused::invalid(
-            field,
-            format!("{id:?} must be 1-64 characters of A-Z, a-z, 0-9, '-' and '_'"),
-        ))
     }
 }
 

@@ -100,9 +100,11 @@ impl History {
             .or_default()
             .entry((day, d.product))
             .or_default();
-        c.success += d.success;
-        c.error += d.error;
-        c.skipped += d.skipped;
+        *c += Counts {
+            success: d.success,
+            error: d.error,
+            skipped: d.skipped,
+        };
     }
 
     pub fn add_entry(&self, e: LogEntry) {
@@ -146,9 +148,7 @@ impl History {
             .into_iter()
             .filter(|(day, p, _)| *day >= since && (product.is_none() || product == Some(*p)))
             .fold(Counts::default(), |mut acc, (_, _, c)| {
-                acc.success += c.success;
-                acc.error += c.error;
-                acc.skipped += c.skipped;
+                acc += c;
                 acc
             })
     }
