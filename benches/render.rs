@@ -61,8 +61,13 @@ fn bench_render(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(name), &integration, |b, i| {
             b.iter(|| {
                 // A fresh context per iteration: in the worker it is built once
-                // per event, so this is the cost of an event with one integration.
-                let ctx = EventContext::new(event.clone(), secrets.clone(), SecretMode::Reveal);
+                // per event, so this is the cost of an event with one
+                // integration (as the worker makes it: without the whole-event
+                // variables unless a template names them).
+                let mut ctx = EventContext::new(event.clone(), secrets.clone(), SecretMode::Reveal);
+                if !i.uses_whole_event {
+                    ctx = ctx.without_whole_event();
+                }
                 render(i, &ctx).unwrap()
             })
         });

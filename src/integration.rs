@@ -313,6 +313,9 @@ pub struct Integration {
     pub response_template: Option<Template>,
     /// The secret name to sign with, if any.
     pub signing_secret: Option<String>,
+    /// Whether a template names `PARTICLE_EVENT_JSON` or
+    /// `PARTICLE_EVENT_BASE64` (a whole copy of the event; skipped otherwise).
+    pub uses_whole_event: bool,
     /// The record as given, for display and the control plane.
     pub spec: IntegrationSpec,
 }
@@ -462,9 +465,44 @@ impl TryFrom<IntegrationSpec> for Integration {
             error_response_topic,
             response_template,
             signing_secret: spec.signing_secret.clone(),
+            uses_whole_event: names_whole_event(&spec),
             spec,
         })
     }
+}
+
+fn names_whole_event(spec: &IntegrationSpec) -> bool {
+    fn names(s: &str) -> bool {
+        s.contains("PARTICLE_EVENT_JSON") || s.contains("PARTICLE_EVENT_BASE64")
+    }
+    fn in_value(v: &Value) -> bool {
+        match v {
+            Value::String(s) => names(s),
+            Value::Array(items) => items.iter().any(in_value),
+            Value::Object(map) => map.iter().any(|(k, v)| names(k) || in_value(v)),
+            _ => false,
+        }
+    }
+    [
+        &spec.url,
+        &spec.body,
+        &spec.response_topic,
+        &spec.error_response_topic,
+        &spec.response_template,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|s| names(s))
+        || [
+            &spec.json,
+            &spec.form,
+            &spec.query,
+            &spec.headers,
+            &spec.auth,
+        ]
+        .into_iter()
+        .flatten()
+        .any(in_value)
 }
 
 /// Ids (of integrations, orgs, users) appear in Kafka keys, metric labels

@@ -71,6 +71,10 @@ pub struct EventContext {
     event: DeviceEvent,
     secrets: Secrets,
     mode: SecretMode,
+    /// Whether `PARTICLE_EVENT_JSON` and `PARTICLE_EVENT_BASE64` are
+    /// variables: a copy and a base64 of the whole record per event, which
+    /// few templates use.
+    whole_event: bool,
     context: OnceLock<Context>,
 }
 
@@ -80,8 +84,16 @@ impl EventContext {
             event,
             secrets,
             mode,
+            whole_event: true,
             context: OnceLock::new(),
         }
+    }
+
+    /// For integrations none of which names the whole-event variables
+    /// ([`Integration::uses_whole_event`]).
+    pub fn without_whole_event(mut self) -> EventContext {
+        self.whole_event = false;
+        self
     }
 
     pub fn event(&self) -> &DeviceEvent {
@@ -89,9 +101,15 @@ impl EventContext {
     }
 
     fn context(&self) -> &Context {
+        // `Context::from` takes the value as it is; `Context::wraps` would
+        // serialize it into a second copy.
         self.context.get_or_init(|| {
-            Context::wraps(variables(&self.event, &self.secrets, self.mode))
-                .expect("a JSON object is always a valid context")
+            Context::from(variables(
+                &self.event,
+                &self.secrets,
+                self.mode,
+                self.whole_event,
+            ))
         })
     }
 
@@ -108,8 +126,7 @@ impl EventContext {
             _ => Map::new(),
         };
         vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let ctx =
-            Context::wraps(Value::Object(vars)).expect("a JSON object is always a valid context");
+        let ctx = Context::from(Value::Object(vars));
         t.render(&ctx).map_err(|e| RenderFailure::Template {
             field: field.to_owned(),
             message: e.to_string(),
@@ -146,6 +163,7 @@ pub fn variables(
     event: &DeviceEvent,
     secrets: &BTreeMap<String, String>,
     mode: SecretMode,
+    whole_event: bool,
 ) -> Value {
     let mut vars = match serde_json::from_str::<Value>(&event.data) {
         Ok(Value::Object(map)) => map,
@@ -176,11 +194,13 @@ pub fn variables(
         "PRODUCT_VERSION".into(),
         opt(event.version.map(|v| v.to_string())),
     );
-    vars.insert("PARTICLE_EVENT_JSON".into(), s(&event.raw));
-    vars.insert(
-        "PARTICLE_EVENT_BASE64".into(),
-        Value::String(base64::engine::general_purpose::STANDARD.encode(&event.raw)),
-    );
+    if whole_event {
+        vars.insert("PARTICLE_EVENT_JSON".into(), s(&event.raw));
+        vars.insert(
+            "PARTICLE_EVENT_BASE64".into(),
+            Value::String(base64::engine::general_purpose::STANDARD.encode(&event.raw)),
+        );
+    }
     Value::Object(vars)
 }
 
@@ -499,6 +519,21 @@ mod tests {
             "API_KEY".to_owned(),
             "s3cr3t".to_owned(),
         )]))
+    }
+
+    #[test]
+    fn whole_event_variables_are_built_only_where_named() {
+        let whole = integration(json!({"json": {"b": "{{{PARTICLE_EVENT_BASE64}}}"}}));
+        let plain = integration(json!({"json": {"n": "{{{PARTICLE_EVENT_NAME}}}"}}));
+        assert!(whole.uses_whole_event && !plain.uses_whole_event);
+        let full = EventContext::new(event("1"), secrets(), SecretMode::Reveal);
+        let body = String::from_utf8(render(&whole, &full).unwrap().body.to_vec()).unwrap();
+        assert!(body.contains("eyJ"), "base64 of the event JSON: {body}");
+        // What the worker builds when no integration of the event names them.
+        let lean =
+            EventContext::new(event("1"), secrets(), SecretMode::Reveal).without_whole_event();
+        let body = String::from_utf8(render(&plain, &lean).unwrap().body.to_vec()).unwrap();
+        assert!(body.contains("\"n\":\"temperature/basement\""), "{body}");
     }
 
     fn integration(extra: Value) -> Integration {

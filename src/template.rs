@@ -45,6 +45,59 @@ pub enum Template {
     /// Shared: integrations repeat the same templates (the defaults, common
     /// variables), and each distinct source is compiled once.
     Compiled(Arc<handlebars::Template>),
+    /// Exactly one variable, `{{{a.b.0}}}` or `{{a}}`: most JSON and form
+    /// fields of Particle webhooks. Rendered by a direct lookup; values that
+    /// are not a string, number or boolean go through handlebars, so the
+    /// output is always what handlebars would give.
+    Variable(Arc<Variable>),
+}
+
+#[derive(Debug)]
+pub struct Variable {
+    path: Vec<String>,
+    /// `{{{x}}}`: inserted as is; `{{x}}`: HTML-escaped.
+    raw: bool,
+    compiled: Arc<handlebars::Template>,
+}
+
+impl Variable {
+    /// The path of a source that is one plain variable tag, if it is.
+    fn parse(source: &str) -> Option<(Vec<String>, bool)> {
+        let (inner, raw) = match source.strip_prefix("{{{") {
+            Some(rest) => (rest.strip_suffix("}}}")?, true),
+            None => (source.strip_prefix("{{")?.strip_suffix("}}")?, false),
+        };
+        let path: Vec<String> = inner.split('.').map(str::to_owned).collect();
+        let plain =
+            |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let first = &path[0];
+        let ok = path.iter().all(plain)
+            && !first.starts_with(|c: char| c.is_ascii_digit())
+            && first != "this";
+        ok.then_some((path, raw))
+    }
+
+    fn render(&self, ctx: &Context) -> Result<String, RenderError> {
+        let mut at = ctx.data();
+        for segment in &self.path {
+            let next = match at {
+                Value::Object(map) => map.get(segment),
+                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            };
+            match next {
+                Some(v) => at = v,
+                None => return Ok(String::new()),
+            }
+        }
+        let text = match at {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            _ => return render_compiled(&self.compiled, ctx),
+        };
+        Ok(if self.raw { text } else { escape_html(&text) })
+    }
 }
 
 impl Template {
@@ -57,21 +110,29 @@ impl Template {
             .expect("cache lock is never poisoned")
             .get(source)
         {
-            return Ok(Template::Compiled(t.clone()));
+            return Ok(t.clone());
         }
         let translated = translate_sections(source)?;
         let compiled = Arc::new(
             handlebars::Template::compile(&translated)
                 .map_err(|e| TemplateError::Parse(describe_parse_error(&e)))?,
         );
+        let template = match Variable::parse(source) {
+            Some((path, raw)) => Template::Variable(Arc::new(Variable {
+                path,
+                raw,
+                compiled,
+            })),
+            None => Template::Compiled(compiled),
+        };
         let mut cache = cache().lock().expect("cache lock is never poisoned");
         if cache.len() >= CACHE_LIMIT {
             // Bounded memory; a config with this many distinct templates
             // only loses the sharing, not correctness.
             cache.clear();
         }
-        cache.insert(source.to_owned(), compiled.clone());
-        Ok(Template::Compiled(compiled))
+        cache.insert(source.to_owned(), template.clone());
+        Ok(template)
     }
 
     /// True when the output does not depend on the event.
@@ -82,23 +143,26 @@ impl Template {
     pub fn render(&self, ctx: &Context) -> Result<String, RenderError> {
         match self {
             Template::Literal(s) => Ok(s.clone()),
-            Template::Compiled(t) => {
-                let registry = registry();
-                let mut rc = RenderContext::new(None);
-                let mut out = StringOutput::new();
-                t.render(registry, ctx, &mut rc, &mut out)?;
-                out.into_string().map_err(RenderError::from)
-            }
+            Template::Compiled(t) => render_compiled(t, ctx),
+            Template::Variable(v) => v.render(ctx),
         }
     }
+}
+
+fn render_compiled(t: &handlebars::Template, ctx: &Context) -> Result<String, RenderError> {
+    let registry = registry();
+    let mut rc = RenderContext::new(None);
+    let mut out = StringOutput::new();
+    t.render(registry, ctx, &mut rc, &mut out)?;
+    out.into_string().map_err(RenderError::from)
 }
 
 /// Distinct template sources kept compiled.
 const CACHE_LIMIT: usize = 65_536;
 
 /// Compiled templates by source, shared across integrations and reloads.
-fn cache() -> &'static Mutex<HashMap<String, Arc<handlebars::Template>>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<handlebars::Template>>>> = OnceLock::new();
+fn cache() -> &'static Mutex<HashMap<String, Template>> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Template>>> = OnceLock::new();
     CACHE.get_or_init(Mutex::default)
 }
 
@@ -445,6 +509,24 @@ mod tests {
         #[test]
         fn plain_text_is_unchanged(s in "[^{}]{0,64}") {
             prop_assert_eq!(render(&s, json!({})), s);
+        }
+
+        /// One-variable templates (looked up directly) render exactly as
+        /// handlebars renders them, whatever the value.
+        #[test]
+        fn the_variable_fast_path_agrees_with_handlebars(
+            raw in any::<bool>(),
+            path in prop::sample::select(vec!["v", "a.aa", "c.0.ca", "c.1", "c", "n", "f", "b", "z", "c.9", "a.aa.x", "nul", "len"]),
+            v in "\\PC{0,16}",
+        ) {
+            let data = json!({"v": v, "a": {"aa": "x&y"}, "c": [{"ca": "<1>"}, 7], "n": 0,
+                              "f": 2.5, "b": false, "nul": null, "len": [1, 2]});
+            let source = if raw { format!("{{{{{{{path}}}}}}}") } else { format!("{{{{{path}}}}}") };
+            let fast = Template::compile(&source).unwrap();
+            prop_assert!(matches!(fast, Template::Variable(_)), "{} takes the fast path", source);
+            let Template::Variable(var) = &fast else { unreachable!() };
+            let ctx = Context::wraps(data).unwrap();
+            prop_assert_eq!(fast.render(&ctx).unwrap(), render_compiled(&var.compiled, &ctx).unwrap());
         }
 
         /// Any string value inserted with a triple-stache comes out unchanged,

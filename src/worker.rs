@@ -478,16 +478,22 @@ impl Pipeline {
                 // one for the whole event, a few when tenants differ.
                 let mut contexts: Vec<EventContext> = Vec::with_capacity(1);
                 let mut which = Vec::with_capacity(matches.len());
+                let whole_event = matches.iter().any(|m| m.integration.uses_whole_event);
                 for m in &matches {
                     let secrets = self.secrets.for_integration(&m.integration);
                     let n = match contexts.iter().position(|c| c.shares_secrets(secrets)) {
                         Some(n) => n,
                         None => {
-                            contexts.push(EventContext::new(
+                            let ctx = EventContext::new(
                                 event.clone(),
                                 secrets.clone(),
                                 SecretMode::Reveal,
-                            ));
+                            );
+                            contexts.push(if whole_event {
+                                ctx
+                            } else {
+                                ctx.without_whole_event()
+                            });
                             contexts.len() - 1
                         }
                     };
@@ -549,7 +555,10 @@ impl Pipeline {
             }
         };
         let secrets = self.secrets.for_integration(&integration).clone();
-        let ctx = EventContext::new(event, secrets, SecretMode::Reveal);
+        let mut ctx = EventContext::new(event, secrets, SecretMode::Reveal);
+        if !integration.uses_whole_event {
+            ctx = ctx.without_whole_event();
+        }
         let a = Attempt {
             matched: Match {
                 integration,
