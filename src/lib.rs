@@ -37,12 +37,14 @@
 //!   the `hookd.config` topic, followed live, and written read-your-writes.
 //! - [`config`]: typed settings from defaults, file and environment.
 //! - [`telemetry`]: metric names, Prometheus, tracing; [`health`] serves them.
+//! - [`background`]: index rebuilds on a low-priority thread.
 //! - [`clock`]: the time seam for rules tested with a manual clock.
 //! - [`simulate`]: simulated devices, for `publish --simulate` and the demo.
 //! - [`api`]: the control plane's REST API (`hookd api`).
 //! - [`cli`]: the commands behind `main.rs`.
 
 pub mod api;
+pub mod background;
 pub mod cli;
 pub mod clock;
 pub mod config;

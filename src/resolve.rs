@@ -231,9 +231,14 @@ impl IndexHandle {
         self.0.load_full()
     }
 
-    /// Replaces the whole snapshot; readers see the old or the new, never a mix.
+    /// Replaces the whole snapshot; readers see the old or the new, never a
+    /// mix. The old one is dropped on a background thread: freeing a large
+    /// index is work the send path should not wait for.
     pub fn swap(&self, index: Index) {
-        self.0.store(Arc::new(index));
+        let old = self.0.swap(Arc::new(index));
+        if old.len() > 1000 {
+            crate::background::drop_later(old);
+        }
     }
 }
 

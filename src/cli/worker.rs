@@ -91,11 +91,11 @@ async fn reload_on_sighup(path: PathBuf, index: IndexHandle, shutdown: Cancellat
             let started = std::time::Instant::now();
             // Parsing and compiling many integrations is CPU work: keep it
             // off the runtime's threads so deliveries keep flowing.
-            let load = tokio::task::spawn_blocking({
+            let load = crate::background::run("reload", {
                 let path = path.clone();
                 move || crate::source::load_index(&path)
             });
-            let Ok(loaded) = load.await else { continue };
+            let Some(loaded) = load.await else { continue };
             match loaded {
                 Ok(new) => {
                     let count = new.len();

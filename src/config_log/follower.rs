@@ -212,11 +212,13 @@ impl ConfigLog {
             // once the replay is done, then after every batch.
             if let (Some(index), true) = (&self.index, replayed) {
                 // O(integrations) (~0.2 s at 100k, BENCHMARKS.md): off the
-                // runtime's threads, so deliveries keep flowing meanwhile.
+                // runtime's threads and below their priority, so deliveries
+                // keep flowing meanwhile.
                 let log = self.clone();
-                match tokio::task::spawn_blocking(move || log.state().index()).await {
-                    Ok(built) => index.swap(built),
-                    Err(e) => tracing::error!(error = %e, "building the index failed"),
+                if let Some(built) =
+                    crate::background::run("index", move || log.state().index()).await
+                {
+                    index.swap(built);
                 }
             }
             self.position.send_replace(next);
