@@ -254,7 +254,10 @@ impl Worker {
                 throttle: throttle.clone(),
                 sleeping: sleeping.clone(),
                 producer,
+                // Reports only for failures: a report per record is an
+                // allocation and a callback per webhook for nothing.
                 responder: crate::kafka::producer_config(k)
+                    .set("delivery.report.only.error", "true")
                     .create_with_context(crate::responses::ResponseReports)?,
                 retry: s.retry.clone(),
                 responses_topic: k.responses_topic.clone(),
