@@ -21,7 +21,7 @@ use crate::dead_letter::DeadLetter;
 use crate::deliver::{Deliverer, DeliveryError, Outcome};
 use crate::event::Origin;
 use crate::record::{OutcomeKind, Recorder};
-use crate::render::{idempotency_key, render, url_host, EventContext};
+use crate::render::{render, url_host, EventContext};
 use crate::resolve::Match;
 use crate::responses::{
     error_event, error_message, hook_sent, response_chunks, ResponseEvent, ResponseReports,
@@ -122,25 +122,11 @@ impl Dispatcher {
         }
         metrics::histogram!(THROTTLE_WAIT).record(waiting.elapsed().as_secs_f64());
 
-        if let Some(name) = &i.signing_secret {
-            match ctx
-                .secret(name)
-                .ok_or_else(|| {
-                    format!("signingSecret names {name:?}, which is not a configured secret")
-                })
-                .and_then(Signer::try_new)
-            {
-                Ok(signer) => {
-                    let id = idempotency_key(&ctx.event().id, &i.id);
-                    signer.sign(&mut request, &id, chrono::Utc::now().timestamp());
-                }
-                Err(e) => {
-                    self.recorder
-                        .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
-                    self.sample_failure(ctx, &a, &e);
-                    return self.dead_letter(ctx, a, "render_failed", e, shutdown).await;
-                }
-            }
+        if let Err(e) = Signer::sign_for(&i, ctx, &mut request) {
+            self.recorder
+                .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
+            self.sample_failure(ctx, &a, &e);
+            return self.dead_letter(ctx, a, "render_failed", e, shutdown).await;
         }
 
         self.respond(ctx, hook_sent(ctx)).await;

@@ -55,6 +55,28 @@ impl Signer {
         format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
     }
 
+    /// Signs `request` for `integration` if it names a signing secret, with
+    /// the event's idempotency key as the message id; the error says which
+    /// secret is missing or unusable (never a byte of it).
+    pub fn sign_for(
+        integration: &crate::integration::Integration,
+        ctx: &crate::render::EventContext,
+        request: &mut RenderedRequest,
+    ) -> Result<(), String> {
+        let Some(name) = &integration.signing_secret else {
+            return Ok(());
+        };
+        let signer = ctx
+            .secret(name)
+            .ok_or_else(|| {
+                format!("signingSecret names {name:?}, which is not a configured secret")
+            })
+            .and_then(Signer::try_new)?;
+        let id = crate::render::idempotency_key(&ctx.event().id, &integration.id);
+        signer.sign(request, &id, chrono::Utc::now().timestamp());
+        Ok(())
+    }
+
     /// Adds the three headers to `request`.
     pub fn sign(&self, request: &mut RenderedRequest, id: &str, timestamp: i64) {
         let signature = self.signature(id, timestamp, &request.body);

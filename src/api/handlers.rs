@@ -26,7 +26,7 @@ use super::views::{config_of, detail, history_view, summary, PLACEMENT_FIELDS};
 use crate::config_log::state::{Org, Plan, Product};
 use crate::event::{DeviceEvent, Origin};
 use crate::integration::{Integration, InvalidIntegration, Scope};
-use crate::render::{idempotency_key, render, EventContext, SecretMode};
+use crate::render::{render, EventContext, SecretMode};
 use crate::traffic::book::mask;
 
 type Params = Path<HashMap<String, String>>;
@@ -472,25 +472,18 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
             ))
         }
     };
-    if let Some(name) = &i.signing_secret {
-        match ctx
-            .secret(name)
-            .ok_or("not configured".to_owned())
-            .and_then(crate::sign::Signer::try_new)
-        {
-            Ok(signer) => signer.sign(
-                &mut request,
-                &idempotency_key(&event.id, &i.id),
-                chrono::Utc::now().timestamp(),
-            ),
-            Err(_) => {
-                return Ok(Json(json!({"outcome": "error", "request": shown,
-                    "error": format!("signingSecret names {name:?}, which is not a configured secret")})))
-            }
-        }
+    // Signing fails with the reason (a missing or unusable key), never a
+    // byte of the key.
+    if let Err(error) = crate::sign::Signer::sign_for(&i, &ctx, &mut request) {
+        return Ok(Json(
+            json!({"outcome": "error", "request": shown, "error": error}),
+        ));
     }
     let outcome = api.deliverer.send(&request, i.reject_unauthorized).await;
-    let body = String::from_utf8_lossy(&outcome.body[..outcome.body.len().min(4096)]).into_owned();
+    let body = String::from_utf8_lossy(
+        &outcome.body[..outcome.body.len().min(crate::traffic::book::BODY_SHOWN)],
+    )
+    .into_owned();
     Ok(Json(match &outcome.result {
         Ok(status) => json!({
             "outcome": if outcome.is_success() { "success" } else { "error" },

@@ -35,7 +35,7 @@ use crate::render::{render, EventContext, SecretMode, Secrets};
 /// api keeps as many.
 pub const KEPT: usize = 10;
 /// Response bodies are shown up to this many bytes.
-const BODY_SHOWN: usize = 4096;
+pub const BODY_SHOWN: usize = 4096;
 /// What secrets are replaced with wherever a delivery is shown.
 pub const SENSITIVE: &str = "[[SENSITIVE]]";
 
