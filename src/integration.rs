@@ -302,6 +302,9 @@ pub struct Integration {
     pub version: u64,
     pub name: String,
     pub scope: Scope,
+    /// The scope as one key (`org:<id>`, `user:<id>`, `product:<id>`), made
+    /// once here: secret grants are looked up by it for every delivery.
+    pub tenant: String,
     pub trigger: EventPrefix,
     /// Sandbox only: fire for this device only (lowercase hex).
     pub device_id: Option<String>,
@@ -455,6 +458,11 @@ impl TryFrom<IntegrationSpec> for Integration {
             id: Arc::from(spec.id.as_str()),
             version: spec.version,
             name,
+            tenant: match &scope {
+                Scope::Sandbox { owner } => format!("user:{owner}"),
+                Scope::Product { product } => format!("product:{product}"),
+                Scope::Org { org, .. } => format!("org:{org}"),
+            },
             scope,
             trigger,
             device_id,
@@ -472,37 +480,44 @@ impl TryFrom<IntegrationSpec> for Integration {
 }
 
 fn names_whole_event(spec: &IntegrationSpec) -> bool {
-    fn names(s: &str) -> bool {
-        s.contains("PARTICLE_EVENT_JSON") || s.contains("PARTICLE_EVENT_BASE64")
-    }
-    fn in_value(v: &Value) -> bool {
-        match v {
-            Value::String(s) => names(s),
-            Value::Array(items) => items.iter().any(in_value),
-            Value::Object(map) => map.iter().any(|(k, v)| names(k) || in_value(v)),
-            _ => false,
+    spec.any_text(&|s| s.contains("PARTICLE_EVENT_JSON") || s.contains("PARTICLE_EVENT_BASE64"))
+}
+
+impl IntegrationSpec {
+    /// Whether `found` holds for any text a template or a secret name can be
+    /// in: every template field, the keys and values of the object fields,
+    /// and `signingSecret`.
+    pub fn any_text(&self, found: &dyn Fn(&str) -> bool) -> bool {
+        fn in_value(v: &Value, found: &dyn Fn(&str) -> bool) -> bool {
+            match v {
+                Value::String(s) => found(s),
+                Value::Array(items) => items.iter().any(|v| in_value(v, found)),
+                Value::Object(map) => map.iter().any(|(k, v)| found(k) || in_value(v, found)),
+                _ => false,
+            }
         }
-    }
-    [
-        &spec.url,
-        &spec.body,
-        &spec.response_topic,
-        &spec.error_response_topic,
-        &spec.response_template,
-    ]
-    .into_iter()
-    .flatten()
-    .any(|s| names(s))
-        || [
-            &spec.json,
-            &spec.form,
-            &spec.query,
-            &spec.headers,
-            &spec.auth,
+        [
+            &self.url,
+            &self.body,
+            &self.response_topic,
+            &self.error_response_topic,
+            &self.response_template,
+            &self.signing_secret,
         ]
         .into_iter()
         .flatten()
-        .any(in_value)
+        .any(|s| found(s))
+            || [
+                &self.json,
+                &self.form,
+                &self.query,
+                &self.headers,
+                &self.auth,
+            ]
+            .into_iter()
+            .flatten()
+            .any(|v| in_value(v, found))
+    }
 }
 
 /// Ids (of integrations, orgs, users) appear in Kafka keys, metric labels

@@ -12,17 +12,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::integration::{Integration, Scope};
+use crate::integration::Integration;
 use crate::render::Secrets;
-
-/// The scope key of an integration, as `[secret_scopes]` names it.
-pub fn scope_key(i: &Integration) -> String {
-    match &i.scope {
-        Scope::Sandbox { owner } => format!("user:{owner}"),
-        Scope::Product { product } => format!("product:{product}"),
-        Scope::Org { org, .. } => format!("org:{org}"),
-    }
-}
 
 /// The secrets each scope sees, computed once at start.
 #[derive(Debug, Clone)]
@@ -91,7 +82,7 @@ impl SecretPolicy {
     pub fn for_integration(&self, i: &Integration) -> &Secrets {
         match &self.scoped {
             None => &self.all,
-            Some(s) => s.by_scope.get(&scope_key(i)).unwrap_or(&s.common),
+            Some(s) => s.by_scope.get(&i.tenant).unwrap_or(&s.common),
         }
     }
 
@@ -99,11 +90,10 @@ impl SecretPolicy {
     /// not use, for the api to refuse with a clear error.
     pub fn forbidden_in(&self, i: &Integration) -> Option<String> {
         let allowed = self.for_integration(i);
-        let text = serde_json::to_string(&i.spec).expect("a spec serializes");
         self.all
             .keys()
             .filter(|name| !allowed.contains_key(*name))
-            .find(|name| names(&text, name))
+            .find(|name| i.spec.any_text(&|text| names(text, name)))
             .cloned()
     }
 }

@@ -185,7 +185,7 @@ fn checked(api: &Api, record: &Value) -> Result<Integration, ApiError> {
             "secrets",
             format!(
                 "secret {name} is not granted to {} ([secret_scopes] in the api's config)",
-                crate::secrets::scope_key(&i)
+                i.tenant
             ),
         ));
     }
