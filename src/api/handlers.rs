@@ -23,7 +23,7 @@ use super::auth::{authorize, Place, Principal};
 use super::error::ApiError;
 use super::server::Api;
 use super::views::{config_of, detail, history_view, summary, PLACEMENT_FIELDS};
-use crate::config_log::state::{Org, Plan, Product};
+use crate::config_log::state::{ConfigState, Org, Plan, Product};
 use crate::event::{DeviceEvent, Origin};
 use crate::integration::{Integration, InvalidIntegration, Scope};
 use crate::render::{render, EventContext, SecretMode};
@@ -88,19 +88,7 @@ impl Api {
     /// org's own, or a product's own and the org integrations shared with it.
     fn find(&self, e: &Entered, id: &str) -> Result<Arc<Integration>, ApiError> {
         let state = self.log.state();
-        let found = state
-            .integration(id)
-            .filter(|i| match (&e.place, &i.scope) {
-                (Place::Sandbox, Scope::Sandbox { owner }) => {
-                    e.who == Principal::User(owner.clone())
-                }
-                (Place::Org(org), Scope::Org { org: o, .. }) => org == o,
-                (Place::Product(p), Scope::Product { product }) => p == product,
-                (Place::Product(p), Scope::Org { org, products }) => {
-                    products.ids().contains(p) && state.product(*p).is_some_and(|x| &x.org == org)
-                }
-                _ => false,
-            });
+        let found = state.integration(id).filter(|i| visible(&state, e, i));
         found
             .cloned()
             .ok_or_else(|| ApiError::not_found(format!("integration {id:?}")))
@@ -123,6 +111,39 @@ impl Api {
             &self.log.state(),
             self.history.days(),
         )
+    }
+}
+
+/// Whether `i` belongs to the place of `e`'s path: the caller's own
+/// sandbox, the org's own, or a product's own and the org integrations
+/// shared with it.
+fn visible(state: &ConfigState, e: &Entered, i: &Integration) -> bool {
+    match (&e.place, &i.scope) {
+        (Place::Sandbox, Scope::Sandbox { owner }) => {
+            matches!(&e.who, Principal::User(u) if u == owner)
+        }
+        (Place::Org(org), Scope::Org { org: o, .. }) => org == o,
+        (Place::Product(p), Scope::Product { product }) => p == product,
+        (Place::Product(p), Scope::Org { org, products }) => {
+            products.ids().contains(p) && state.product(*p).is_some_and(|x| &x.org == org)
+        }
+        _ => false,
+    }
+}
+
+/// An edit made from version `given` (when the caller says) of a record now
+/// at `current`: anything else is a concurrent edit that won meanwhile.
+fn made_from(
+    given: Option<u64>,
+    current: u64,
+    what: impl FnOnce() -> String,
+) -> Result<(), ApiError> {
+    match given {
+        Some(v) if v != current => Err(ApiError::conflict(format!(
+            "the edit was made from version {v}; {} is at version {current}",
+            what()
+        ))),
+        _ => Ok(()),
     }
 }
 
@@ -197,13 +218,7 @@ pub async fn list(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
     let state = api.log.state();
     let mut items: Vec<&Arc<Integration>> = state
         .integrations()
-        .filter(|i| match (&e.place, &i.scope) {
-            (Place::Sandbox, Scope::Sandbox { owner }) => e.who == Principal::User(owner.clone()),
-            (Place::Org(org), Scope::Org { org: o, .. }) => org == o,
-            (Place::Product(p), Scope::Product { product }) => p == product,
-            (Place::Product(p), Scope::Org { products, .. }) => products.ids().contains(p),
-            _ => false,
-        })
+        .filter(|i| visible(&state, &e, i))
         .collect();
     items.sort_by(|a, b| a.id.cmp(&b.id));
     let list: Vec<Value> = items
@@ -262,14 +277,18 @@ pub async fn edit(
             &["version"]
         },
     )?;
-    if let Some(v) = config.remove("version") {
-        if v.as_u64() != Some(current.version) {
-            return Err(ApiError::conflict(format!(
-                "the edit was made from version {v}; integration {:?} is at version {}",
-                &*current.id, current.version
-            )));
-        }
-    }
+    let given = match config.remove("version") {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or_else(|| {
+            ApiError::invalid(
+                "version",
+                format!("must be the version number edited, got {v}"),
+            )
+        })?),
+    };
+    made_from(given, current.version, || {
+        format!("integration {:?}", &*current.id)
+    })?;
     let products = match (config.remove("products"), &current.scope) {
         (Some(p), _) => Some(p),
         (None, Scope::Org { products, .. }) => Some(products.ids().into()),
@@ -512,11 +531,11 @@ pub async fn list_products(
     Ok(Json(json!({ "products": products })))
 }
 
-/// The product `p` of the path's org, or 404 (also when it is another org's).
-fn product_in(
+/// The product id of the path and its catalog record, whichever org has it
+/// (each caller decides what another org's product answers).
+fn catalog_entry(
     api: &Api,
     params: &HashMap<String, String>,
-    org: &str,
 ) -> Result<(u32, Option<Product>), ApiError> {
     let raw = &params["id"];
     let p = raw
@@ -525,10 +544,7 @@ fn product_in(
         .filter(|p| *p > 0)
         .ok_or_else(|| ApiError::not_found(format!("product {raw:?}")))?;
     let found = api.log.state().product(p).cloned();
-    match found {
-        Some(x) if x.org != org => Err(ApiError::not_found(format!("product {p}"))),
-        found => Ok((p, found)),
-    }
+    Ok((p, found))
 }
 
 pub async fn get_product(
@@ -538,9 +554,10 @@ pub async fn get_product(
 ) -> Reply {
     let e = api.enter(&headers, &params)?;
     let org = e.org();
-    match product_in(&api, &params, org)? {
-        (_, Some(p)) => Ok(Json(json!(p))),
-        (p, None) => Err(ApiError::not_found(format!("product {p}"))),
+    match catalog_entry(&api, &params)? {
+        (_, Some(x)) if x.org == org => Ok(Json(json!(x))),
+        // Another org's product is not found either.
+        (p, _) => Err(ApiError::not_found(format!("product {p}"))),
     }
 }
 
@@ -565,15 +582,12 @@ pub async fn put_product(
     let b: ProductBody = serde_json::from_slice(&body).map_err(|err| {
         ApiError::invalid("body", format!("expected {{\"name\": \"...\"}}: {err}"))
     })?;
-    let (p, current) = match api.log.state().product(params["id"].parse().unwrap_or(0)) {
-        Some(x) if x.org != org => {
-            return Err(ApiError::conflict(format!(
-                "product {} belongs to another org",
-                x.id
-            )))
-        }
-        _ => product_in(&api, &params, org)?,
-    };
+    let (p, current) = catalog_entry(&api, &params)?;
+    if current.as_ref().is_some_and(|x| x.org != org) {
+        return Err(ApiError::conflict(format!(
+            "product {p} belongs to another org"
+        )));
+    }
     if api.log.state().org(org).is_none() {
         return Err(ApiError::invalid(
             "org",
@@ -581,13 +595,7 @@ pub async fn put_product(
         ));
     }
     let version = current.as_ref().map_or(0, |c| c.version);
-    if let Some(v) = b.version {
-        if v != version {
-            return Err(ApiError::conflict(format!(
-                "the edit was made from version {v}; product {p} is at version {version}"
-            )));
-        }
-    }
+    made_from(b.version, version, || format!("product {p}"))?;
     let record = Product {
         id: p,
         name: b.name,
@@ -640,12 +648,7 @@ pub async fn put_org(
         )
     })?;
     let version = api.log.state().org(org).map_or(0, |o| o.version);
-    if b.version.is_some_and(|v| v != version) {
-        return Err(ApiError::conflict(format!(
-            "the edit was made from version {}; org {org:?} is at version {version}",
-            b.version.unwrap_or_default()
-        )));
-    }
+    made_from(b.version, version, || format!("org {org:?}"))?;
     let record = Org {
         id: org.to_owned(),
         name: b.name,
@@ -664,8 +667,8 @@ pub async fn delete_product(
 ) -> Result<StatusCode, ApiError> {
     let e = api.enter(&headers, &params)?;
     let org = e.operator_org("the product catalog is kept by the operator")?;
-    let (p, current) = product_in(&api, &params, org)?;
-    if current.is_none() {
+    let (p, current) = catalog_entry(&api, &params)?;
+    if !current.is_some_and(|x| x.org == org) {
         return Err(ApiError::not_found(format!("product {p}")));
     }
     if let Some(i) = api.log.state().product_in_use(p) {
