@@ -314,13 +314,7 @@ impl ConfigState {
                 format!("{} does not match the key product/{id}", product.id),
             ));
         }
-        let name = product.name.trim();
-        if name.is_empty() || name.len() > 128 {
-            return Err(RecordRefused::invalid(
-                "name",
-                format!("{:?} must be 1-128 characters", product.name),
-            ));
-        }
+        check_name(&product.name)?;
         crate::integration::validate_plain_id("org", &product.org)?;
         let current = self.products.get(&id);
         if let Some(c) = current {
@@ -334,22 +328,14 @@ impl ConfigState {
                 ));
             }
         }
-        match next_version(
-            current.map(|c| c.version),
+        let version = product.version;
+        decide(
+            current.map(|c| (c, c.version)),
             was_deleted,
-            product.version,
-            "product",
-            &id.to_string(),
-        )? {
-            Next::Same if current == Some(&product) => Ok((Change::Nothing, Applied::Unchanged)),
-            Next::Same => Err(same_version_conflict(
-                "product",
-                &id.to_string(),
-                product.version,
-            )),
-            Next::Create => Ok((Change::PutProduct(product), Applied::Created)),
-            Next::Update => Ok((Change::PutProduct(product), Applied::Updated)),
-        }
+            (product, version),
+            ("product", &id.to_string()),
+            Change::PutProduct,
+        )
     }
 
     fn check_org(
@@ -367,25 +353,15 @@ impl ConfigState {
             ));
         }
         crate::integration::validate_plain_id("id", &org.id)?;
-        if org.name.trim().is_empty() || org.name.len() > 128 {
-            return Err(RecordRefused::invalid(
-                "name",
-                format!("{:?} must be 1-128 characters", org.name),
-            ));
-        }
-        let current = self.orgs.get(id);
-        match next_version(
-            current.map(|c| c.version),
+        check_name(&org.name)?;
+        let version = org.version;
+        decide(
+            self.orgs.get(id).map(|c| (c, c.version)),
             was_deleted,
-            org.version,
-            "org",
-            id,
-        )? {
-            Next::Same if current == Some(&org) => Ok((Change::Nothing, Applied::Unchanged)),
-            Next::Same => Err(same_version_conflict("org", id, org.version)),
-            Next::Create => Ok((Change::PutOrg(org), Applied::Created)),
-            Next::Update => Ok((Change::PutOrg(org), Applied::Updated)),
-        }
+            (org, version),
+            ("org", id),
+            Change::PutOrg,
+        )
     }
 
     fn check_integration(
@@ -590,6 +566,37 @@ impl ConfigState {
     /// An integration that executes on product `id`, if any.
     pub fn product_in_use(&self, id: u32) -> Option<&Arc<Integration>> {
         self.integrations.values().find(|i| uses_product(i, id))
+    }
+}
+
+/// A catalog name, shown in lists and links.
+fn check_name(name: &str) -> Result<(), RecordRefused> {
+    let trimmed = name.trim();
+    if trimmed.is_empty() || trimmed.len() > 128 {
+        return Err(RecordRefused::invalid(
+            "name",
+            format!("{name:?} must be 1-128 characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// The version rule for a plain record (`current` with its version):
+/// created, updated, restated unchanged, or a conflict.
+fn decide<T: PartialEq>(
+    current: Option<(&T, u64)>,
+    was_deleted: bool,
+    (record, version): (T, u64),
+    (what, id): (&str, &str),
+    put: fn(T) -> Change,
+) -> Result<(Change, Applied), RecordRefused> {
+    match next_version(current.map(|c| c.1), was_deleted, version, what, id)? {
+        Next::Same if current.is_some_and(|c| *c.0 == record) => {
+            Ok((Change::Nothing, Applied::Unchanged))
+        }
+        Next::Same => Err(same_version_conflict(what, id, version)),
+        Next::Create => Ok((put(record), Applied::Created)),
+        Next::Update => Ok((put(record), Applied::Updated)),
     }
 }
 
