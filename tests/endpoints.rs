@@ -24,6 +24,26 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     ))
 }
 
+/// A loopback port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real worker binary on `config`.
+fn spawn_worker(config: &std::path::Path) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["worker", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_without_integration_label() {
     let broker = Broker::start();
@@ -41,11 +61,7 @@ async fn health_readiness_and_metrics_without_integration_label() {
     let dir = tempfile::tempdir().unwrap();
     let hook = json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")});
     std::fs::write(dir.path().join("h.json"), hook.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut s = s.clone();
     s.kafka.create_topics = create;
     let config = dir.path().join("hookd.toml");
@@ -58,13 +74,7 @@ async fn health_readiness_and_metrics_without_integration_label() {
         ),
     )
     .unwrap();
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_hookd"))
-        .args(["worker", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = spawn_worker(&config);
 
     wait_until("/readyz", Duration::from_secs(30), || {
         get(port, "/readyz").is_some_and(|(s, _)| s == 200)
@@ -130,11 +140,7 @@ async fn readyz_waits_until_the_config_log_is_replayed() {
     produce(&broker, &s.kafka.config_topic, &records).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = dir.path().join("hookd.toml");
     std::fs::write(
         &config,
@@ -144,13 +150,7 @@ async fn readyz_waits_until_the_config_log_is_replayed() {
         ),
     )
     .unwrap();
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_hookd"))
-        .args(["worker", "--config"])
-        .arg(&config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = spawn_worker(&config);
     wait_until("/readyz", Duration::from_secs(30), || {
         get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     })
