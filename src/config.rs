@@ -33,7 +33,7 @@ pub struct Settings {
     pub traffic: TrafficSettings,
     pub api: ApiSettings,
     #[serde(default)]
-    pub secrets: BTreeMap<String, String>,
+    pub secrets: SecretValues,
     /// Which scopes may use each secret (`"org:<id>"`, `"user:<id>"`,
     /// `"product:<id>"`, `"*"`), for integrations from the config log.
     #[serde(default)]
@@ -124,6 +124,33 @@ pub struct TokenSettings {
     pub user: Option<String>,
     #[serde(default)]
     pub operator: bool,
+}
+
+/// `[secrets]`: name → value. A debug dump of the settings shows the names
+/// only.
+#[derive(Clone, Default, Deserialize)]
+#[serde(transparent)]
+pub struct SecretValues(pub BTreeMap<String, String>);
+
+impl std::ops::Deref for SecretValues {
+    type Target = BTreeMap<String, String>;
+    fn deref(&self) -> &BTreeMap<String, String> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for SecretValues {
+    fn deref_mut(&mut self) -> &mut BTreeMap<String, String> {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "[[SENSITIVE]]")))
+            .finish()
+    }
 }
 
 /// Tokens are secrets: never printed, not even in a debug dump of settings.
@@ -534,6 +561,12 @@ mod tests {
         assert!(
             !format!("{s:?}").contains("0123456789abcdef"),
             "tokens never printed"
+        );
+        let s = load("[secrets]\nK = \"value-never-printed\"\n", &[]).unwrap();
+        let dump = format!("{s:?}");
+        assert!(
+            dump.contains("\"K\": \"[[SENSITIVE]]\"") && !dump.contains("value-never-printed"),
+            "secret values never printed: {dump}"
         );
         let err = |toml: &str| load(toml, &[]).unwrap_err().to_string();
         assert_eq!(

@@ -51,7 +51,7 @@ pub fn dry_run(integration: &Integration, event: DeviceEvent, settings: &Setting
     }
     let ctx = EventContext::new(
         event,
-        std::sync::Arc::new(settings.secrets.clone()),
+        std::sync::Arc::new(settings.secrets.0.clone()),
         SecretMode::Mask,
     );
     match render(integration, &ctx) {
