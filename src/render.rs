@@ -10,6 +10,7 @@
 //! `[[SENSITIVE]]` (what is displayed: the `render` command, logs, the delivery
 //! log), so displayed requests never contain a secret's value.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
@@ -20,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::event::DeviceEvent;
 use crate::integration::{BodyTemplate, Integration, JsonTemplate, Method};
-use crate::template::Template;
+use crate::template::{Found, Scope, Template};
 
 /// What `{{{SECRET}}}` shows wherever a request is displayed.
 pub const SENSITIVE: &str = "[[SENSITIVE]]";
@@ -65,8 +66,9 @@ pub enum SecretMode {
     Mask,
 }
 
-/// The template variables of one event. The handlebars context is built on
-/// first use, so integrations without templates never pay for it.
+/// The template variables of one event, looked up by name as templates ask
+/// for them ([`Scope`]); the event data's JSON is parsed on first use and the
+/// whole handlebars context built only for what only handlebars renders.
 pub struct EventContext {
     event: DeviceEvent,
     secrets: Secrets,
@@ -75,8 +77,26 @@ pub struct EventContext {
     /// variables: a copy and a base64 of the whole record per event, which
     /// few templates use.
     whole_event: bool,
+    /// The keys of JSON event data (empty when the data is not an object).
+    data: OnceLock<Map<String, Value>>,
     context: OnceLock<Context>,
 }
+
+/// The predefined variables of PARTICLE.md ("Templates").
+const PREDEFINED: [&str; 12] = [
+    "PARTICLE_DEVICE_ID",
+    "PARTICLE_EVENT_NAME",
+    "PARTICLE_EVENT_VALUE",
+    "SPARK_EVENT_VALUE",
+    "PARTICLE_PUBLISHED_AT",
+    "SPARK_PUBLISHED_AT",
+    "PARTICLE_EVENT_ID",
+    "PRODUCT_ID",
+    "PRODUCT_USER_ID",
+    "PRODUCT_VERSION",
+    "PARTICLE_EVENT_JSON",
+    "PARTICLE_EVENT_BASE64",
+];
 
 impl EventContext {
     pub fn new(event: DeviceEvent, secrets: Secrets, mode: SecretMode) -> EventContext {
@@ -85,6 +105,7 @@ impl EventContext {
             secrets,
             mode,
             whole_event: true,
+            data: OnceLock::new(),
             context: OnceLock::new(),
         }
     }
@@ -100,17 +121,62 @@ impl EventContext {
         &self.event
     }
 
-    fn context(&self) -> &Context {
-        // `Context::from` takes the value as it is; `Context::wraps` would
-        // serialize it into a second copy.
-        self.context.get_or_init(|| {
-            Context::from(variables(
-                &self.event,
-                &self.secrets,
-                self.mode,
-                self.whole_event,
-            ))
-        })
+    fn data(&self) -> &Map<String, Value> {
+        self.data
+            .get_or_init(|| match serde_json::from_str::<Value>(&self.event.data) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            })
+    }
+
+    /// A predefined variable's value.
+    fn predefined(&self, name: &str) -> Option<Cow<'_, str>> {
+        let e = &self.event;
+        let text = match name {
+            "PARTICLE_DEVICE_ID" => &e.device_id,
+            "PARTICLE_EVENT_NAME" => &e.name,
+            "PARTICLE_EVENT_VALUE" | "SPARK_EVENT_VALUE" => &e.data,
+            "PARTICLE_PUBLISHED_AT" | "SPARK_PUBLISHED_AT" => &e.published_at,
+            "PARTICLE_EVENT_ID" => &e.id,
+            "PRODUCT_ID" => {
+                return Some(
+                    e.product_id
+                        .map(|p| p.to_string())
+                        .unwrap_or_default()
+                        .into(),
+                )
+            }
+            "PRODUCT_USER_ID" => e.user_id.as_deref().unwrap_or(""),
+            "PRODUCT_VERSION" => {
+                return Some(e.version.map(|v| v.to_string()).unwrap_or_default().into())
+            }
+            "PARTICLE_EVENT_JSON" if self.whole_event => &e.raw,
+            "PARTICLE_EVENT_BASE64" if self.whole_event => {
+                return Some(
+                    base64::engine::general_purpose::STANDARD
+                        .encode(&e.raw)
+                        .into(),
+                )
+            }
+            _ => return None,
+        };
+        Some(Cow::Borrowed(text))
+    }
+
+    /// Every variable, as one JSON object. Precedence, lowest first: the keys
+    /// of JSON event data, then secrets, then the predefined variables, so a
+    /// device can never replace a secret or a predefined value.
+    pub fn variables(&self) -> Map<String, Value> {
+        let mut vars = self.data().clone();
+        for (name, value) in self.secrets.iter() {
+            vars.insert(name.clone(), Value::String(self.shown(value).to_owned()));
+        }
+        for name in PREDEFINED {
+            if let Some(v) = self.predefined(name) {
+                vars.insert(name.to_owned(), Value::String(v.into_owned()));
+            }
+        }
+        vars
     }
 
     /// Renders `t` with the event's variables overlaid by `extra` (the keys of
@@ -121,16 +187,23 @@ impl EventContext {
         t: &Template,
         extra: &Map<String, Value>,
     ) -> Result<String, RenderFailure> {
-        let mut vars = match self.context().data() {
-            Value::Object(m) => m.clone(),
-            _ => Map::new(),
+        let scope = Overlay {
+            extra,
+            base: self,
+            context: OnceLock::new(),
         };
-        vars.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let ctx = Context::from(Value::Object(vars));
-        t.render(&ctx).map_err(|e| RenderFailure::Template {
+        t.render(&scope).map_err(|e| RenderFailure::Template {
             field: field.to_owned(),
             message: e.to_string(),
         })
+    }
+
+    /// A secret's value as this context shows it.
+    fn shown<'a>(&self, value: &'a str) -> &'a str {
+        match self.mode {
+            SecretMode::Reveal => value,
+            SecretMode::Mask => SENSITIVE,
+        }
     }
 
     /// Whether this context was made with exactly `secrets` (the same map).
@@ -146,62 +219,55 @@ impl EventContext {
     pub(crate) fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
         match t {
             Template::Literal(s) => Ok(s.clone()),
-            _ => t
-                .render(self.context())
-                .map_err(|e| RenderFailure::Template {
-                    field: field.to_owned(),
-                    message: e.to_string(),
-                }),
+            _ => t.render(self).map_err(|e| RenderFailure::Template {
+                field: field.to_owned(),
+                message: e.to_string(),
+            }),
         }
     }
 }
 
-/// Every variable of PARTICLE.md ("Templates"). Precedence, lowest first: the
-/// keys of JSON event data, then secrets, then the predefined variables, so a
-/// device can never replace a secret or a predefined value.
-pub fn variables(
-    event: &DeviceEvent,
-    secrets: &BTreeMap<String, String>,
-    mode: SecretMode,
-    whole_event: bool,
-) -> Value {
-    let mut vars = match serde_json::from_str::<Value>(&event.data) {
-        Ok(Value::Object(map)) => map,
-        _ => Map::new(),
-    };
-    for (name, value) in secrets {
-        let shown = match mode {
-            SecretMode::Reveal => value.clone(),
-            SecretMode::Mask => SENSITIVE.to_owned(),
-        };
-        vars.insert(name.clone(), Value::String(shown));
+impl Scope for EventContext {
+    fn lookup(&self, name: &str) -> Option<Found<'_>> {
+        if let Some(v) = self.predefined(name) {
+            return Some(Found::Text(v));
+        }
+        if let Some(v) = self.secrets.get(name) {
+            return Some(Found::Text(Cow::Borrowed(self.shown(v))));
+        }
+        self.data().get(name).map(Found::Json)
     }
-    let s = |v: &str| Value::String(v.to_owned());
-    let opt = |v: Option<String>| Value::String(v.unwrap_or_default());
-    vars.insert("PARTICLE_DEVICE_ID".into(), s(&event.device_id));
-    vars.insert("PARTICLE_EVENT_NAME".into(), s(&event.name));
-    vars.insert("PARTICLE_EVENT_VALUE".into(), s(&event.data));
-    vars.insert("SPARK_EVENT_VALUE".into(), s(&event.data));
-    vars.insert("PARTICLE_PUBLISHED_AT".into(), s(&event.published_at));
-    vars.insert("SPARK_PUBLISHED_AT".into(), s(&event.published_at));
-    vars.insert("PARTICLE_EVENT_ID".into(), s(&event.id));
-    vars.insert(
-        "PRODUCT_ID".into(),
-        opt(event.product_id.map(|p| p.to_string())),
-    );
-    vars.insert("PRODUCT_USER_ID".into(), opt(event.user_id.clone()));
-    vars.insert(
-        "PRODUCT_VERSION".into(),
-        opt(event.version.map(|v| v.to_string())),
-    );
-    if whole_event {
-        vars.insert("PARTICLE_EVENT_JSON".into(), s(&event.raw));
-        vars.insert(
-            "PARTICLE_EVENT_BASE64".into(),
-            Value::String(base64::engine::general_purpose::STANDARD.encode(&event.raw)),
-        );
+
+    fn context(&self) -> &Context {
+        // `Context::from` takes the value as it is; `Context::wraps` would
+        // serialize it into a second copy.
+        self.context
+            .get_or_init(|| Context::from(Value::Object(self.variables())))
     }
-    Value::Object(vars)
+}
+
+/// An event's variables overlaid by the keys of a JSON response.
+struct Overlay<'a> {
+    extra: &'a Map<String, Value>,
+    base: &'a EventContext,
+    context: OnceLock<Context>,
+}
+
+impl Scope for Overlay<'_> {
+    fn lookup(&self, name: &str) -> Option<Found<'_>> {
+        match self.extra.get(name) {
+            Some(v) => Some(Found::Json(v)),
+            None => self.base.lookup(name),
+        }
+    }
+
+    fn context(&self) -> &Context {
+        self.context.get_or_init(|| {
+            let mut vars = self.base.variables();
+            vars.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Context::from(Value::Object(vars))
+        })
+    }
 }
 
 /// The request exactly as it will be sent.
@@ -297,6 +363,12 @@ pub fn render(
                 encode_form(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).into()
             }
         }
+        BodyTemplate::Json(t) if literal_keys(t) => {
+            headers.push(("Content-Type".into(), "application/json".into()));
+            let mut out = Vec::with_capacity(256);
+            write_json_body(ctx, t, with_defaults && !is_get, &defaults, &mut out)?;
+            out.into()
+        }
         BodyTemplate::Json(t) => {
             let mut value = render_json(ctx, "json", t)?;
             json_body(
@@ -330,7 +402,13 @@ pub fn render(
     }
     for (name, value) in &req.headers {
         let name = ctx.render("headers", name)?;
-        let value = ctx.render(&format!("headers.{name}"), value)?;
+        let value = ctx.render("headers", value).map_err(|e| match e {
+            RenderFailure::Template { message, .. } => RenderFailure::Template {
+                field: format!("headers.{name}"),
+                message,
+            },
+            other => other,
+        })?;
         if http::HeaderName::try_from(name.as_str()).is_err()
             || http::HeaderValue::try_from(value.as_str()).is_err()
         {
@@ -408,6 +486,111 @@ fn render_pairs(
         .iter()
         .map(|(k, v)| Ok((ctx.render(field, k)?, ctx.render(field, v)?)))
         .collect()
+}
+
+/// Whether every object key in `t` is plain text. Then the keys are those of
+/// the configured JSON object, so unique, and the body can be written
+/// straight out; templated keys may render equal, and go through a
+/// [`Value`] (where the later one wins).
+fn literal_keys(t: &JsonTemplate) -> bool {
+    match t {
+        JsonTemplate::Object(entries) => entries
+            .iter()
+            .all(|(k, v)| k.is_literal() && literal_keys(v)),
+        JsonTemplate::Array(items) => items.iter().all(literal_keys),
+        JsonTemplate::Str(_) | JsonTemplate::Other(_) => true,
+    }
+}
+
+/// The JSON body, written as it renders: the same bytes as rendering a
+/// [`Value`] and serializing it, without building the value.
+fn write_json_body(
+    ctx: &EventContext,
+    t: &JsonTemplate,
+    add_defaults: bool,
+    defaults: &[(&str, &str); 4],
+    out: &mut Vec<u8>,
+) -> Result<(), RenderFailure> {
+    let JsonTemplate::Object(entries) = t else {
+        return write_json(ctx, t, out);
+    };
+    out.push(b'{');
+    write_entries(ctx, entries, out)?;
+    if add_defaults {
+        let mut first = entries.is_empty();
+        for (k, v) in defaults {
+            if entries.iter().any(|(key, _)| literal_text(key) == *k) {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            write_str(out, k);
+            out.push(b':');
+            write_str(out, v);
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+fn write_json(
+    ctx: &EventContext,
+    t: &JsonTemplate,
+    out: &mut Vec<u8>,
+) -> Result<(), RenderFailure> {
+    match t {
+        JsonTemplate::Str(Template::Literal(s)) => write_str(out, s),
+        JsonTemplate::Str(s) => write_str(out, &ctx.render("json", s)?),
+        JsonTemplate::Array(items) => {
+            out.push(b'[');
+            for (n, item) in items.iter().enumerate() {
+                if n > 0 {
+                    out.push(b',');
+                }
+                write_json(ctx, item, out)?;
+            }
+            out.push(b']');
+        }
+        JsonTemplate::Object(entries) => {
+            out.push(b'{');
+            write_entries(ctx, entries, out)?;
+            out.push(b'}');
+        }
+        JsonTemplate::Other(v) => {
+            serde_json::to_writer(&mut *out, v).expect("a JSON value always serializes")
+        }
+    }
+    Ok(())
+}
+
+fn write_entries(
+    ctx: &EventContext,
+    entries: &[(Template, JsonTemplate)],
+    out: &mut Vec<u8>,
+) -> Result<(), RenderFailure> {
+    for (n, (k, v)) in entries.iter().enumerate() {
+        if n > 0 {
+            out.push(b',');
+        }
+        write_str(out, literal_text(k));
+        out.push(b':');
+        write_json(ctx, v, out)?;
+    }
+    Ok(())
+}
+
+/// The text of a literal template (keys, after [`literal_keys`]).
+fn literal_text(t: &Template) -> &str {
+    match t {
+        Template::Literal(s) => s,
+        _ => "",
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("a string always serializes");
 }
 
 fn render_json(ctx: &EventContext, field: &str, t: &JsonTemplate) -> Result<Value, RenderFailure> {
@@ -519,6 +702,102 @@ mod tests {
             "API_KEY".to_owned(),
             "s3cr3t".to_owned(),
         )]))
+    }
+
+    /// Templates look variables up one by one; handlebars gets them all as
+    /// one object. Both must see the same values, precedence included.
+    #[test]
+    fn looked_up_variables_equal_the_built_context() {
+        let data = r#"{"PARTICLE_DEVICE_ID":"spoof","API_KEY":"spoof","t":21.5,"ok":true,"nested":{"a":[1,"x&y"]}}"#;
+        let mut names: Vec<String> = PREDEFINED.iter().map(|n| n.to_string()).collect();
+        names.extend(
+            [
+                "API_KEY",
+                "t",
+                "ok",
+                "nested.a.1",
+                "nested.a",
+                "missing",
+                "t.x",
+            ]
+            .map(String::from),
+        );
+        for mode in [SecretMode::Reveal, SecretMode::Mask] {
+            for whole in [true, false] {
+                let mut ctx = EventContext::new(event(data), secrets(), mode);
+                if !whole {
+                    ctx = ctx.without_whole_event();
+                }
+                for name in &names {
+                    for source in [format!("{{{{{{{name}}}}}}}"), format!("<{{{{{name}}}}}>")] {
+                        let t = Template::compile(&source).unwrap();
+                        assert!(matches!(t, Template::Direct(_)), "{source}");
+                        let direct = t.render(&ctx).unwrap();
+                        let built = t.render(ctx.context()).unwrap();
+                        assert_eq!(direct, built, "{source}, {mode:?}, whole event {whole}");
+                    }
+                }
+                let value = |n: &str| Template::compile(n).unwrap().render(&ctx).unwrap();
+                assert_eq!(
+                    value("{{{PARTICLE_DEVICE_ID}}}"),
+                    "e00fce68aaaaaaaaaaaaaaaa"
+                );
+                let key = if mode == SecretMode::Reveal {
+                    "s3cr3t"
+                } else {
+                    SENSITIVE
+                };
+                assert_eq!(value("{{{API_KEY}}}"), key);
+                assert_eq!(value("{{{nested.a.1}}}"), "x&y");
+                assert_eq!(value("{{{PARTICLE_EVENT_JSON}}}").is_empty(), !whole);
+            }
+        }
+    }
+
+    /// JSON bodies are written as they render; the bytes must be those of
+    /// the rendered value serialized, defaults and escaping included.
+    #[test]
+    fn written_json_bodies_equal_serialized_values() {
+        let data = r#"{"t":21.5,"s":"q\"uote\\ \u00e9 <tag>","arr":[1,{"x":null}],"o":{"k":"v"}}"#;
+        let ctx = EventContext::new(event(data), secrets(), SecretMode::Reveal);
+        let templates = [
+            json!({}),
+            json!({"a": "{{{t}}}", "b": "{{s}}", "c": "{{{s}}}", "d": 7, "e": null, "f": [true, "{{{o.k}}}", [], {}]}),
+            json!({"event": "mine", "nested": {"deep": {"arr": ["{{{arr.1.x}}}", 2.5e10, "x{{{t}}}y"]}}}),
+            json!({"data": "{{{PARTICLE_EVENT_VALUE}}}", "coreid": "{{{PARTICLE_DEVICE_ID}}}", "k": "{{{API_KEY}}}"}),
+            json!({"published_at": "", "event": "", "data": "", "coreid": ""}),
+        ];
+        for t in templates {
+            let i = integration(json!({"json": t}));
+            let BodyTemplate::Json(jt) = &i.request.body else {
+                panic!("{t} is a JSON object template")
+            };
+            assert!(literal_keys(jt));
+            let e = ctx.event();
+            let defaults: [(&str, &str); 4] = [
+                ("event", &e.name),
+                ("data", &e.data),
+                ("published_at", &e.published_at),
+                ("coreid", &e.device_id),
+            ];
+            for add_defaults in [true, false] {
+                let mut written = Vec::new();
+                write_json_body(&ctx, jt, add_defaults, &defaults, &mut written).unwrap();
+                let mut value = render_json(&ctx, "json", jt).unwrap();
+                let serialized = json_body(&mut value, add_defaults, &defaults, &mut Vec::new());
+                assert_eq!(
+                    String::from_utf8(written).unwrap(),
+                    String::from_utf8(serialized.to_vec()).unwrap(),
+                    "{t}, defaults {add_defaults}"
+                );
+            }
+        }
+        // Templated keys may collide, so they take the value path.
+        let i = integration(json!({"json": {"{{{PARTICLE_EVENT_NAME}}}": 1}}));
+        let BodyTemplate::Json(jt) = &i.request.body else {
+            panic!("a JSON object template")
+        };
+        assert!(!literal_keys(jt));
     }
 
     #[test]

@@ -18,8 +18,11 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use std::borrow::Cow;
+
+use handlebars::template::{Parameter, TemplateElement};
 use handlebars::{
-    BlockContext, Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy, Output,
+    BlockContext, Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy, Output, Path,
     RenderContext, RenderError, RenderErrorReason, Renderable, StringOutput,
 };
 use serde_json::Value;
@@ -45,59 +48,165 @@ pub enum Template {
     /// Shared: integrations repeat the same templates (the defaults, common
     /// variables), and each distinct source is compiled once.
     Compiled(Arc<handlebars::Template>),
-    /// Exactly one variable, `{{{a.b.0}}}` or `{{a}}`: most JSON and form
-    /// fields of Particle webhooks. Rendered by a direct lookup; values that
-    /// are not a string, number or boolean go through handlebars, so the
-    /// output is always what handlebars would give.
-    Variable(Arc<Variable>),
+    /// Text and plain variable tags only, `{{{a.b.0}}}` or `{{a}}`: most
+    /// fields of Particle webhooks (`{{{t}}}`, `https://x/{{{PRODUCT_ID}}}`,
+    /// the default response topic). Rendered by direct lookups in a
+    /// [`Scope`], without building the handlebars context; a value that is
+    /// not a string, number or boolean sends the whole template through
+    /// handlebars, so the output is always what handlebars would give.
+    Direct(Arc<Direct>),
+}
+
+/// Where template variables come from: names looked up one at a time (an
+/// event's variables, without building them all), or a whole handlebars
+/// context for what only handlebars renders.
+pub trait Scope {
+    /// The value of a top-level name.
+    fn lookup(&self, name: &str) -> Option<Found<'_>>;
+    /// Every variable, as handlebars needs them.
+    fn context(&self) -> &Context;
+}
+
+/// A variable's value: text, or JSON (event data keys) to go into.
+pub enum Found<'a> {
+    Text(Cow<'a, str>),
+    Json(&'a Value),
+}
+
+impl Scope for Context {
+    fn lookup(&self, name: &str) -> Option<Found<'_>> {
+        match self.data() {
+            Value::Object(map) => map.get(name).map(Found::Json),
+            _ => None,
+        }
+    }
+
+    fn context(&self) -> &Context {
+        self
+    }
 }
 
 #[derive(Debug)]
-pub struct Variable {
-    path: Vec<String>,
-    /// `{{{x}}}`: inserted as is; `{{x}}`: HTML-escaped.
-    raw: bool,
+pub struct Direct {
+    parts: Vec<Part>,
+    /// Bytes of text, to size the output once.
+    text_len: usize,
     compiled: Arc<handlebars::Template>,
 }
 
-impl Variable {
-    /// The path of a source that is one plain variable tag, if it is.
-    fn parse(source: &str) -> Option<(Vec<String>, bool)> {
-        let (inner, raw) = match source.strip_prefix("{{{") {
-            Some(rest) => (rest.strip_suffix("}}}")?, true),
-            None => (source.strip_prefix("{{")?.strip_suffix("}}")?, false),
-        };
-        let path: Vec<String> = inner.split('.').map(str::to_owned).collect();
-        let plain =
-            |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        let first = &path[0];
-        let ok = path.iter().all(plain)
-            && !first.starts_with(|c: char| c.is_ascii_digit())
-            && first != "this";
-        ok.then_some((path, raw))
+#[derive(Debug)]
+enum Part {
+    Text(String),
+    /// `{{{x}}}` (`raw`): inserted as is; `{{x}}`: HTML-escaped.
+    Variable {
+        path: Vec<String>,
+        raw: bool,
+    },
+}
+
+impl Direct {
+    /// The parts of a compiled template made only of text and plain
+    /// variable tags, if it is one. Taken from handlebars' own parse, so
+    /// escapes (`\{{`) and whitespace control are as handlebars reads them.
+    fn from_compiled(source: &str, compiled: &Arc<handlebars::Template>) -> Option<Direct> {
+        if source.contains('~') {
+            // Whitespace control trims the text around a tag.
+            return None;
+        }
+        let mut parts = Vec::with_capacity(compiled.elements.len());
+        for element in &compiled.elements {
+            let (h, raw) = match element {
+                TemplateElement::RawString(s) => {
+                    parts.push(Part::Text(s.clone()));
+                    continue;
+                }
+                TemplateElement::HtmlExpression(h) => (h, true),
+                TemplateElement::Expression(h) => (h, false),
+                _ => return None,
+            };
+            if !h.params.is_empty() || !h.hash.is_empty() || h.block || h.template.is_some() {
+                return None;
+            }
+            let name = match &h.name {
+                Parameter::Name(n) => n.as_str(),
+                Parameter::Path(Path::Relative((_, raw))) => raw.as_str(),
+                _ => return None,
+            };
+            parts.push(Part::Variable {
+                path: plain_path(name)?,
+                raw,
+            });
+        }
+        let text_len = parts
+            .iter()
+            .map(|p| match p {
+                Part::Text(t) => t.len(),
+                Part::Variable { .. } => 0,
+            })
+            .sum();
+        Some(Direct {
+            parts,
+            text_len,
+            compiled: compiled.clone(),
+        })
     }
 
-    fn render(&self, ctx: &Context) -> Result<String, RenderError> {
-        let mut at = ctx.data();
-        for segment in &self.path {
-            let next = match at {
-                Value::Object(map) => map.get(segment),
-                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
-                _ => None,
+    fn render(&self, scope: &(impl Scope + ?Sized)) -> Result<String, RenderError> {
+        let mut out = String::with_capacity(self.text_len + 32);
+        for part in &self.parts {
+            let (path, raw) = match part {
+                Part::Text(t) => {
+                    out.push_str(t);
+                    continue;
+                }
+                Part::Variable { path, raw } => (path, *raw),
             };
-            match next {
-                Some(v) => at = v,
-                None => return Ok(String::new()),
+            let text: Cow<'_, str> = match scope.lookup(&path[0]) {
+                // A missing name renders empty, as in mustache.
+                None => continue,
+                Some(Found::Text(s)) if path.len() == 1 => s,
+                // There is nothing inside a string.
+                Some(Found::Text(_)) => continue,
+                Some(Found::Json(v)) => match navigate(v, &path[1..]) {
+                    None => continue,
+                    Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
+                    Some(Value::Number(n)) => Cow::Owned(n.to_string()),
+                    Some(Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
+                    Some(_) => return render_compiled(&self.compiled, scope.context()),
+                },
+            };
+            if raw {
+                out.push_str(&text);
+            } else {
+                escape_html_into(&mut out, &text);
             }
         }
-        let text = match at {
-            Value::String(s) => s.clone(),
-            Value::Number(n) => n.to_string(),
-            Value::Bool(b) => b.to_string(),
-            _ => return render_compiled(&self.compiled, ctx),
-        };
-        Ok(if self.raw { text } else { escape_html(&text) })
+        Ok(out)
     }
+}
+
+/// The segments of `a.b.0`, if the name is a plain path: letters, digits
+/// and `_`, not starting with a digit, not `this`.
+fn plain_path(name: &str) -> Option<Vec<String>> {
+    let path: Vec<String> = name.split('.').map(str::to_owned).collect();
+    let plain =
+        |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    let first = &path[0];
+    let ok = path.iter().all(plain)
+        && !first.starts_with(|c: char| c.is_ascii_digit())
+        && first != "this";
+    ok.then_some(path)
+}
+
+fn navigate<'v>(mut at: &'v Value, path: &[String]) -> Option<&'v Value> {
+    for segment in path {
+        at = match at {
+            Value::Object(map) => map.get(segment)?,
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
 }
 
 impl Template {
@@ -117,12 +226,8 @@ impl Template {
             handlebars::Template::compile(&translated)
                 .map_err(|e| TemplateError::Parse(describe_parse_error(&e)))?,
         );
-        let template = match Variable::parse(source) {
-            Some((path, raw)) => Template::Variable(Arc::new(Variable {
-                path,
-                raw,
-                compiled,
-            })),
+        let template = match Direct::from_compiled(&translated, &compiled) {
+            Some(direct) => Template::Direct(Arc::new(direct)),
             None => Template::Compiled(compiled),
         };
         let mut cache = cache().lock().expect("cache lock is never poisoned");
@@ -140,11 +245,11 @@ impl Template {
         matches!(self, Template::Literal(_))
     }
 
-    pub fn render(&self, ctx: &Context) -> Result<String, RenderError> {
+    pub fn render(&self, scope: &(impl Scope + ?Sized)) -> Result<String, RenderError> {
         match self {
             Template::Literal(s) => Ok(s.clone()),
-            Template::Compiled(t) => render_compiled(t, ctx),
-            Template::Variable(v) => v.render(ctx),
+            Template::Compiled(t) => render_compiled(t, scope.context()),
+            Template::Direct(d) => d.render(scope),
         }
     }
 }
@@ -193,6 +298,11 @@ fn registry() -> &'static Handlebars<'static> {
 /// Mustache's escaping for `{{x}}`: `& < > " '`, nothing else.
 pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
+    escape_html_into(&mut out, s);
+    out
+}
+
+fn escape_html_into(out: &mut String, s: &str) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -203,7 +313,6 @@ pub fn escape_html(s: &str) -> String {
             c => out.push(c),
         }
     }
-    out
 }
 
 /// Rewrites mustache sections into the helper calls handlebars understands.
@@ -511,22 +620,41 @@ mod tests {
             prop_assert_eq!(render(&s, json!({})), s);
         }
 
-        /// One-variable templates (looked up directly) render exactly as
-        /// handlebars renders them, whatever the value.
+                /// Templates of text and plain variables (looked up directly) render
+        /// exactly as handlebars renders them, whatever the values; text
+        /// with braces or backslashes either takes the same path or goes to
+        /// handlebars.
         #[test]
-        fn the_variable_fast_path_agrees_with_handlebars(
-            raw in any::<bool>(),
-            path in prop::sample::select(vec!["v", "a.aa", "c.0.ca", "c.1", "c", "n", "f", "b", "z", "c.9", "a.aa.x", "nul", "len"]),
+        fn the_direct_path_agrees_with_handlebars(
+            pieces in prop::collection::vec((
+                "[a-z /:&]{0,4}|[a-z{}\\\\~.!]{0,4}",
+                any::<bool>(),
+                prop::sample::select(vec!["v", "a.aa", "c.0.ca", "c.1", "c", "n", "f", "b", "z", "c.9", "a.aa.x", "nul", "len", "v.0"]),
+            ), 1..4),
+            tail in "[a-z /]{0,4}",
             v in "\\PC{0,16}",
         ) {
             let data = json!({"v": v, "a": {"aa": "x&y"}, "c": [{"ca": "<1>"}, 7], "n": 0,
                               "f": 2.5, "b": false, "nul": null, "len": [1, 2]});
-            let source = if raw { format!("{{{{{{{path}}}}}}}") } else { format!("{{{{{path}}}}}") };
-            let fast = Template::compile(&source).unwrap();
-            prop_assert!(matches!(fast, Template::Variable(_)), "{} takes the fast path", source);
-            let Template::Variable(var) = &fast else { unreachable!() };
+            let mut source = String::new();
+            let mut plain = true;
+            for (text, raw, path) in &pieces {
+                plain &= text.chars().all(|c| c.is_ascii_lowercase() || " /:&".contains(c));
+                source.push_str(text);
+                source.push_str(&if *raw { format!("{{{{{{{path}}}}}}}") } else { format!("{{{{{path}}}}}") });
+            }
+            source.push_str(&tail);
+            let Ok(t) = Template::compile(&source) else { return Ok(()) };
+            if plain {
+                prop_assert!(matches!(t, Template::Direct(_)), "{} takes the direct path", source);
+            }
             let ctx = Context::wraps(data).unwrap();
-            prop_assert_eq!(fast.render(&ctx).unwrap(), render_compiled(&var.compiled, &ctx).unwrap());
+            let by_handlebars = match &t {
+                Template::Direct(d) => render_compiled(&d.compiled, &ctx).unwrap(),
+                Template::Compiled(c) => render_compiled(c, &ctx).unwrap(),
+                Template::Literal(s) => s.clone(),
+            };
+            prop_assert_eq!(t.render(&ctx).unwrap(), by_handlebars);
         }
 
         /// Any string value inserted with a triple-stache comes out unchanged,
