@@ -137,14 +137,17 @@ impl Dispatcher {
                 .await
                 .expect("the semaphore is never closed");
             metrics::gauge!(INFLIGHT_DELIVERIES).increment(1.0);
-            let outcome = self.deliverer.send(&request, i.reject_unauthorized).await;
+            // Boxed: hyper's request future is ~3 KiB, and every task
+            // holding an attempt would otherwise be that much larger, copied
+            // whole when it is spawned.
+            let outcome = Box::pin(self.deliverer.send(&request, i.reject_unauthorized)).await;
             metrics::gauge!(INFLIGHT_DELIVERIES).decrement(1.0);
             outcome
         };
         self.sleeping.observe(&host, outcome.is_success());
         self.recorder.record(&a.matched, &outcome);
         if let Some(book) = self.recorder.traffic() {
-            book.sample(&i, a.matched.product, ctx.event(), &outcome);
+            book.sample(&i, a.matched.product, ctx.shared_event(), &outcome);
         }
         match &outcome.result {
             Ok(_) => {
@@ -183,7 +186,12 @@ impl Dispatcher {
     fn sample_failure(&self, ctx: &EventContext, a: &Attempt, message: &str) {
         if let Some(book) = self.recorder.traffic() {
             let m = &a.matched;
-            book.sample_failure(&m.integration, m.product, ctx.event(), message.to_owned());
+            book.sample_failure(
+                &m.integration,
+                m.product,
+                ctx.shared_event(),
+                message.to_owned(),
+            );
         }
     }
 

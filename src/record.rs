@@ -6,7 +6,7 @@
 //! product), which the demo prints and the stats publisher reads.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::deliver::Outcome;
 use crate::resolve::Match;
@@ -22,6 +22,13 @@ pub enum OutcomeKind {
 }
 
 impl OutcomeKind {
+    /// In the order of their discriminants.
+    pub const ALL: [OutcomeKind; 3] = [
+        OutcomeKind::Success,
+        OutcomeKind::Error,
+        OutcomeKind::Skipped,
+    ];
+
     pub fn as_label(self) -> &'static str {
         match self {
             OutcomeKind::Success => "success",
@@ -67,21 +74,47 @@ pub type TallyKey = (Arc<str>, Option<u32>);
 
 /// In-process counters. A plain mutex: the critical section is one hash
 /// update, far shorter than anything that would justify a sharded map.
+/// A row of the tally, with its Prometheus counters made once (a labelled
+/// counter looked up by name per attempt costs a key built, hashed and
+/// compared).
+#[derive(Debug, Default)]
+struct Row {
+    counts: Counts,
+    /// Success, error, skipped.
+    attempts: Option<[metrics::Counter; 3]>,
+}
+
 #[derive(Debug, Default, Clone)]
-pub struct Tally(Arc<Mutex<HashMap<TallyKey, Counts>>>);
+pub struct Tally(Arc<Mutex<HashMap<TallyKey, Row>>>);
 
 impl Tally {
     pub fn add(&self, integration: &Arc<str>, product: Option<u32>, kind: OutcomeKind) {
-        let mut map = self.0.lock().expect("tally lock is never poisoned");
-        map.entry((integration.clone(), product))
-            .or_default()
-            .add(kind);
+        self.add_counted(integration, product, kind, None);
     }
 
-    /// A copy of every row, sorted by integration then product.
+    /// Adds one and increments the row's Prometheus counter, made on the
+    /// row's first attempt (`integration_label`: with the integration id).
+    fn add_counted(
+        &self,
+        integration: &Arc<str>,
+        product: Option<u32>,
+        kind: OutcomeKind,
+        prometheus: Option<bool>,
+    ) {
+        let mut map = self.0.lock().expect("tally lock is never poisoned");
+        let row = map.entry((integration.clone(), product)).or_default();
+        row.counts.add(kind);
+        if let Some(integration_label) = prometheus {
+            let counters = row
+                .attempts
+                .get_or_insert_with(|| attempt_counters(integration, product, integration_label));
+            counters[kind as usize].increment(1);
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<(TallyKey, Counts)> {
         let map = self.0.lock().expect("tally lock is never poisoned");
-        let mut rows: Vec<_> = map.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut rows: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.counts)).collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }
@@ -91,8 +124,8 @@ impl Tally {
         let map = self.0.lock().expect("tally lock is never poisoned");
         map.iter().filter(|((_, p), _)| *p == Some(product)).fold(
             Counts::default(),
-            |mut acc, (_, c)| {
-                acc += *c;
+            |mut acc, (_, row)| {
+                acc += row.counts;
                 acc
             },
         )
@@ -101,7 +134,7 @@ impl Tally {
     pub fn get(&self, integration: &str, product: Option<u32>) -> Counts {
         let map = self.0.lock().expect("tally lock is never poisoned");
         map.get(&(Arc::from(integration), product))
-            .copied()
+            .map(|row| row.counts)
             .unwrap_or_default()
     }
 }
@@ -115,6 +148,25 @@ pub struct Recorder {
     /// Config `metrics.integration_label`: off for fleets with very many
     /// integrations, where one series per integration costs too much.
     integration_label: bool,
+    /// `hookd_webhook_duration_seconds` per outcome, made on first use
+    /// (from the metrics recorder installed by then).
+    durations: Arc<OnceLock<[metrics::Histogram; 3]>>,
+}
+
+/// `hookd_webhook_attempts_total` of one (integration, product), per outcome.
+fn attempt_counters(
+    integration: &str,
+    product: Option<u32>,
+    integration_label: bool,
+) -> [metrics::Counter; 3] {
+    let product = product.map(|p| p.to_string()).unwrap_or_default();
+    OutcomeKind::ALL.map(|kind| {
+        if integration_label {
+            metrics::counter!(WEBHOOK_ATTEMPTS, "integration" => integration.to_owned(), "product" => product.clone(), "outcome" => kind.as_label())
+        } else {
+            metrics::counter!(WEBHOOK_ATTEMPTS, "product" => product.clone(), "outcome" => kind.as_label())
+        }
+    })
 }
 
 impl Recorder {
@@ -123,6 +175,7 @@ impl Recorder {
             tally,
             traffic: None,
             integration_label,
+            durations: Arc::default(),
         }
     }
 
@@ -151,19 +204,19 @@ impl Recorder {
 
     /// Counts an attempt of `kind` that took `elapsed` (zero for skipped).
     pub fn record_kind(&self, m: &Match, kind: OutcomeKind, elapsed: std::time::Duration) {
-        self.tally.add(&m.integration.id, m.product, kind);
+        self.tally.add_counted(
+            &m.integration.id,
+            m.product,
+            kind,
+            Some(self.integration_label),
+        );
         if let Some(book) = &self.traffic {
             book.count(&m.integration.id, m.product, kind);
         }
-        let product = m.product.map(|p| p.to_string()).unwrap_or_default();
-        if self.integration_label {
-            metrics::counter!(WEBHOOK_ATTEMPTS, "integration" => m.integration.id.to_string(), "product" => product, "outcome" => kind.as_label())
-                .increment(1);
-        } else {
-            metrics::counter!(WEBHOOK_ATTEMPTS, "product" => product, "outcome" => kind.as_label())
-                .increment(1);
-        }
-        metrics::histogram!(WEBHOOK_DURATION, "outcome" => kind.as_label())
-            .record(elapsed.as_secs_f64());
+        let durations = self.durations.get_or_init(|| {
+            OutcomeKind::ALL
+                .map(|kind| metrics::histogram!(WEBHOOK_DURATION, "outcome" => kind.as_label()))
+        });
+        durations[kind as usize].record(elapsed.as_secs_f64());
     }
 }

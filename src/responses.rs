@@ -8,7 +8,7 @@
 //! `<errorResponseTopic>/0` with what went wrong. Their names never trigger
 //! integrations.
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::deliver::DeliveryError;
 use crate::integration::Integration;
@@ -34,22 +34,41 @@ pub struct ResponseEvent {
 
 impl ResponseEvent {
     /// Device-event JSON, as the events stream carries it.
+    /// Written field by field (one per response event per webhook, so no
+    /// JSON value is built).
     pub fn to_json(&self, ctx: &EventContext) -> Vec<u8> {
         let e = ctx.event();
-        let mut v = json!({
-            "name": self.name,
-            "data": self.data,
-            "published_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            "coreid": self.device,
-            "userid": e.user_id.clone().unwrap_or_default(),
-            "ttl": 60,
-            "public": false,
-        });
-        if let Some(p) = e.product_id {
-            v["productID"] = json!(p);
+        let user = e.user_id.as_deref().unwrap_or("");
+        let mut out = Vec::with_capacity(
+            128 + self.name.len() + self.data.len() + self.device.len() + user.len(),
+        );
+        let published = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for (n, (key, value)) in [
+            ("name", self.name.as_str()),
+            ("data", &self.data),
+            ("published_at", &published),
+            ("coreid", &self.device),
+            ("userid", user),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out.push(if n == 0 { b'{' } else { b',' });
+            write_str(&mut out, key);
+            out.push(b':');
+            write_str(&mut out, value);
         }
-        serde_json::to_vec(&v).expect("JSON always serializes")
+        out.extend_from_slice(b",\"ttl\":60,\"public\":false");
+        if let Some(p) = e.product_id {
+            out.extend_from_slice(format!(",\"productID\":{p}").as_bytes());
+        }
+        out.push(b'}');
+        out
     }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("a string always serializes");
 }
 
 /// `hook-sent/<event name>`, emitted for each request sent.
@@ -156,6 +175,7 @@ mod tests {
     use super::*;
     use crate::event::{DeviceEvent, Origin};
     use crate::render::SecretMode;
+    use serde_json::json;
     use std::sync::Arc;
 
     fn ctx() -> EventContext {
@@ -176,6 +196,36 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         Integration::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn response_events_are_device_event_json() {
+        let e = ResponseEvent {
+            name: "r/0".into(),
+            data: "say \"hi\"\n\u{e9}".into(),
+            device: "e00fce68aaaaaaaaaaaaaaaa".into(),
+        };
+        let v: Value = serde_json::from_slice(&e.to_json(&ctx())).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "name",
+                "data",
+                "published_at",
+                "coreid",
+                "userid",
+                "ttl",
+                "public",
+                "productID"
+            ]
+        );
+        assert_eq!(v["data"], "say \"hi\"\n\u{e9}");
+        assert_eq!(
+            (&v["userid"], &v["ttl"], &v["public"], &v["productID"]),
+            (&json!("u1"), &json!(60), &json!(false), &json!(7))
+        );
+        assert!(chrono::DateTime::parse_from_rfc3339(v["published_at"].as_str().unwrap()).is_ok());
     }
 
     #[test]

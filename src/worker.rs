@@ -502,7 +502,7 @@ impl Pipeline {
                     };
                     which.push(n);
                 }
-                let attempts = matches.into_iter().zip(which).map(|(matched, n)| {
+                let attempt = |(matched, n): (Match, usize)| {
                     let a = Attempt {
                         matched,
                         number: 1,
@@ -510,8 +510,13 @@ impl Pipeline {
                         origin: origin.clone(),
                     };
                     self.dispatcher.attempt(&contexts[n], a, shutdown)
-                });
-                let settled = join_all(attempts).await;
+                };
+                let mut pairs = matches.into_iter().zip(which);
+                if pairs.len() == 1 {
+                    // Most events fire one integration: no join.
+                    return attempt(pairs.next().expect("one match")).await;
+                }
+                let settled = join_all(pairs.map(attempt)).await;
                 if settled.contains(&Settled::Abandoned) {
                     Settled::Abandoned
                 } else {
