@@ -147,7 +147,7 @@ impl Dispatcher {
         self.sleeping.observe(&host, outcome.is_success());
         self.recorder.record(&a.matched, &outcome);
         if let Some(book) = self.recorder.traffic() {
-            book.sample(&i, a.matched.product, ctx.shared_event(), &outcome);
+            book.sample(&i, a.matched.product, ctx.event(), &outcome);
         }
         match &outcome.result {
             Ok(_) => {
@@ -186,12 +186,7 @@ impl Dispatcher {
     fn sample_failure(&self, ctx: &EventContext, a: &Attempt, message: &str) {
         if let Some(book) = self.recorder.traffic() {
             let m = &a.matched;
-            book.sample_failure(
-                &m.integration,
-                m.product,
-                ctx.shared_event(),
-                message.to_owned(),
-            );
+            book.sample_failure(&m.integration, m.product, ctx.event(), message.to_owned());
         }
     }
 

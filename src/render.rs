@@ -70,8 +70,7 @@ pub enum SecretMode {
 /// for them ([`Scope`]); the event data's JSON is parsed on first use and the
 /// whole handlebars context built only for what only handlebars renders.
 pub struct EventContext {
-    /// Shared with the delivery log's samples.
-    event: Arc<DeviceEvent>,
+    event: DeviceEvent,
     secrets: Secrets,
     mode: SecretMode,
     /// Whether `PARTICLE_EVENT_JSON` and `PARTICLE_EVENT_BASE64` are
@@ -100,13 +99,9 @@ const PREDEFINED: [&str; 12] = [
 ];
 
 impl EventContext {
-    pub fn new(
-        event: impl Into<Arc<DeviceEvent>>,
-        secrets: Secrets,
-        mode: SecretMode,
-    ) -> EventContext {
+    pub fn new(event: DeviceEvent, secrets: Secrets, mode: SecretMode) -> EventContext {
         EventContext {
-            event: event.into(),
+            event,
             secrets,
             mode,
             whole_event: true,
@@ -123,11 +118,6 @@ impl EventContext {
     }
 
     pub fn event(&self) -> &DeviceEvent {
-        &self.event
-    }
-
-    /// The event, to keep beyond this context.
-    pub fn shared_event(&self) -> &Arc<DeviceEvent> {
         &self.event
     }
 

@@ -71,7 +71,7 @@ pub struct LogEntry {
 /// An attempt's outcome kept for display, rendered at flush.
 struct Sample {
     integration: Arc<Integration>,
-    event: Arc<DeviceEvent>,
+    event: DeviceEvent,
     at: DateTime<Utc>,
     status: Option<u16>,
     body: Bytes,
@@ -114,7 +114,7 @@ impl TrafficBook {
         &self,
         integration: &Arc<Integration>,
         product: Option<u32>,
-        event: &Arc<DeviceEvent>,
+        event: &DeviceEvent,
         outcome: &Outcome,
     ) {
         let (status, error) = match &outcome.result {
@@ -141,7 +141,7 @@ impl TrafficBook {
         &self,
         integration: &Arc<Integration>,
         product: Option<u32>,
-        event: &Arc<DeviceEvent>,
+        event: &DeviceEvent,
         error: String,
     ) {
         let sample = Sample {
@@ -332,15 +332,10 @@ mod tests {
                 elapsed: Duration::ZERO,
                 retry_after: None,
             };
-            book.sample(&hook, Some(7), &Arc::new(event()), &ok);
+            book.sample(&hook, Some(7), &event(), &ok);
             book.count(&hook.id, Some(7), OutcomeKind::Success);
         }
-        book.sample_failure(
-            &hook,
-            Some(7),
-            &Arc::new(event()),
-            "refused s3cr3t-value".into(),
-        );
+        book.sample_failure(&hook, Some(7), &event(), "refused s3cr3t-value".into());
         book.count(&hook.id, Some(7), OutcomeKind::Skipped);
         let (deltas, samples) = book.drain();
         let total: u64 = deltas.iter().map(|d| d.success).sum();
