@@ -12,6 +12,7 @@
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
@@ -77,8 +78,8 @@ pub struct EventContext {
     /// variables: a copy and a base64 of the whole record per event, which
     /// few templates use.
     whole_event: bool,
-    /// The keys of JSON event data (empty when the data is not an object).
-    data: OnceLock<Map<String, Value>>,
+    /// The fields of JSON event data (none when the data is not an object).
+    data: OnceLock<DataFields>,
     context: OnceLock<Context>,
 }
 
@@ -121,12 +122,9 @@ impl EventContext {
         &self.event
     }
 
-    fn data(&self) -> &Map<String, Value> {
+    fn data(&self) -> &DataFields {
         self.data
-            .get_or_init(|| match serde_json::from_str::<Value>(&self.event.data) {
-                Ok(Value::Object(map)) => map,
-                _ => Map::new(),
-            })
+            .get_or_init(|| DataFields::parse(&self.event.data))
     }
 
     /// A predefined variable's value.
@@ -167,7 +165,7 @@ impl EventContext {
     /// of JSON event data, then secrets, then the predefined variables, so a
     /// device can never replace a secret or a predefined value.
     pub fn variables(&self) -> Map<String, Value> {
-        let mut vars = self.data().clone();
+        let mut vars = self.data().to_map(&self.event.data);
         for (name, value) in self.secrets.iter() {
             vars.insert(name.clone(), Value::String(self.shown(value).to_owned()));
         }
@@ -235,7 +233,7 @@ impl Scope for EventContext {
         if let Some(v) = self.secrets.get(name) {
             return Some(Found::Text(Cow::Borrowed(self.shown(v))));
         }
-        self.data().get(name).map(Found::Json)
+        self.data().get(&self.event.data, name).map(Found::Json)
     }
 
     fn context(&self) -> &Context {
@@ -243,6 +241,111 @@ impl Scope for EventContext {
         // serialize it into a second copy.
         self.context
             .get_or_init(|| Context::from(Value::Object(self.variables())))
+    }
+}
+
+/// The top-level fields of JSON event data, each value parsed on its first
+/// lookup: templates name a few fields of data that often carries many.
+enum DataFields {
+    /// Where each key and value is in the data text.
+    Lazy(Vec<LazyField>),
+    /// Keys written with escapes: parsed whole.
+    Parsed(Map<String, Value>),
+}
+
+struct LazyField {
+    key: Range<usize>,
+    value: Range<usize>,
+    /// `None` for a value serde_json refuses though it is well formed (a
+    /// number beyond f64): that field is left out, the others stay.
+    parsed: OnceLock<Option<Value>>,
+}
+
+impl DataFields {
+    fn parse(data: &str) -> DataFields {
+        if !data.trim_start().starts_with('{') {
+            return DataFields::Parsed(Map::new());
+        }
+        match serde_json::from_str::<Spans<'_>>(data) {
+            Ok(Spans(spans)) => {
+                let at = |s: &str| {
+                    let start = s.as_ptr() as usize - data.as_ptr() as usize;
+                    start..start + s.len()
+                };
+                DataFields::Lazy(
+                    spans
+                        .into_iter()
+                        .map(|(k, v)| LazyField {
+                            key: at(k),
+                            value: at(v.get()),
+                            parsed: OnceLock::new(),
+                        })
+                        .collect(),
+                )
+            }
+            Err(_) => DataFields::Parsed(match serde_json::from_str::<Value>(data) {
+                Ok(Value::Object(map)) => map,
+                _ => Map::new(),
+            }),
+        }
+    }
+
+    /// The value of `name`; the last one when a key repeats, as a parsed
+    /// object keeps it.
+    fn get<'a>(&'a self, data: &str, name: &str) -> Option<&'a Value> {
+        match self {
+            DataFields::Parsed(map) => map.get(name),
+            DataFields::Lazy(fields) => {
+                let f = fields.iter().rev().find(|f| &data[f.key.clone()] == name)?;
+                f.value(data)
+            }
+        }
+    }
+
+    /// Every field, as handlebars needs them.
+    fn to_map(&self, data: &str) -> Map<String, Value> {
+        match self {
+            DataFields::Parsed(map) => map.clone(),
+            DataFields::Lazy(fields) => fields
+                .iter()
+                .filter_map(|f| Some((data[f.key.clone()].to_owned(), f.value(data)?.clone())))
+                .collect(),
+        }
+    }
+}
+
+impl LazyField {
+    fn value(&self, data: &str) -> Option<&Value> {
+        self.parsed
+            .get_or_init(|| serde_json::from_str(&data[self.value.clone()]).ok())
+            .as_ref()
+    }
+}
+
+/// A JSON object's keys (without escapes) and raw values, borrowed from the
+/// text.
+struct Spans<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+
+impl<'de> serde::Deserialize<'de> for Spans<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Spans<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut m: M,
+            ) -> Result<Spans<'de>, M::Error> {
+                let mut spans = Vec::with_capacity(m.size_hint().unwrap_or(8));
+                while let Some(entry) = m.next_entry()? {
+                    spans.push(entry);
+                }
+                Ok(Spans(spans))
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -752,6 +855,53 @@ mod tests {
                 assert_eq!(value("{{{PARTICLE_EVENT_JSON}}}").is_empty(), !whole);
             }
         }
+    }
+
+    /// Event data fields are parsed one by one as templates name them;
+    /// every shape of data must give what parsing it whole gives.
+    #[test]
+    fn lazily_parsed_data_fields_equal_the_whole_parse() {
+        let cases = [
+            r#"{"t":21.5,"s":"a\"b","o":{"y":[1,"z"]},"n":null,"big":1e400}"#,
+            r#" { "k" : 1 , "k" : "second" , "x" : [ ] } "#,
+            r#"{"a\u0062":"escaped key","b":2}"#,
+            r#"{"t":21.5"#,
+            "21.5",
+            "[1,2]",
+            "",
+            "{}",
+        ];
+        let names = [
+            "t", "s", "o.y.1", "o", "n", "big", "k", "x", "ab", "b", "missing",
+        ];
+        for data in cases {
+            let ctx = EventContext::new(event(data), Arc::default(), SecretMode::Reveal);
+            for name in names {
+                let t = Template::compile(&format!("{{{{{{{name}}}}}}}")).unwrap();
+                let direct = t.render(&ctx).unwrap();
+                let built = t.render(ctx.context()).unwrap();
+                assert_eq!(direct, built, "{name} in {data}");
+            }
+        }
+        // A number beyond f64 leaves out its own field, not the others.
+        let ctx = EventContext::new(event(cases[0]), Arc::default(), SecretMode::Reveal);
+        assert_eq!(
+            Template::compile("{{{t}}}|{{{big}}}")
+                .unwrap()
+                .render(&ctx)
+                .unwrap(),
+            "21.5|"
+        );
+        let ctx = EventContext::new(event(cases[1]), Arc::default(), SecretMode::Reveal);
+        assert_eq!(
+            Template::compile("{{{k}}}").unwrap().render(&ctx).unwrap(),
+            "second"
+        );
+        let ctx = EventContext::new(event(cases[2]), Arc::default(), SecretMode::Reveal);
+        assert_eq!(
+            Template::compile("{{{ab}}}").unwrap().render(&ctx).unwrap(),
+            "escaped key"
+        );
     }
 
     /// JSON bodies are written as they render; the bytes must be those of
