@@ -71,6 +71,23 @@ pub struct Dispatcher {
     pub retry: RetrySettings,
     pub responses_topic: String,
     pub dead_letter_topic: String,
+    pub meters: Meters,
+}
+
+/// The unlabelled series every attempt touches, looked up once.
+pub struct Meters {
+    throttle_wait: metrics::Histogram,
+    inflight: metrics::Gauge,
+}
+
+/// From the metrics recorder installed at the time.
+impl Default for Meters {
+    fn default() -> Meters {
+        Meters {
+            throttle_wait: metrics::histogram!(THROTTLE_WAIT),
+            inflight: metrics::gauge!(INFLIGHT_DELIVERIES),
+        }
+    }
 }
 
 impl Dispatcher {
@@ -120,7 +137,9 @@ impl Dispatcher {
                 Decision::Wait(d) => return self.defer(ctx, a, d, shutdown).await,
             }
         }
-        metrics::histogram!(THROTTLE_WAIT).record(waiting.elapsed().as_secs_f64());
+        self.meters
+            .throttle_wait
+            .record(waiting.elapsed().as_secs_f64());
 
         if let Err(e) = Signer::sign_for(&i, ctx, &mut request) {
             self.recorder
@@ -136,12 +155,12 @@ impl Dispatcher {
                 .acquire()
                 .await
                 .expect("the semaphore is never closed");
-            metrics::gauge!(INFLIGHT_DELIVERIES).increment(1.0);
+            self.meters.inflight.increment(1.0);
             // Boxed: hyper's request future is ~3 KiB, and every task
             // holding an attempt would otherwise be that much larger, copied
             // whole when it is spawned.
             let outcome = Box::pin(self.deliverer.send(&request, i.reject_unauthorized)).await;
-            metrics::gauge!(INFLIGHT_DELIVERIES).decrement(1.0);
+            self.meters.inflight.decrement(1.0);
             outcome
         };
         self.sleeping.observe(&host, outcome.is_success());

@@ -90,14 +90,19 @@ pub fn response_chunks(
         return Ok(Vec::new());
     }
     let topic = ctx.render("responseTopic", &i.response_topic)?;
-    let text = match (&i.response_template, serde_json::from_slice::<Value>(body)) {
-        (Some(t), Ok(Value::Object(fields))) => ctx.render_with("responseTemplate", t, &fields)?,
-        (Some(t), Ok(other)) => ctx.render_with(
-            "responseTemplate",
-            t,
-            &serde_json::Map::from_iter([("body".to_owned(), other)]),
-        )?,
-        _ => String::from_utf8_lossy(body).into_owned(),
+    // The body is parsed only for a template to read.
+    let parsed = || serde_json::from_slice::<Value>(body);
+    let text = match &i.response_template {
+        Some(t) => match parsed() {
+            Ok(Value::Object(fields)) => ctx.render_with("responseTemplate", t, &fields)?,
+            Ok(other) => ctx.render_with(
+                "responseTemplate",
+                t,
+                &serde_json::Map::from_iter([("body".to_owned(), other)]),
+            )?,
+            Err(_) => String::from_utf8_lossy(body).into_owned(),
+        },
+        None => String::from_utf8_lossy(body).into_owned(),
     };
     let capped = truncate(&text, MAX_RESPONSE_BYTES);
     Ok(chunks(capped, CHUNK_BYTES)

@@ -41,7 +41,7 @@ use crate::config::IntegrationSource;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
 use crate::deliver::Deliverer;
-use crate::dispatch::{Attempt, Dispatcher, Settled};
+use crate::dispatch::{Attempt, Dispatcher, Meters, Settled};
 use crate::event::{DeviceEvent, Origin};
 use crate::offsets::{OffsetLedger, Ticket};
 use crate::record::{Recorder, Tally};
@@ -262,6 +262,7 @@ impl Worker {
                 retry: s.retry.clone(),
                 responses_topic: k.responses_topic.clone(),
                 dead_letter_topic: k.dead_letter_topic.clone(),
+                meters: Meters::default(),
             }),
         };
         let tasks = TaskTracker::new();
