@@ -4,6 +4,10 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hookd::event::{DeviceEvent, Origin};
 use serde_json::json;
 
+/// The allocator of the `hookd` binary, so figures are what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench_decode(c: &mut Criterion) {
     // ~300 bytes of data, as the load benchmark's devices send.
     let data = json!({"t": 21.5, "h": 40, "battery": 87, "seq": 1234, "fw": "3.1.0", "lat": 52.1234, "lon": 4.3123,

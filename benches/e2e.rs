@@ -32,6 +32,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use serde_json::json;
 
+/// The `hookd` binary's allocator for the receiver and the bare client too,
+/// so both sides of the ratio run on the same one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEVICES: usize = 10_000;
 const CONCURRENCY: usize = 256;
 

@@ -8,6 +8,10 @@ use hookd::integration::Integration;
 use hookd::resolve::Index;
 use serde_json::json;
 
+/// The allocator of the `hookd` binary, so figures are what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench_reload(c: &mut Criterion) {
     let records: Vec<String> = (0..100_000u32)
         .map(|i| {

@@ -10,6 +10,10 @@ use hookd::integration::Integration;
 use hookd::render::{render, EventContext, SecretMode};
 use serde_json::json;
 
+/// The allocator of the `hookd` binary, so figures are what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn event() -> DeviceEvent {
     let data = json!({"t": 21.5, "h": 40, "battery": 87, "seq": 1234, "fw": "3.1.0", "lat": 52.1, "lon": 4.3}).to_string();
     let raw = json!({"name": "temperature/basement", "data": data, "published_at": "2024-05-13T10:55:40.306Z",

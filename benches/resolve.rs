@@ -9,6 +9,10 @@ use hookd::integration::Integration;
 use hookd::resolve::Index;
 use serde_json::json;
 
+/// The allocator of the `hookd` binary, so figures are what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const INTEGRATIONS: u32 = 100_000;
 const TARGET: u32 = 1;
 

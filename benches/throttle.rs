@@ -6,6 +6,10 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hookd::throttle::{LimitSettings, Throttle};
 
+/// The allocator of the `hookd` binary, so figures are what it runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn bench_throttle(c: &mut Criterion) {
     let throttle = Throttle::new(LimitSettings {
         rate: 1e9,
