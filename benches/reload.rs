@@ -1,7 +1,8 @@
 //! Reload: 100k integration records (JSON) → validated, compiled index, the
 //! work a config reload does before the atomic swap; and one change on the
 //! config log with 100k integrations live: apply the record, rebuild the
-//! index (no recompiling), which is what a worker does per batch.
+//! index (no recompiling), which is what a worker does per batch; and the
+//! file source's reload (SIGHUP): the same records read from one file.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hookd::integration::Integration;
@@ -32,6 +33,13 @@ fn bench_reload(c: &mut Criterion) {
             )
             .unwrap()
         })
+    });
+    // What a SIGHUP of the file source does: the same records as one file.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("integrations.json");
+    std::fs::write(&file, format!("[{}]", records.join(","))).unwrap();
+    group.bench_function("file_100k_integrations", |b| {
+        b.iter(|| hookd::source::load_index(&file).unwrap())
     });
     group.finish();
 
