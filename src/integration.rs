@@ -319,8 +319,10 @@ pub struct Integration {
     /// Whether a template names `PARTICLE_EVENT_JSON` or
     /// `PARTICLE_EVENT_BASE64` (a whole copy of the event; skipped otherwise).
     pub uses_whole_event: bool,
-    /// The record as given, for display and the control plane.
-    pub spec: IntegrationSpec,
+        /// The record as given, for display and the control plane. Boxed: it
+    /// is most of the integration's size, and indexes of 100k integrations
+    /// are built by moving them.
+    pub spec: Box<IntegrationSpec>,
 }
 
 impl Integration {
@@ -474,7 +476,7 @@ impl TryFrom<IntegrationSpec> for Integration {
             response_template,
             signing_secret: spec.signing_secret.clone(),
             uses_whole_event: names_whole_event(&spec),
-            spec,
+            spec: Box::new(spec),
         })
     }
 }
