@@ -12,6 +12,10 @@
 //!   p99 latency during vs before;
 //! - the limit: a bare hyper client sending the same requests at the same
 //!   concurrency to the same receiver, and the ratio hookd / limit;
+//! - CPU per webhook of the worker, the receiver and the broker, per request
+//!   of the bare client, and the Kafka floor (bare librdkafka clients
+//!   consuming the events and producing two response-sized records per
+//!   event), which give the ratio's ceiling on a CPU-bound machine;
 //! - with --soak-secs, RSS sampled every 10 s at steady load.
 
 use std::net::SocketAddr;
@@ -285,6 +289,75 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// CPU µs per record of a bare consumer reading the `n` events and of a bare
+/// producer (the worker's response-event settings) writing `2n` records of a
+/// response event's size: the Kafka work of a webhook without the webhook.
+async fn kafka_floor(brokers: &str, n: usize) -> (f64, f64) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use rdkafka::Message;
+    let brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let me = std::process::id();
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "e2e-kafka-floor")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["device-events"]).unwrap();
+        // The group join is not the per-record cost: wait for the first.
+        let first = std::iter::repeat_with(|| consumer.poll(Duration::from_millis(100)))
+            .flatten()
+            .next()
+            .unwrap();
+        let mut bytes = first.unwrap().payload().map_or(0, <[u8]>::len);
+        let cpu0 = proc_stats(me).0;
+        let mut read = 1;
+        while read < n {
+            if let Some(m) = consumer.poll(Duration::from_millis(100)) {
+                bytes += m.unwrap().payload().map_or(0, <[u8]>::len);
+                read += 1;
+            }
+        }
+        let consume_us = (proc_stats(me).0 - cpu0) * 1e6 / (n - 1) as f64;
+        assert!(bytes > 0);
+        drop(consumer);
+
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .set("delivery.report.only.error", "true")
+            .create()
+            .unwrap();
+        let payload = json!({"name": "hook-sent/temperature", "data": "undefined",
+            "published_at": "2024-05-13T10:55:40.306Z", "coreid": "particle-internal",
+            "userid": "", "ttl": 60, "public": false, "productID": 1})
+        .to_string();
+        let cpu0 = proc_stats(me).0;
+        for i in 0..2 * n {
+            let key = format!("{:024x}", i % DEVICES);
+            let mut record = BaseRecord::<str, str>::to("hookd.responses")
+                .key(&key)
+                .payload(&payload);
+            while let Err((_, back)) = producer.send(record) {
+                // Queue full: let librdkafka drain it.
+                std::thread::sleep(Duration::from_millis(1));
+                record = back;
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+        let produce_us = (proc_stats(me).0 - cpu0) * 1e6 / (2 * n) as f64;
+        (consume_us, produce_us)
+    })
+    .await
+    .unwrap()
+}
+
 /// The same requests hookd sends, from a bare hyper client at the same
 /// concurrency: the HTTP limit of this machine for this receiver.
 async fn bare_client_limit(receiver: SocketAddr, n: usize) -> f64 {
@@ -428,6 +501,8 @@ async fn run(args: Args, root: PathBuf) {
     })
     .await;
     let (cpu0, _, _) = proc_stats(pid);
+    let me = std::process::id();
+    let (receiver_cpu0, _, _) = proc_stats(me);
     let (tansu_cpu0, _, _) = proc_stats(tansu.id());
     // E2E_PERF=<file>: profile the worker while it drains the backlog.
     let perf = std::env::var("E2E_PERF").ok().map(|out| {
@@ -454,6 +529,7 @@ async fn run(args: Args, root: PathBuf) {
     })
     .await;
     let (cpu1, _, peak_after_drain) = proc_stats(pid);
+    let (receiver_cpu1, _, _) = proc_stats(me);
     let (tansu_cpu1, _, _) = proc_stats(tansu.id());
     if let Some(mut perf) = perf {
         Command::new("kill")
@@ -467,6 +543,7 @@ async fn run(args: Args, root: PathBuf) {
     let throughput = n as f64 / drain;
     let cpu_per_10k = (cpu1 - cpu0) / (n as f64 / 10_000.0);
     let tansu_per_10k = (tansu_cpu1 - tansu_cpu0) / (n as f64 / 10_000.0);
+    let receiver_us = (receiver_cpu1 - receiver_cpu0) * 1e6 / n as f64;
 
     // Latency at a steady rate, then a 100k-integration reload under it.
     let rate = if args.rate > 0 {
@@ -560,7 +637,15 @@ async fn run(args: Args, root: PathBuf) {
 
     // The limit, same receiver, same concurrency, same requests.
     let limit_n = (n as usize).min(100_000);
+    let (limit_cpu0, _, _) = proc_stats(me);
     let limit = bare_client_limit(receiver_addr, limit_n).await;
+    let limit_us = (proc_stats(me).0 - limit_cpu0) * 1e6 / limit_n as f64;
+    // What any dispatcher on Kafka pays per webhook before it sends
+    // anything: the event consumed and the two response events produced.
+    let (consume_us, produce_us) = kafka_floor(&brokers, n as usize).await;
+    let worker_us = cpu_per_10k * 100.0;
+    let tansu_us = tansu_per_10k * 100.0;
+    let floor_us = consume_us + 2.0 * produce_us;
     let _ = tansu.kill();
     let _ = tansu.wait();
 
@@ -572,6 +657,17 @@ async fn run(args: Args, root: PathBuf) {
     );
     println!("| ratio hookd / limit | {:.2} |", throughput / limit);
     println!("| worker CPU seconds per 10k webhooks | {cpu_per_10k:.2} |");
+    println!(
+        "| CPU µs per webhook: worker / receiver / broker | {worker_us:.1} / {receiver_us:.1} / {tansu_us:.1} |"
+    );
+    println!("| CPU µs per request: bare client + receiver | {limit_us:.1} |");
+    println!(
+        "| Kafka floor, bare librdkafka clients: µs per event consumed / per record produced / per webhook (1 + 2) | {consume_us:.1} / {produce_us:.1} / {floor_us:.1} |"
+    );
+    println!(
+        "| ratio ceiling on this CPU: (bare client + receiver) / (that + Kafka floor + broker) | {:.2} |",
+        limit_us / (limit_us + floor_us + tansu_us)
+    );
     println!("| broker (tansu, same machine) CPU seconds per 10k webhooks | {tansu_per_10k:.2} |");
     println!(
         "| worker peak RSS after the drain | {} MiB |",

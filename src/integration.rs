@@ -319,7 +319,7 @@ pub struct Integration {
     /// Whether a template names `PARTICLE_EVENT_JSON` or
     /// `PARTICLE_EVENT_BASE64` (a whole copy of the event; skipped otherwise).
     pub uses_whole_event: bool,
-        /// The record as given, for display and the control plane. Boxed: it
+    /// The record as given, for display and the control plane. Boxed: it
     /// is most of the integration's size, and indexes of 100k integrations
     /// are built by moving them.
     pub spec: Box<IntegrationSpec>,

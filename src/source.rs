@@ -68,7 +68,7 @@ pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
         } else {
             vec![serde_json::from_slice(&text).map_err(json_error)?]
         };
-                out.reserve(records.len());
+        out.reserve(records.len());
         for (i, record) in records.into_iter().enumerate() {
             let integration = Integration::from_json(record.get().as_bytes()).map_err(|error| {
                 SourceError::Invalid {
