@@ -1,8 +1,10 @@
 //! Templates with mustache semantics, rendered by handlebars.
 //!
 //! In: a template string as users wrote it for Particle (mustache). Out: a
-//! [`Template`] compiled once at load, rendered per event against a
-//! [`handlebars::Context`]. Failure modes: a template that does not parse is
+//! [`Template`] compiled once at load, rendered per event in a [`Scope`]:
+//! templates of text and plain variables (most of them) by looking each
+//! variable up, the rest by handlebars over the scope's whole context.
+//! Failure modes: a template that does not parse is
 //! refused at load ([`TemplateError`]); rendering itself cannot fail on missing
 //! data (a missing variable renders empty, as in mustache).
 //!
@@ -15,10 +17,9 @@
 //! inverted when falsy). All handlebars built-in helpers are unregistered, so a
 //! data key named `if` or `len` is just a variable, as in mustache.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
-
-use std::borrow::Cow;
 
 use handlebars::template::{Parameter, TemplateElement};
 use handlebars::{

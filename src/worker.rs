@@ -32,7 +32,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -368,6 +368,9 @@ enum Work {
     DeadLetter(DeadLetter, Option<Vec<u8>>),
 }
 
+/// Permits the intake takes at once (see [`consume`]).
+const PERMIT_BATCH: usize = 32;
+
 /// The intake loop of one source: a permit, a record, a task.
 async fn consume(
     source: &Source,
@@ -378,13 +381,30 @@ async fn consume(
     accept: fn(&Pipeline, &BorrowedMessage<'_>, &Origin) -> Work,
 ) {
     let permits = Arc::new(Semaphore::new(max_inflight));
+    // Permits are taken a batch at a time and handed out one per record: a
+    // loop woken by every finished record costs a wake-up (often a futex
+    // call) per record at the limit; by a batch of them, one per batch.
+    // A small share of the limit, so that waiting for a batch never waits
+    // on the slowest records.
+    let batch = (max_inflight / 32).clamp(1, PERMIT_BATCH) as u32;
+    let mut taken: Option<OwnedSemaphorePermit> = None;
     loop {
         // Take the permit first: at the limit, stop pulling records.
-        let permit = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return,
-            p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+        let spent = match &taken {
+            Some(t) => t.num_permits() == 0,
+            None => true,
         };
+        if spent {
+            taken = Some(tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                p = permits.clone().acquire_many_owned(batch) => p.expect("the semaphore is never closed"),
+            });
+        }
+        let permit = taken
+            .as_mut()
+            .and_then(|t| t.split(1))
+            .expect("a batch holds at least one permit");
         let message = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,

@@ -65,7 +65,12 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         }
     }
 
-    let result = worker.run(shutdown).await;
+    // On the runtime's threads, not this one: records finishing wake the
+    // intake loop, and a wake-up within the runtime's pool is cheaper than
+    // unparking the thread blocked in `main`.
+    let result = tokio::spawn(worker.run(shutdown))
+        .await
+        .expect("the worker does not panic");
     endpoints_stop.cancel();
     let _ = endpoints.await;
     result?;
