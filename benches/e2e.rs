@@ -1,4 +1,4 @@
-//! End-to-end load benchmark: `cargo bench --bench e2e [-- --events N --rate R --soak-secs S]`.
+//! End-to-end load benchmark: `cargo bench --bench e2e [-- --events N --rate R --soak-secs S --no-reload]`.
 //!
 //! One machine, one command: a fresh tansu broker (scripts/install-tansu),
 //! N pre-produced events (~300-byte data, keys over 10k devices, 3 products,
@@ -49,6 +49,8 @@ struct Args {
     rate: u64,
     latency_secs: u64,
     soak_secs: u64,
+    /// The control for the reload figures: the same windows, no reload.
+    no_reload: bool,
 }
 
 fn args() -> Args {
@@ -57,6 +59,7 @@ fn args() -> Args {
         rate: 0,
         latency_secs: 30,
         soak_secs: 0,
+        no_reload: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let value = |name: &str| {
@@ -77,6 +80,7 @@ fn args() -> Args {
     if let Some(v) = value("--soak-secs") {
         a.soak_secs = v;
     }
+    a.no_reload = argv.iter().any(|x| x == "--no-reload");
     a
 }
 
@@ -287,6 +291,46 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
         assert!(Instant::now() < end, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Writes 100k more integrations into the worker's file, sends SIGHUP and
+/// waits until the worker logs the reload; returns the time it reports.
+async fn reload_100k(
+    receiver: SocketAddr,
+    integrations_path: &Path,
+    pid: u32,
+    log_path: &Path,
+) -> u64 {
+    let mut big = integrations(receiver);
+    for i in 0..100_000u32 {
+        big.push(json!({"id": format!("r{i}"), "product_id": 1000 + i, "event": "temp", "url": "https://example.com/hook", "json": {"v": "{{{v}}}"}}));
+    }
+    std::fs::write(integrations_path, serde_json::to_string(&big).unwrap()).unwrap();
+    Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for("the reload", Duration::from_secs(120), || {
+        std::fs::read_to_string(log_path)
+            .unwrap_or_default()
+            .contains("integrations reloaded")
+    })
+    .await;
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let reload_ms: u64 = log
+        .lines()
+        .find(|l| l.contains("integrations reloaded"))
+        .and_then(|l| {
+            l.split("elapsed_ms")
+                .nth(1)?
+                .trim_start_matches(|c: char| !c.is_ascii_digit())
+                .split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    reload_ms
 }
 
 /// CPU µs per record of a bare consumer reading the `n` events and of a bare
@@ -569,38 +613,16 @@ async fn run(args: Args, root: PathBuf) {
     };
     tokio::time::sleep(Duration::from_secs(half)).await;
     let before: Vec<u64> = received.latencies.lock().unwrap().clone();
-    let mut big = integrations(receiver_addr);
-    for i in 0..100_000u32 {
-        big.push(json!({"id": format!("r{i}"), "product_id": 1000 + i, "event": "temp", "url": "https://example.com/hook", "json": {"v": "{{{v}}}"}}));
-    }
-    std::fs::write(&integrations_path, serde_json::to_string(&big).unwrap()).unwrap();
     let mark = received.latencies.lock().unwrap().len();
     let hup_at = Instant::now();
-    Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    wait_for("the reload", Duration::from_secs(120), || {
-        std::fs::read_to_string(&log_path)
-            .unwrap_or_default()
-            .contains("integrations reloaded")
-    })
-    .await;
+    let reload_ms = if args.no_reload {
+        // The control: the same window with nothing reloaded.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        0
+    } else {
+        reload_100k(receiver_addr, &integrations_path, pid, &log_path).await
+    };
     let reload_wall = hup_at.elapsed();
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    let reload_ms: u64 = log
-        .lines()
-        .find(|l| l.contains("integrations reloaded"))
-        .and_then(|l| {
-            l.split("elapsed_ms")
-                .nth(1)?
-                .trim_start_matches(|c: char| !c.is_ascii_digit())
-                .split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during: Vec<u64> = received.latencies.lock().unwrap()[mark..].to_vec();
     producing.await.unwrap();
@@ -679,16 +701,21 @@ async fn run(args: Args, root: PathBuf) {
         percentile(&all, 0.99),
         percentile(&all, 1.0)
     );
+    let during_what = if args.no_reload {
+        "the same window, no reload (control)"
+    } else {
+        println!(
+            "| 100k-integration reload: applied in (worker) / seen (wall) | {reload_ms} ms / {} ms |",
+            reload_wall.as_millis()
+        );
+        "the reload"
+    };
     println!(
-        "| 100k-integration reload: applied in (worker) / seen (wall) | {reload_ms} ms / {} ms |",
-        reload_wall.as_millis()
-    );
-    println!(
-        "| p99 latency before / during the reload | {:.1} / {:.1} ms |",
+        "| p99 latency before / during {during_what} | {:.1} / {:.1} ms |",
         percentile(&before, 0.99),
         percentile(&during, 0.99)
     );
-    println!("| worker peak RSS (after reload) | {} MiB |", peak / 1024);
+    println!("| worker peak RSS (whole run) | {} MiB |", peak / 1024);
     if !soak.is_empty() {
         let samples: Vec<String> = soak
             .iter()
