@@ -1,4 +1,4 @@
-//! End-to-end load benchmark: `cargo bench --bench e2e [-- --events N --rate R --soak-secs S --no-reload]`.
+//! End-to-end load benchmark: `cargo bench --bench e2e [-- --events N --rate R --soak-secs S --no-reload --preload-100k]`.
 //!
 //! One machine, one command: a fresh tansu broker (scripts/install-tansu),
 //! N pre-produced events (~300-byte data, keys over 10k devices, 3 products,
@@ -9,7 +9,9 @@
 //!   webhooks, peak RSS;
 //! - latency from production to receipt at a steady rate (p50/p99/max);
 //! - a reload of 100k integrations under that load (SIGHUP): time to apply,
-//!   p99 latency during vs before;
+//!   p99 latency before, during and after it (`--no-reload`: the same
+//!   windows with nothing reloaded; `--preload-100k`: the worker starts with
+//!   the 100k integrations);
 //! - the limit: a bare hyper client sending the same requests at the same
 //!   concurrency to the same receiver, and the ratio hookd / limit;
 //! - CPU per webhook of the worker, the receiver and the broker, per request
@@ -51,6 +53,8 @@ struct Args {
     soak_secs: u64,
     /// The control for the reload figures: the same windows, no reload.
     no_reload: bool,
+    /// The worker starts with the 100k integrations; no reload.
+    preload: bool,
 }
 
 fn args() -> Args {
@@ -60,6 +64,7 @@ fn args() -> Args {
         latency_secs: 30,
         soak_secs: 0,
         no_reload: false,
+        preload: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let value = |name: &str| {
@@ -81,6 +86,7 @@ fn args() -> Args {
         a.soak_secs = v;
     }
     a.no_reload = argv.iter().any(|x| x == "--no-reload");
+    a.preload = argv.iter().any(|x| x == "--preload-100k");
     a
 }
 
@@ -293,19 +299,22 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// Writes 100k more integrations into the worker's file, sends SIGHUP and
-/// waits until the worker logs the reload; returns the time it reports.
-async fn reload_100k(
-    receiver: SocketAddr,
-    integrations_path: &Path,
-    pid: u32,
-    log_path: &Path,
-) -> u64 {
+/// Writes the bench's integrations and 100k more to `staged`. Done before
+/// the latency phase: this process is also the receiver and the producer,
+/// and building the file here during the window would delay the events it
+/// measures.
+fn stage_100k(receiver: SocketAddr, staged: &Path) {
     let mut big = integrations(receiver);
     for i in 0..100_000u32 {
         big.push(json!({"id": format!("r{i}"), "product_id": 1000 + i, "event": "temp", "url": "https://example.com/hook", "json": {"v": "{{{v}}}"}}));
     }
-    std::fs::write(integrations_path, serde_json::to_string(&big).unwrap()).unwrap();
+    std::fs::write(staged, serde_json::to_string(&big).unwrap()).unwrap();
+}
+
+/// Moves the staged file over the worker's, sends SIGHUP and waits until
+/// the worker logs the reload; returns the time it reports.
+async fn reload_100k(staged: &Path, integrations_path: &Path, pid: u32, log_path: &Path) -> u64 {
+    std::fs::rename(staged, integrations_path).unwrap();
     Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
@@ -477,11 +486,17 @@ async fn run(args: Args, root: PathBuf) {
     let receiver_addr = receiver(received.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let integrations_path = dir.path().join("integrations.json");
-    std::fs::write(
-        &integrations_path,
-        serde_json::to_string(&integrations(receiver_addr)).unwrap(),
-    )
-    .unwrap();
+    if args.preload {
+        // The worker starts with the 100k integrations the reload would
+        // bring: the state after a reload, without one.
+        stage_100k(receiver_addr, &integrations_path);
+    } else {
+        std::fs::write(
+            &integrations_path,
+            serde_json::to_string(&integrations(receiver_addr)).unwrap(),
+        )
+        .unwrap();
+    }
 
     let mut admin_config = ClientConfig::new();
     admin_config.set("bootstrap.servers", &brokers);
@@ -595,6 +610,10 @@ async fn run(args: Args, root: PathBuf) {
     } else {
         ((throughput * 0.5) as u64).max(100)
     };
+    let staged = dir.path().join("integrations-100k.json");
+    if !(args.no_reload || args.preload) {
+        stage_100k(receiver_addr, &staged);
+    }
     received.latencies.lock().unwrap().clear();
     let steady = n + args.latency_secs * rate;
     let half = args.latency_secs / 2;
@@ -615,12 +634,12 @@ async fn run(args: Args, root: PathBuf) {
     let before: Vec<u64> = received.latencies.lock().unwrap().clone();
     let mark = received.latencies.lock().unwrap().len();
     let hup_at = Instant::now();
-    let reload_ms = if args.no_reload {
+    let reload_ms = if args.no_reload || args.preload {
         // The control: the same window with nothing reloaded.
         tokio::time::sleep(Duration::from_secs(3)).await;
         0
     } else {
-        reload_100k(receiver_addr, &integrations_path, pid, &log_path).await
+        reload_100k(&staged, &integrations_path, pid, &log_path).await
     };
     let reload_wall = hup_at.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -631,6 +650,8 @@ async fn run(args: Args, root: PathBuf) {
     })
     .await;
     let mut all = received.latencies.lock().unwrap().clone();
+    let mut after = all[mark + during.len()..].to_vec();
+    after.sort_unstable();
     all.sort_unstable();
     let mut before = before;
     before.sort_unstable();
@@ -701,7 +722,9 @@ async fn run(args: Args, root: PathBuf) {
         percentile(&all, 0.99),
         percentile(&all, 1.0)
     );
-    let during_what = if args.no_reload {
+    let during_what = if args.preload {
+        "the same window, 100k integrations from the start, no reload"
+    } else if args.no_reload {
         "the same window, no reload (control)"
     } else {
         println!(
@@ -711,9 +734,10 @@ async fn run(args: Args, root: PathBuf) {
         "the reload"
     };
     println!(
-        "| p99 latency before / during {during_what} | {:.1} / {:.1} ms |",
+        "| p99 latency before / during {during_what} / after it | {:.1} / {:.1} / {:.1} ms |",
         percentile(&before, 0.99),
-        percentile(&during, 0.99)
+        percentile(&during, 0.99),
+        percentile(&after, 0.99)
     );
     println!("| worker peak RSS (whole run) | {} MiB |", peak / 1024);
     if !soak.is_empty() {
