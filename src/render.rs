@@ -423,12 +423,7 @@ pub fn render(
 ) -> Result<RenderedRequest, RenderFailure> {
     let req = &integration.request;
     let event = ctx.event();
-    let defaults: [(&str, &str); 4] = [
-        ("event", &event.name),
-        ("data", &event.data),
-        ("published_at", &event.published_at),
-        ("coreid", &event.device_id),
-    ];
+    let defaults = default_fields(event);
     let with_defaults = !req.no_defaults;
     let mut headers: Vec<(String, String)> = Vec::with_capacity(4 + req.headers.len());
     let mut query: Vec<(String, String)> = render_pairs(ctx, "query", &req.query)?;
@@ -537,6 +532,16 @@ pub fn render(
         headers,
         body,
     })
+}
+
+/// The four fields Particle adds to a body unless `noDefaults`.
+fn default_fields(event: &DeviceEvent) -> [(&'static str, &str); 4] {
+    [
+        ("event", &event.name),
+        ("data", &event.data),
+        ("published_at", &event.published_at),
+        ("coreid", &event.device_id),
+    ]
 }
 
 /// Stable across redeliveries of the same event to the same integration:
@@ -923,13 +928,7 @@ mod tests {
                 panic!("{t} is a JSON object template")
             };
             assert!(literal_keys(jt));
-            let e = ctx.event();
-            let defaults: [(&str, &str); 4] = [
-                ("event", &e.name),
-                ("data", &e.data),
-                ("published_at", &e.published_at),
-                ("coreid", &e.device_id),
-            ];
+            let defaults = default_fields(ctx.event());
             for add_defaults in [true, false] {
                 let mut written = Vec::new();
                 write_json_body(&ctx, jt, add_defaults, &defaults, &mut written).unwrap();
