@@ -72,8 +72,6 @@ impl Counts {
 /// (`None` for sandbox deliveries of non-product devices).
 pub type TallyKey = (Arc<str>, Option<u32>);
 
-/// In-process counters. A plain mutex: the critical section is one hash
-/// update, far shorter than anything that would justify a sharded map.
 /// A row of the tally, with its Prometheus counters made once (a labelled
 /// counter looked up by name per attempt costs a key built, hashed and
 /// compared).
@@ -84,6 +82,8 @@ struct Row {
     attempts: Option<[metrics::Counter; 3]>,
 }
 
+/// In-process counters. A plain mutex: the critical section is one hash
+/// update, far shorter than anything that would justify a sharded map.
 #[derive(Debug, Default, Clone)]
 pub struct Tally(Arc<Mutex<HashMap<TallyKey, Row>>>);
 
@@ -112,6 +112,7 @@ impl Tally {
         }
     }
 
+    /// A copy of every row, sorted by integration then product.
     pub fn snapshot(&self) -> Vec<(TallyKey, Counts)> {
         let map = self.0.lock().expect("tally lock is never poisoned");
         let mut rows: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.counts)).collect();

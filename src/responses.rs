@@ -91,9 +91,8 @@ pub fn response_chunks(
     }
     let topic = ctx.render("responseTopic", &i.response_topic)?;
     // The body is parsed only for a template to read.
-    let parsed = || serde_json::from_slice::<Value>(body);
     let text = match &i.response_template {
-        Some(t) => match parsed() {
+        Some(t) => match serde_json::from_slice::<Value>(body) {
             Ok(Value::Object(fields)) => ctx.render_with("responseTemplate", t, &fields)?,
             Ok(other) => ctx.render_with(
                 "responseTemplate",

@@ -83,7 +83,6 @@ pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
     Ok(out)
 }
 
-/// Loads `path` into an index; an empty path is an empty index.
 /// How an error names a record: its id, or its place in the file.
 fn position(record: &RawValue, i: usize) -> String {
     serde_json::from_str::<Value>(record.get())
@@ -92,6 +91,7 @@ fn position(record: &RawValue, i: usize) -> String {
         .unwrap_or_else(|| format!("#{i}"))
 }
 
+/// Loads `path` into an index; an empty path is an empty index.
 pub fn load_index(path: &Path) -> Result<Index, SourceError> {
     if path.as_os_str().is_empty() {
         return Ok(Index::default());
