@@ -537,7 +537,7 @@ async fn run(args: Args, root: PathBuf) {
     std::fs::write(
         &config,
         format!(
-            "[kafka]\nbrokers = \"{brokers}\"\ncreate_topics = false\n[kafka.consumer]\n\"fetch.wait.max.ms\" = \"10\"\n\
+            "[kafka]\nbrokers = \"{brokers}\"\ncreate_topics = false\n[kafka.consumer]\n\"fetch.wait.max.ms\" = \"100\"\n\
              [integrations]\nsource = \"file\"\npath = \"{}\"\n[worker]\nmax_inflight_events = 1024\nmax_inflight_deliveries = {CONCURRENCY}\n\
              [metrics]\nlisten = \"127.0.0.1:0\"\n[limits]\nrate = 0.0\n[outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
             integrations_path.display()
