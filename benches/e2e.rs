@@ -379,14 +379,17 @@ async fn kafka_floor(brokers: &str, n: usize) -> (f64, f64) {
         assert!(bytes > 0);
         drop(consumer);
 
-        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .set("delivery.report.only.error", "true")
-            .create()
-            .unwrap();
+        // Exactly the worker's response-event producer: its config function
+        // on the default settings, pointed at this broker.
+        let mut kafka = hookd::config::Settings::load_from(None, vec![])
+            .expect("default settings")
+            .kafka;
+        kafka.brokers = brokers.clone();
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            hookd::kafka::producer_config(&kafka)
+                .set("delivery.report.only.error", "true")
+                .create()
+                .unwrap();
         let payload = json!({"name": "hook-sent/temperature", "data": "undefined",
             "published_at": "2024-05-13T10:55:40.306Z", "coreid": "particle-internal",
             "userid": "", "ttl": 60, "public": false, "productID": 1})

@@ -215,13 +215,10 @@ impl EventContext {
     }
 
     pub(crate) fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
-        match t {
-            Template::Literal(s) => Ok(s.clone()),
-            _ => t.render(self).map_err(|e| RenderFailure::Template {
-                field: field.to_owned(),
-                message: e.to_string(),
-            }),
-        }
+        t.render(self).map_err(|e| RenderFailure::Template {
+            field: field.to_owned(),
+            message: e.to_string(),
+        })
     }
 }
 

@@ -60,7 +60,8 @@ impl ResponseEvent {
         }
         out.extend_from_slice(b",\"ttl\":60,\"public\":false");
         if let Some(p) = e.product_id {
-            out.extend_from_slice(format!(",\"productID\":{p}").as_bytes());
+            out.extend_from_slice(b",\"productID\":");
+            serde_json::to_writer(&mut out, &p).expect("a number always serializes");
         }
         out.push(b'}');
         out
