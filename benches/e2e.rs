@@ -416,7 +416,21 @@ async fn kafka_floor(brokers: &str, n: usize) -> (f64, f64) {
 
 /// The same requests hookd sends, from a bare hyper client at the same
 /// concurrency: the HTTP limit of this machine for this receiver.
-async fn bare_client_limit(receiver: SocketAddr, n: usize) -> f64 {
+/// What the bare client run measured.
+struct Limit {
+    /// Requests per second.
+    rate: f64,
+    /// CPU µs per request of this process (the client and the receiver),
+    /// over the sending only.
+    send_us: f64,
+    /// CPU µs per request of preparing it beforehand: decode, resolve and
+    /// render, one thread, no Kafka and no HTTP. The least of hookd's own
+    /// work a webhook needs.
+    prepare_us: f64,
+}
+
+/// A bare hyper client sending `n` requests, rendered beforehand.
+async fn bare_client_limit(receiver: SocketAddr, n: usize) -> Limit {
     use hookd::render::{render, EventContext, SecretMode};
     let index = hookd::resolve::Index::build(
         integrations(receiver)
@@ -429,20 +443,27 @@ async fn bare_client_limit(receiver: SocketAddr, n: usize) -> f64 {
         partition: 0,
         offset: 0,
     };
-    let mut requests = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        let (_, payload) = event(i, now_us());
+    let payloads: Vec<String> = (0..n as u64).map(|i| event(i, now_us()).1).collect();
+    let prepare = |payload: &String| {
         let e = hookd::event::DeviceEvent::decode(payload.as_bytes(), &origin, chrono::Utc::now())
             .unwrap();
         let m = index.resolve(&e).pop().unwrap();
         let ctx = EventContext::new(e, Arc::default(), SecretMode::Reveal);
-        requests.push(render(&m.integration, &ctx).unwrap());
-    }
+        render(&m.integration, &ctx).unwrap()
+    };
+    let requests: Vec<_> = payloads.iter().map(prepare).collect();
+    // Measured on a second pass, each request dropped as made: the first
+    // pays for the pages of 100k kept requests, which hookd does not.
+    let cpu0 = proc_stats(std::process::id()).0;
+    let bytes: usize = payloads.iter().map(|p| prepare(p).body.len()).sum();
+    let prepare_us = (proc_stats(std::process::id()).0 - cpu0) * 1e6 / n as f64;
+    assert!(bytes > 0);
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(CONCURRENCY)
         .build_http();
     let requests = Arc::new(requests);
     let next = Arc::new(AtomicU64::new(0));
+    let cpu0 = proc_stats(std::process::id()).0;
     let started = Instant::now();
     let workers: Vec<_> = (0..CONCURRENCY)
         .map(|_| {
@@ -469,7 +490,11 @@ async fn bare_client_limit(receiver: SocketAddr, n: usize) -> f64 {
     for w in workers {
         w.await.unwrap();
     }
-    n as f64 / started.elapsed().as_secs_f64()
+    Limit {
+        rate: n as f64 / started.elapsed().as_secs_f64(),
+        send_us: (proc_stats(std::process::id()).0 - cpu0) * 1e6 / n as f64,
+        prepare_us,
+    }
 }
 
 fn main() {
@@ -687,9 +712,11 @@ async fn run(args: Args, root: PathBuf) {
 
     // The limit, same receiver, same concurrency, same requests.
     let limit_n = (n as usize).min(100_000);
-    let (limit_cpu0, _, _) = proc_stats(me);
-    let limit = bare_client_limit(receiver_addr, limit_n).await;
-    let limit_us = (proc_stats(me).0 - limit_cpu0) * 1e6 / limit_n as f64;
+    let Limit {
+        rate: limit,
+        send_us: limit_us,
+        prepare_us,
+    } = bare_client_limit(receiver_addr, limit_n).await;
     // What any dispatcher on Kafka pays per webhook before it sends
     // anything: the event consumed and the two response events produced.
     let (consume_us, produce_us) = kafka_floor(&brokers, n as usize).await;
@@ -717,6 +744,11 @@ async fn run(args: Args, root: PathBuf) {
     println!(
         "| ratio ceiling on this CPU: (bare client + receiver) / (that + Kafka floor + broker) | {:.2} |",
         limit_us / (limit_us + floor_us + tansu_us)
+    );
+    println!("| CPU µs per request: decode + resolve + render, one thread | {prepare_us:.1} |");
+    println!(
+        "| ratio ceiling with that work too: (bare client + receiver) / (that + floor + broker + decode/resolve/render) | {:.2} |",
+        limit_us / (limit_us + floor_us + tansu_us + prepare_us)
     );
     println!("| broker (tansu, same machine) CPU seconds per 10k webhooks | {tansu_per_10k:.2} |");
     println!(
