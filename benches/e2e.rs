@@ -19,6 +19,9 @@
 //!   consuming the events and producing two response-sized records per
 //!   event), which give the ratio's ceiling on a CPU-bound machine;
 //! - with --soak-secs, RSS sampled every 10 s at steady load.
+//!
+//! `E2E_HOOKD=<path>` runs another `hookd` binary as the worker (to compare
+//! builds); `E2E_PERF=<file>` records a CPU profile of the worker's drain.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -573,7 +576,12 @@ async fn run(args: Args, root: PathBuf) {
     )
     .unwrap();
     let log_path = dir.path().join("worker.log");
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        // E2E_HOOKD=<binary>: another build of the worker (an earlier commit's,
+    // to compare two builds run after run on the same machine).
+    let binary = std::env::var_os("E2E_HOOKD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_hookd")));
+    let mut worker = Command::new(binary)
         .args(["worker", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
