@@ -576,7 +576,7 @@ async fn run(args: Args, root: PathBuf) {
     )
     .unwrap();
     let log_path = dir.path().join("worker.log");
-        // E2E_HOOKD=<binary>: another build of the worker (an earlier commit's,
+    // E2E_HOOKD=<binary>: another build of the worker (an earlier commit's,
     // to compare two builds run after run on the same machine).
     let binary = std::env::var_os("E2E_HOOKD")
         .map(PathBuf::from)

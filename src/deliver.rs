@@ -23,6 +23,7 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::config::{DeliverySettings, OutboundSettings};
+use crate::integration::Method;
 use crate::outbound::{refusal_in, AddressPolicy, GuardedConnector};
 use crate::render::RenderedRequest;
 
@@ -182,16 +183,26 @@ fn client(settings: &DeliverySettings, policy: &AddressPolicy, tls: ClientConfig
         .build(connector)
 }
 
+/// The hyper request of `r`. Set part by part rather than through
+/// `http::request::Builder`, which moves its whole state on every call.
 fn build(r: &RenderedRequest) -> Result<http::Request<Full<Bytes>>, DeliveryError> {
-    let mut builder = http::Request::builder()
-        .method(r.method.as_str())
-        .uri(r.url.as_str());
+    let invalid = |e: &dyn std::fmt::Display| DeliveryError::Invalid(e.to_string());
+    let mut request = http::Request::new(Full::new(r.body.clone()));
+    *request.method_mut() = match r.method {
+        Method::Get => http::Method::GET,
+        Method::Post => http::Method::POST,
+        Method::Put => http::Method::PUT,
+        Method::Delete => http::Method::DELETE,
+    };
+    *request.uri_mut() = http::Uri::try_from(r.url.as_str()).map_err(|e| invalid(&e))?;
+    let headers = request.headers_mut();
+    headers.reserve(r.headers.len());
     for (name, value) in &r.headers {
-        builder = builder.header(name.as_str(), value.as_str());
+        let name = http::HeaderName::try_from(name.as_str()).map_err(|e| invalid(&e))?;
+        let value = http::HeaderValue::try_from(value.as_str()).map_err(|e| invalid(&e))?;
+        headers.append(name, value);
     }
-    builder
-        .body(Full::new(r.body.clone()))
-        .map_err(|e| DeliveryError::Invalid(e.to_string()))
+    Ok(request)
 }
 
 /// Reads at most `cap` bytes of the body; the rest is left unread (the

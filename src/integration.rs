@@ -286,6 +286,10 @@ pub enum BodyTemplate {
 pub struct RequestTemplate {
     pub method: Method,
     pub url: Template,
+    /// The length of the URL template's leading text when that text is
+    /// already a normalised `http(s)://host/...` start (see
+    /// [`url_prefix`]); 0 otherwise.
+    pub url_prefix: usize,
     pub body: BodyTemplate,
     pub query: Vec<(Template, Template)>,
     pub headers: Vec<(Template, Template)>,
@@ -419,6 +423,7 @@ impl TryFrom<IntegrationSpec> for Integration {
         let body = body_of(&spec)?;
         let request = RequestTemplate {
             method,
+            url_prefix: url_prefix(&url),
             url,
             body,
             query: compile_pairs("query", spec.query.as_ref())?,
@@ -622,6 +627,29 @@ fn compile_url(src: &str) -> Result<Template, InvalidIntegration> {
             "url",
             format!("{src:?} must start with http:// or https://"),
         ))
+    }
+}
+
+/// The length of a templated URL's leading text when that text is the start
+/// of an http(s) URL, normalised, and through its host into the path
+/// (`http://host:8080/org/` before `{{{PRODUCT_ID}}}`): rendering then need
+/// not parse the URL when the rest is plain path characters
+/// ([`crate::render`]). 0 when that does not hold.
+pub(crate) fn url_prefix(template: &Template) -> usize {
+    let Some(text) = template.leading_text() else {
+        return 0;
+    };
+    match url::Url::parse(text) {
+        Ok(u)
+            if matches!(u.scheme(), "http" | "https")
+                && u.host_str().is_some()
+                && u.query().is_none()
+                && u.fragment().is_none()
+                && u.as_str() == text =>
+        {
+            text.len()
+        }
+        _ => 0,
     }
 }
 

@@ -10,10 +10,16 @@
 //! A partition revoked by a rebalance is forgotten; work of the old assignment
 //! that finishes afterwards is ignored (its `generation` no longer matches), so
 //! it can never move the commit point of a later assignment.
+//!
+//! Commit points are handed to the consumer in batches
+//! ([`OffsetLedger::unstored`]), not one store per finished record.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+/// A partition's commit point: (topic, partition, offset).
+pub type CommitPoint = (Arc<str>, i32, i64);
 
 /// Offsets in flight of one partition.
 #[derive(Debug, Default)]
@@ -22,6 +28,8 @@ struct PartitionOffsets {
     in_flight: BTreeSet<i64>,
     /// One past the highest offset begun.
     next: i64,
+    /// The commit point last returned by [`OffsetLedger::unstored`].
+    stored: i64,
 }
 
 impl PartitionOffsets {
@@ -33,36 +41,45 @@ impl PartitionOffsets {
 /// Proof that a record was begun; hand it back to [`OffsetLedger::finish`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ticket {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     generation: u64,
 }
 
-/// Offsets of every assigned partition.
+/// Offsets of every assigned partition, by topic and partition.
 #[derive(Debug, Default)]
 pub struct OffsetLedger {
-    partitions: Mutex<HashMap<(String, i32), PartitionOffsets>>,
+    topics: Mutex<HashMap<Arc<str>, HashMap<i32, PartitionOffsets>>>,
     generations: AtomicU64,
 }
 
 impl OffsetLedger {
     pub fn begin(&self, topic: &str, partition: i32, offset: i64) -> Ticket {
-        let mut map = self
-            .partitions
-            .lock()
-            .expect("ledger lock is never poisoned");
-        let entry = map
-            .entry((topic.to_owned(), partition))
+        let mut topics = self.topics.lock().expect("ledger lock is never poisoned");
+        // The topic's name is allocated once, not per record.
+        let name = match topics.get_key_value(topic) {
+            Some((name, _)) => name.clone(),
+            None => {
+                let name: Arc<str> = topic.into();
+                topics.insert(name.clone(), HashMap::new());
+                name
+            }
+        };
+        let entry = topics
+            .get_mut(topic)
+            .expect("inserted above")
+            .entry(partition)
             .or_insert_with(|| PartitionOffsets {
                 generation: self.generations.fetch_add(1, Ordering::Relaxed),
                 in_flight: BTreeSet::new(),
                 next: offset,
+                stored: offset,
             });
         entry.in_flight.insert(offset);
         entry.next = entry.next.max(offset + 1);
         Ticket {
-            topic: topic.to_owned(),
+            topic: name,
             partition,
             offset,
             generation: entry.generation,
@@ -73,11 +90,8 @@ impl OffsetLedger {
     /// when it moved, else `None` (an older record is still in flight, or the
     /// partition was revoked meanwhile).
     pub fn finish(&self, ticket: &Ticket) -> Option<i64> {
-        let mut map = self
-            .partitions
-            .lock()
-            .expect("ledger lock is never poisoned");
-        let entry = map.get_mut(&(ticket.topic.clone(), ticket.partition))?;
+        let mut topics = self.topics.lock().expect("ledger lock is never poisoned");
+        let entry = topics.get_mut(&*ticket.topic)?.get_mut(&ticket.partition)?;
         if entry.generation != ticket.generation {
             return None;
         }
@@ -87,35 +101,64 @@ impl OffsetLedger {
         (after != before).then_some(after)
     }
 
-    /// Forgets partitions taken away by a rebalance.
-    pub fn revoke(&self, partitions: impl IntoIterator<Item = (String, i32)>) {
-        let mut map = self
-            .partitions
-            .lock()
-            .expect("ledger lock is never poisoned");
-        for key in partitions {
-            map.remove(&key);
+    /// The commit points that moved since the last call, to store with the
+    /// consumer in one batch.
+    pub fn unstored(&self) -> Vec<CommitPoint> {
+        let mut topics = self.topics.lock().expect("ledger lock is never poisoned");
+        let mut moved = Vec::new();
+        for (topic, partitions) in topics.iter_mut() {
+            for (partition, o) in partitions.iter_mut() {
+                let point = o.committable();
+                if point != o.stored {
+                    o.stored = point;
+                    moved.push((topic.clone(), *partition, point));
+                }
+            }
         }
+        moved
+    }
+
+    /// Forgets partitions taken away by a rebalance; returns their commit
+    /// points not yet stored, for the consumer to store before it lets go.
+    pub fn revoke<'a>(
+        &self,
+        partitions: impl IntoIterator<Item = (&'a str, i32)>,
+    ) -> Vec<CommitPoint> {
+        let mut topics = self.topics.lock().expect("ledger lock is never poisoned");
+        let mut unstored = Vec::new();
+        for (topic, partition) in partitions {
+            let Some(name) = topics.get_key_value(topic).map(|(name, _)| name.clone()) else {
+                continue;
+            };
+            let removed = topics.get_mut(topic).and_then(|t| t.remove(&partition));
+            if let Some(o) = removed.filter(|o| o.committable() != o.stored) {
+                unstored.push((name, partition, o.committable()));
+            }
+        }
+        unstored
     }
 
     /// The commit point of every partition, for the final commit at shutdown.
-    pub fn committable(&self) -> Vec<(String, i32, i64)> {
-        let map = self
-            .partitions
-            .lock()
-            .expect("ledger lock is never poisoned");
-        map.iter()
-            .map(|((t, p), o)| (t.clone(), *p, o.committable()))
+    pub fn committable(&self) -> Vec<CommitPoint> {
+        let topics = self.topics.lock().expect("ledger lock is never poisoned");
+        topics
+            .iter()
+            .flat_map(|(t, partitions)| {
+                partitions
+                    .iter()
+                    .map(|(p, o)| (t.clone(), *p, o.committable()))
+            })
             .collect()
     }
 
     /// Records begun and not yet finished, across partitions.
     pub fn in_flight(&self) -> usize {
-        let map = self
-            .partitions
-            .lock()
-            .expect("ledger lock is never poisoned");
-        map.values().map(|o| o.in_flight.len()).sum()
+        let topics = self.topics.lock().expect("ledger lock is never poisoned");
+        topics
+            .values()
+            .flat_map(HashMap::values)
+            .map(|o| o.in_flight.len())
+            .sum()
     }
 }
 
@@ -133,7 +176,41 @@ mod tests {
         assert_eq!(l.finish(&b), None, "10 is still in flight");
         assert_eq!(l.finish(&a), Some(12));
         assert_eq!(l.finish(&c), Some(13));
-        assert_eq!(l.committable(), vec![("t".to_owned(), 0, 13)]);
+        assert_eq!(l.committable(), vec![("t".into(), 0, 13)]);
+    }
+
+    #[test]
+    fn commit_points_are_stored_once_per_move() {
+        let l = OffsetLedger::default();
+        let a = l.begin("t", 0, 10);
+        let b = l.begin("t", 1, 20);
+        assert_eq!(l.unstored(), vec![], "nothing finished");
+        l.finish(&a);
+        assert_eq!(l.unstored(), vec![("t".into(), 0, 11)]);
+        assert_eq!(l.unstored(), vec![], "already handed out");
+        let c = l.begin("t", 0, 11);
+        l.finish(&c);
+        l.finish(&b);
+        let mut moved = l.unstored();
+        moved.sort();
+        assert_eq!(moved, vec![("t".into(), 0, 12), ("t".into(), 1, 21)]);
+    }
+
+    #[test]
+    fn a_revoked_partition_hands_back_what_was_not_stored() {
+        let l = OffsetLedger::default();
+        let a = l.begin("t", 0, 5);
+        let b = l.begin("t", 1, 7);
+        l.finish(&a);
+        l.finish(&b);
+        assert_eq!(l.revoke([("t", 0), ("other", 3)]), vec![("t".into(), 0, 6)]);
+        assert_eq!(
+            l.unstored(),
+            vec![("t".into(), 1, 8)],
+            "partition 0 forgotten"
+        );
+        assert_eq!(l.revoke([("t", 1)]), vec![], "stored already");
+        assert_eq!(l.in_flight(), 0);
     }
 
     #[test]
@@ -150,10 +227,10 @@ mod tests {
     fn work_of_a_revoked_assignment_is_ignored() {
         let l = OffsetLedger::default();
         let old = l.begin("t", 0, 50);
-        l.revoke([("t".to_owned(), 0)]);
+        l.revoke([("t", 0)]);
         let new = l.begin("t", 0, 40);
         assert_eq!(l.finish(&old), None, "old generation");
-        assert_eq!(l.committable(), vec![("t".to_owned(), 0, 40)]);
+        assert_eq!(l.committable(), vec![("t".into(), 0, 40)]);
         assert_eq!(l.finish(&new), Some(41));
     }
 

@@ -21,7 +21,7 @@ use handlebars::Context;
 use serde_json::{Map, Value};
 
 use crate::event::DeviceEvent;
-use crate::integration::{BodyTemplate, Integration, JsonTemplate, Method};
+use crate::integration::{BodyTemplate, Integration, JsonTemplate, Method, RequestTemplate};
 use crate::template::{Found, Scope, Template};
 
 /// What `{{{SECRET}}}` shows wherever a request is displayed.
@@ -487,7 +487,7 @@ pub fn render(
         BodyTemplate::Raw(t) => ctx.render("body", t)?.into(),
     };
 
-    let url = build_url(&req.url, ctx.render("url", &req.url)?, &query)?;
+    let url = build_url(req, ctx.render("url", &req.url)?, &query)?;
 
     if let Some((user, pass)) = &req.auth {
         let user = ctx.render("auth.username", user)?;
@@ -755,12 +755,17 @@ fn form_encode_into(out: &mut String, s: &str) {
 }
 
 fn build_url(
-    template: &Template,
+    req: &RequestTemplate,
     rendered: String,
     query: &[(String, String)],
 ) -> Result<String, RenderFailure> {
-    // A literal URL was parsed and checked when the integration was loaded.
-    if query.is_empty() && template.is_literal() {
+    // A literal URL was parsed and checked when the integration was loaded;
+    // so was the start of a templated one, and plain path characters after
+    // it are what parsing would give back.
+    if query.is_empty()
+        && (req.url.is_literal()
+            || (req.url_prefix > 0 && plain_path_after(&rendered, req.url_prefix)))
+    {
         return Ok(rendered);
     }
     let rendered = rendered.as_str();
@@ -779,6 +784,22 @@ fn build_url(
         }
     }
     Ok(url.into())
+}
+
+/// Whether `url` after its checked start (`prefix` bytes) holds only
+/// characters a URL parser keeps as they are in a path (letters, digits,
+/// `-._~/`) and no `.` or `..` segment, which it would resolve.
+fn plain_path_after(url: &str, prefix: usize) -> bool {
+    let Some(rest) = url.get(prefix..) else {
+        return false;
+    };
+    let plain = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/');
+    if !rest.bytes().all(plain) {
+        return false;
+    }
+    // Segments that cross from the start into the rest count too.
+    let from = url[..prefix].rfind('/').unwrap_or(prefix);
+    url[from..].split('/').all(|s| s != "." && s != "..")
 }
 
 #[cfg(test)]
@@ -1174,7 +1195,67 @@ mod tests {
             let mut reference = form_urlencoded::Serializer::new(String::new());
             reference.append_pair(&k, &v);
             reference.append_pair("b", "x y");
-            proptest::prop_assert_eq!(encode_form([(k.as_str(), v.as_str()), ("b", "x y")].into_iter()), reference.finish());
+                        proptest::prop_assert_eq!(encode_form([(k.as_str(), v.as_str()), ("b", "x y")].into_iter()), reference.finish());
+        }
+
+        /// A URL taken as rendered, unparsed, is exactly what parsing it
+        /// would have given.
+        #[test]
+        fn unparsed_urls_are_what_parsing_gives(
+            start in proptest::sample::select(vec![
+                "http://h.example:8080/org/{{{v}}}",
+                "https://h.example/{{{v}}}/x",
+                "http://127.0.0.1:9/a{{{v}}}",
+                "http://h.example/a.{{{v}}}.b/{{{v}}}",
+                "HTTP://H.example/{{{v}}}",
+                "http://h.example{{{v}}}",
+                "http://h.example/a?b={{{v}}}",
+            ]),
+            v in "[a-zA-Z0-9._~/%?# -]{0,12}",
+        ) {
+            let i = integration(json!({"url": start, "noDefaults": true}));
+            let ctx = EventContext::new(event(&json!({ "v": v }).to_string()), secrets(), SecretMode::Reveal);
+                        // Some values make no URL at all (a space in the host): refused.
+            let Ok(rendered) = render(&i, &ctx) else { return Ok(()) };
+            let prefix = i.request.url_prefix;
+            if prefix > 0 && plain_path_after(&rendered.url, prefix) {
+                                let parsed = url::Url::parse(&rendered.url).unwrap();
+                proptest::prop_assert_eq!(parsed.as_str(), rendered.url.as_str());
+            }
+        }
+    }
+
+    #[test]
+    fn urls_with_plain_variables_in_the_path_skip_the_parse() {
+        let i = integration(json!({"url": "http://h.example:8080/org/{{{v}}}"}));
+        assert_eq!(i.request.url_prefix, "http://h.example:8080/org/".len());
+        for (v, plain) in [
+            ("30301", true),
+            ("a/b.c", true),
+            ("..", false),
+            ("a b", false),
+            ("%2e", false),
+        ] {
+            assert_eq!(
+                plain_path_after(
+                    &format!("http://h.example:8080/org/{v}"),
+                    i.request.url_prefix
+                ),
+                plain,
+                "{v}"
+            );
+        }
+        for unchecked in [
+            "HTTP://H/{{{v}}}",
+            "http://h{{{v}}}",
+            "{{{v}}}/x",
+            "http://h/?q={{{v}}}",
+        ] {
+            assert_eq!(
+                integration(json!({"url": unchecked})).request.url_prefix,
+                0,
+                "{unchecked}"
+            );
         }
     }
 

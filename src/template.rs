@@ -246,6 +246,18 @@ impl Template {
         matches!(self, Template::Literal(_))
     }
 
+    /// The text every output of a text-and-variables template starts with
+    /// (the text before its first tag).
+    pub fn leading_text(&self) -> Option<&str> {
+        match self {
+            Template::Direct(d) => match d.parts.first() {
+                Some(Part::Text(t)) => Some(t),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn render(&self, scope: &(impl Scope + ?Sized)) -> Result<String, RenderError> {
         match self {
             Template::Literal(s) => Ok(s.clone()),

@@ -43,7 +43,7 @@ use crate::dead_letter::DeadLetter;
 use crate::deliver::Deliverer;
 use crate::dispatch::{Attempt, Dispatcher, Meters, Settled};
 use crate::event::{DeviceEvent, Origin};
-use crate::offsets::{OffsetLedger, Ticket};
+use crate::offsets::{CommitPoint, OffsetLedger, Ticket};
 use crate::record::{Recorder, Tally};
 use crate::render::{EventContext, SecretMode};
 use crate::resolve::{IndexHandle, Match};
@@ -93,13 +93,15 @@ struct WorkerContext {
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            self.ledger.revoke(
-                tpl.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition())),
-            );
+            let elements = tpl.elements();
+            let unstored = self
+                .ledger
+                .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
+            // Stored before letting go, so the commit on revocation covers
+            // everything finished (else the next owner redelivers it).
+            store(consumer, &unstored);
         }
     }
 
@@ -122,17 +124,40 @@ struct Source {
     ledger: Arc<OffsetLedger>,
 }
 
+/// Hands commit points to a consumer's offset store, all in one call.
+fn store<C: ConsumerContext>(consumer: &impl Consumer<C>, points: &[CommitPoint]) {
+    if points.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::with_capacity(points.len());
+    for (topic, partition, offset) in points {
+        let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+    }
+    if let Err(e) = consumer.store_offsets(&tpl) {
+        // A partition was revoked meanwhile; its new owner redelivers.
+        tracing::debug!(error = %e, "offsets not stored");
+    }
+}
+
+/// How often finished records' commit points reach the consumer's offset
+/// store (committed from there every `auto.commit.interval.ms`).
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Source {
-    /// Marks a record handled and stores the partition's new commit point.
+    /// Marks a record handled; its commit point is stored with the next batch.
     fn finish(&self, ticket: &Ticket) {
-        if let Some(next) = self.ledger.finish(ticket) {
-            let mut tpl = TopicPartitionList::new();
-            let stored = tpl
-                .add_partition_offset(&ticket.topic, ticket.partition, Offset::Offset(next))
-                .and_then(|_| self.consumer.store_offsets(&tpl));
-            if let Err(e) = stored {
-                // The partition was revoked meanwhile; its new owner redelivers.
-                tracing::debug!(error = %e, partition = ticket.partition, "offset not stored");
+        self.ledger.finish(ticket);
+    }
+
+    /// Stores the commit points that moved, every [`STORE_INTERVAL`], until
+    /// `stop`.
+    async fn store_periodically(self, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(STORE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => store(self.consumer.as_ref(), &self.ledger.unstored()),
             }
         }
     }
@@ -267,6 +292,11 @@ impl Worker {
         };
         let tasks = TaskTracker::new();
         tasks.spawn(prune_periodically(throttle, sleeping, shutdown.clone()));
+        // Stops after the drain; the final commit covers what is left.
+        let storing = CancellationToken::new();
+        for s in std::iter::once(&events).chain(&retries) {
+            tokio::spawn(s.clone().store_periodically(storing.clone()));
+        }
         // Publishes until the deliveries have drained, then once more.
         let traffic_stop = CancellationToken::new();
         let traffic = self.recorder.traffic().cloned().map(|book| {
@@ -313,6 +343,7 @@ impl Worker {
                 "shutdown grace ran out; unfinished events will be redelivered"
             );
         }
+        storing.cancel();
         events.commit_final();
         if let Some(r) = &retries {
             r.commit_final();
