@@ -106,10 +106,15 @@ impl Dispatcher {
                     .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
                 let message = format!("error rendering the request: {e}");
                 self.sample_failure(ctx, &a, &message);
-                self.respond(ctx, error_event(&i, ctx, message)).await;
-                return self
-                    .dead_letter(ctx, a, "render_failed", e.to_string(), shutdown)
-                    .await;
+                self.respond(ctx, error_event(&i, ctx, message));
+                return Box::pin(self.dead_letter(
+                    ctx,
+                    a,
+                    "render_failed",
+                    e.to_string(),
+                    shutdown,
+                ))
+                .await;
             }
         };
         let host = url_host(&request.url).to_owned();
@@ -118,11 +123,8 @@ impl Dispatcher {
             self.recorder
                 .record_kind(&a.matched, OutcomeKind::Skipped, Duration::ZERO);
             self.sample_failure(ctx, &a, SLEEPING_MESSAGE);
-            self.respond(ctx, error_event(&i, ctx, SLEEPING_MESSAGE.into()))
-                .await;
-            return self
-                .after_failure(ctx, a, "skipped".into(), None, shutdown)
-                .await;
+            self.respond(ctx, error_event(&i, ctx, SLEEPING_MESSAGE.into()));
+            return Box::pin(self.after_failure(ctx, a, "skipped".into(), None, shutdown)).await;
         }
 
         let waiting = Instant::now();
@@ -134,7 +136,7 @@ impl Dispatcher {
                 {
                     tokio::time::sleep(d).await;
                 }
-                Decision::Wait(d) => return self.defer(ctx, a, d, shutdown).await,
+                Decision::Wait(d) => return Box::pin(self.defer(ctx, a, d, shutdown)).await,
             }
         }
         self.meters
@@ -145,10 +147,10 @@ impl Dispatcher {
             self.recorder
                 .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
             self.sample_failure(ctx, &a, &e);
-            return self.dead_letter(ctx, a, "render_failed", e, shutdown).await;
+            return Box::pin(self.dead_letter(ctx, a, "render_failed", e, shutdown)).await;
         }
 
-        self.respond(ctx, hook_sent(ctx)).await;
+        self.respond(ctx, hook_sent(ctx));
         let outcome: Outcome = {
             let _permit = self
                 .deliveries
@@ -156,9 +158,10 @@ impl Dispatcher {
                 .await
                 .expect("the semaphore is never closed");
             self.meters.inflight.increment(1.0);
-            // Boxed: hyper's request future is ~3 KiB, and every task
-            // holding an attempt would otherwise be that much larger, copied
-            // whole when it is spawned.
+            // Boxed, like the failure paths' futures below: hyper's request
+            // future is ~3 KiB, and every task holding an attempt would
+            // otherwise be that much larger, copied whole when it is
+            // spawned.
             let outcome = Box::pin(self.deliverer.send(&request, i.reject_unauthorized)).await;
             self.meters.inflight.decrement(1.0);
             outcome
@@ -173,29 +176,24 @@ impl Dispatcher {
                 match response_chunks(&i, ctx, &outcome.body) {
                     Ok(events) => {
                         for e in events {
-                            self.respond(ctx, e).await;
+                            self.respond(ctx, e);
                         }
                     }
-                    Err(e) => {
-                        self.respond(
-                            ctx,
-                            error_event(&i, ctx, format!("error rendering the response: {e}")),
-                        )
-                        .await
-                    }
+                    Err(e) => self.respond(
+                        ctx,
+                        error_event(&i, ctx, format!("error rendering the response: {e}")),
+                    ),
                 }
                 Settled::Done
             }
             Err(e) => {
                 tracing::debug!(integration = %i.id, event = %ctx.event().id, attempt = a.number, error = %e, "webhook failed");
-                self.respond(ctx, error_event(&i, ctx, error_message(e, &host)))
-                    .await;
+                self.respond(ctx, error_event(&i, ctx, error_message(e, &host)));
                 let label = match e {
                     DeliveryError::Render(m) => m.clone(),
                     e => e.to_string(),
                 };
-                self.after_failure(ctx, a, label, outcome.retry_after, shutdown)
-                    .await
+                Box::pin(self.after_failure(ctx, a, label, outcome.retry_after, shutdown)).await
             }
         }
     }
@@ -313,7 +311,7 @@ impl Dispatcher {
     /// for the broker's acknowledgement: they never hold a delivery or an
     /// event's commit, and cost no task or channel per record (librdkafka's
     /// delivery report logs a failure, [`ResponseReports`]).
-    async fn respond(&self, ctx: &EventContext, event: ResponseEvent) {
+    fn respond(&self, ctx: &EventContext, event: ResponseEvent) {
         let payload = event.to_json(ctx);
         let record = BaseRecord::<str, [u8]>::to(&self.responses_topic)
             .key(&ctx.event().device_id)

@@ -575,15 +575,16 @@ impl Pipeline {
                     Settled::Done
                 }
             }
-            Work::Retry(record) => self.retry(*record, shutdown).await,
+            // Boxed, as are the dead letters below: every record's task is
+            // as large as the largest of these futures, and events are most.
+            Work::Retry(record) => Box::pin(self.retry(*record, shutdown)).await,
             Work::DeadLetter(letter, key) => {
                 let key = key
                     .map(|k| String::from_utf8_lossy(&k).into_owned())
                     .unwrap_or_default();
                 let topic = self.dispatcher.dead_letter_topic.clone();
-                self.dispatcher
-                    .send(&topic, &key, &letter.to_json(), shutdown)
-                    .await
+                let payload = letter.to_json();
+                Box::pin(self.dispatcher.send(&topic, &key, &payload, shutdown)).await
             }
         }
     }
