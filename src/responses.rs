@@ -8,6 +8,9 @@
 //! `<errorResponseTopic>/0` with what went wrong. Their names never trigger
 //! integrations.
 
+use std::borrow::Cow;
+use std::cell::RefCell;
+
 use serde_json::Value;
 
 use crate::deliver::DeliveryError;
@@ -23,16 +26,18 @@ pub const MAX_RESPONSE_BYTES: usize = 100 * 1024;
 /// The device field of `hook-sent` events.
 pub const INTERNAL_DEVICE: &str = "particle-internal";
 
-/// One event for the responses topic.
+/// One event for the responses topic; its data and device borrowed where
+/// they are already text (the response body, the event), as it lives only
+/// until it is handed to the producer.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseEvent {
+pub struct ResponseEvent<'a> {
     pub name: String,
-    pub data: String,
+    pub data: Cow<'a, str>,
     /// `coreid` of the event: the device told, or `particle-internal`.
-    pub device: String,
+    pub device: Cow<'a, str>,
 }
 
-impl ResponseEvent {
+impl ResponseEvent<'_> {
     /// Device-event JSON, as the events stream carries it.
     /// Written field by field (one per response event per webhook, so no
     /// JSON value is built).
@@ -42,22 +47,23 @@ impl ResponseEvent {
         let mut out = Vec::with_capacity(
             128 + self.name.len() + self.data.len() + self.device.len() + user.len(),
         );
-        let published = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-        for (n, (key, value)) in [
-            ("name", self.name.as_str()),
-            ("data", &self.data),
-            ("published_at", &published),
-            ("coreid", &self.device),
-            ("userid", user),
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            out.push(if n == 0 { b'{' } else { b',' });
-            write_str(&mut out, key);
-            out.push(b':');
-            write_str(&mut out, value);
-        }
+        with_published_now(|published| {
+            for (n, (key, value)) in [
+                ("name", self.name.as_str()),
+                ("data", &self.data),
+                ("published_at", published),
+                ("coreid", &self.device),
+                ("userid", user),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                out.push(if n == 0 { b'{' } else { b',' });
+                write_str(&mut out, key);
+                out.push(b':');
+                write_str(&mut out, value);
+            }
+        });
         out.extend_from_slice(b",\"ttl\":60,\"public\":false");
         if let Some(p) = e.product_id {
             out.extend_from_slice(b",\"productID\":");
@@ -72,58 +78,90 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("a string always serializes");
 }
 
+/// Calls `f` with the time now as `published_at` is written
+/// (`2024-05-13T10:55:40.306Z`), formatted once per millisecond on each
+/// thread: two response events per webhook would otherwise format it twice.
+fn with_published_now<R>(f: impl FnOnce(&str) -> R) -> R {
+    thread_local! {
+        static LAST: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
+    let now = chrono::Utc::now();
+    let ms = now.timestamp_millis();
+    LAST.with_borrow_mut(|(at, text)| {
+        if *at != ms {
+            *at = ms;
+            *text = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        }
+        f(text)
+    })
+}
+
 /// `hook-sent/<event name>`, emitted for each request sent.
-pub fn hook_sent(ctx: &EventContext) -> ResponseEvent {
+pub fn hook_sent(ctx: &EventContext) -> ResponseEvent<'static> {
     ResponseEvent {
         name: format!("hook-sent/{}", ctx.event().name),
-        data: "undefined".into(),
-        device: INTERNAL_DEVICE.into(),
+        data: Cow::Borrowed("undefined"),
+        device: Cow::Borrowed(INTERNAL_DEVICE),
     }
 }
 
 /// The response body as `<responseTopic>/<n>` chunks; none for an empty body.
-pub fn response_chunks(
+pub fn response_chunks<'a>(
     i: &Integration,
-    ctx: &EventContext,
-    body: &[u8],
-) -> Result<Vec<ResponseEvent>, RenderFailure> {
+    ctx: &'a EventContext,
+    body: &'a [u8],
+) -> Result<Vec<ResponseEvent<'a>>, RenderFailure> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
     let topic = ctx.render("responseTopic", &i.response_topic)?;
     // The body is parsed only for a template to read.
-    let text = match &i.response_template {
+    let text: Cow<'a, str> = match &i.response_template {
         Some(t) => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(fields)) => ctx.render_with("responseTemplate", t, &fields)?,
-            Ok(other) => ctx.render_with(
-                "responseTemplate",
-                t,
-                &serde_json::Map::from_iter([("body".to_owned(), other)]),
-            )?,
-            Err(_) => String::from_utf8_lossy(body).into_owned(),
+            Ok(Value::Object(fields)) => ctx.render_with("responseTemplate", t, &fields)?.into(),
+            Ok(other) => ctx
+                .render_with(
+                    "responseTemplate",
+                    t,
+                    &serde_json::Map::from_iter([("body".to_owned(), other)]),
+                )?
+                .into(),
+            Err(_) => String::from_utf8_lossy(body),
         },
-        None => String::from_utf8_lossy(body).into_owned(),
+        None => String::from_utf8_lossy(body),
     };
-    let capped = truncate(&text, MAX_RESPONSE_BYTES);
-    Ok(chunks(capped, CHUNK_BYTES)
-        .enumerate()
-        .map(|(n, data)| ResponseEvent {
-            name: format!("{topic}/{n}"),
-            data: data.to_owned(),
-            device: ctx.event().device_id.clone(),
-        })
-        .collect())
+    let device = ctx.event().device_id.as_str();
+    let event = |n: usize, data: Cow<'a, str>| ResponseEvent {
+        name: format!("{topic}/{n}"),
+        data,
+        device: Cow::Borrowed(device),
+    };
+    Ok(match text {
+        // The body as it came: chunks borrow it.
+        Cow::Borrowed(text) => chunks(truncate(text, MAX_RESPONSE_BYTES), CHUNK_BYTES)
+            .enumerate()
+            .map(|(n, data)| event(n, Cow::Borrowed(data)))
+            .collect(),
+        Cow::Owned(text) => chunks(truncate(&text, MAX_RESPONSE_BYTES), CHUNK_BYTES)
+            .enumerate()
+            .map(|(n, data)| event(n, Cow::Owned(data.to_owned())))
+            .collect(),
+    })
 }
 
 /// `<errorResponseTopic>/0` carrying `message`.
-pub fn error_event(i: &Integration, ctx: &EventContext, message: String) -> ResponseEvent {
+pub fn error_event<'a>(
+    i: &Integration,
+    ctx: &'a EventContext,
+    message: String,
+) -> ResponseEvent<'a> {
     let topic = ctx
         .render("errorResponseTopic", &i.error_response_topic)
         .unwrap_or_else(|_| format!("hook-error/{}", ctx.event().name));
     ResponseEvent {
         name: format!("{topic}/0"),
-        data: message,
-        device: ctx.event().device_id.clone(),
+        data: Cow::Owned(message),
+        device: Cow::Borrowed(&ctx.event().device_id),
     }
 }
 
@@ -234,6 +272,27 @@ mod tests {
     }
 
     #[test]
+    fn published_at_is_now_to_the_millisecond() {
+        let before = chrono::Utc::now();
+        let (first, second) = (
+            with_published_now(str::to_owned),
+            with_published_now(str::to_owned),
+        );
+        let after = chrono::Utc::now();
+        for at in [&first, &second] {
+            assert_eq!(at.len(), "2024-05-13T10:55:40.306Z".len(), "{at}");
+            assert!(at.ends_with('Z'), "{at}");
+            let t = chrono::DateTime::parse_from_rfc3339(at).unwrap();
+            let ms = |d: chrono::DateTime<chrono::Utc>| d.timestamp_millis();
+            assert!(
+                (ms(before)..=ms(after)).contains(&t.timestamp_millis()),
+                "{at}"
+            );
+        }
+        assert!(first <= second);
+    }
+
+    #[test]
     fn hook_sent_names_the_event() {
         assert_eq!(
             hook_sent(&ctx()),
@@ -247,7 +306,8 @@ mod tests {
 
     #[test]
     fn bodies_are_chunked_at_512_bytes_on_the_default_topics() {
-        let product = response_chunks(&integration(json!({})), &ctx(), &[b'x'; 1100]).unwrap();
+        let ctx = ctx();
+        let product = response_chunks(&integration(json!({})), &ctx, &[b'x'; 1100]).unwrap();
         let names: Vec<_> = product.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
@@ -266,20 +326,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            response_chunks(&sandbox, &ctx(), b"ok").unwrap()[0].name,
+            response_chunks(&sandbox, &ctx, b"ok").unwrap()[0].name,
             "hook-response/temp/0"
         );
-        assert!(response_chunks(&sandbox, &ctx(), b"").unwrap().is_empty());
+        assert!(response_chunks(&sandbox, &ctx, b"").unwrap().is_empty());
     }
 
     #[test]
     fn bodies_are_capped_at_100_kb() {
-        let events = response_chunks(
-            &integration(json!({"responseTopic": "r"})),
-            &ctx(),
-            &vec![b'y'; 300 * 1024],
-        )
-        .unwrap();
+        let ctx = ctx();
+        let body = vec![b'y'; 300 * 1024];
+        let events =
+            response_chunks(&integration(json!({"responseTopic": "r"})), &ctx, &body).unwrap();
         assert_eq!(events.len(), 200);
         assert_eq!(
             events.iter().map(|e| e.data.len()).sum::<usize>(),
@@ -290,24 +348,23 @@ mod tests {
 
     #[test]
     fn chunks_never_split_a_character() {
+        let ctx = ctx();
         let body = "é".repeat(600); // 1200 bytes
-        let events = response_chunks(&integration(json!({})), &ctx(), body.as_bytes()).unwrap();
+        let events = response_chunks(&integration(json!({})), &ctx, body.as_bytes()).unwrap();
         assert_eq!(
             events.iter().map(|e| e.data.len()).collect::<Vec<_>>(),
             [512, 512, 176]
         );
-        assert_eq!(
-            events.iter().map(|e| e.data.as_str()).collect::<String>(),
-            body
-        );
+        assert_eq!(events.iter().map(|e| &*e.data).collect::<String>(), body);
     }
 
     #[test]
     fn response_template_applies_to_json_responses() {
+        let ctx = ctx();
         let i = integration(
             json!({"responseTemplate": "{{{reading.value}}} for {{{PARTICLE_DEVICE_ID}}}", "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/r"}),
         );
-        let events = response_chunks(&i, &ctx(), br#"{"reading": {"value": 42}}"#).unwrap();
+        let events = response_chunks(&i, &ctx, br#"{"reading": {"value": 42}}"#).unwrap();
         assert_eq!(
             events,
             [ResponseEvent {
@@ -316,26 +373,27 @@ mod tests {
                 device: "e00fce68aaaaaaaaaaaaaaaa".into()
             }]
         );
-        let verbatim = response_chunks(&i, &ctx(), b"not json").unwrap();
+        let verbatim = response_chunks(&i, &ctx, b"not json").unwrap();
         assert_eq!(verbatim[0].data, "not json");
     }
 
     #[test]
     fn errors_and_sleeping() {
+        let ctx = ctx();
         let i = integration(json!({}));
         let e = error_event(
             &i,
-            &ctx(),
+            &ctx,
             error_message(&DeliveryError::Status(404), "example.com"),
         );
         assert_eq!(
-            (e.name.as_str(), e.data.as_str()),
+            (e.name.as_str(), &*e.data),
             ("hook-error/temp/0", "error status 404 from example.com")
         );
         let custom = integration(json!({"errorResponseTopic": "{{{PARTICLE_DEVICE_ID}}}/oops"}));
-        let e = error_event(&custom, &ctx(), SLEEPING_MESSAGE.into());
+        let e = error_event(&custom, &ctx, SLEEPING_MESSAGE.into());
         assert_eq!(
-            (e.name.as_str(), e.data.as_str()),
+            (e.name.as_str(), &*e.data),
             (
                 "e00fce68aaaaaaaaaaaaaaaa/oops/0",
                 "Sleeping, too many errors, please wait and try again"

@@ -186,6 +186,9 @@ struct Pipeline {
     /// The secrets each integration's templates see.
     secrets: SecretPolicy,
     dispatcher: Arc<Dispatcher>,
+    /// Handles made once, not looked up per event.
+    consumed: metrics::Counter,
+    unmatched: metrics::Counter,
 }
 
 /// A configured worker, ready to [`run`](Worker::run).
@@ -289,6 +292,8 @@ impl Worker {
                 dead_letter_topic: k.dead_letter_topic.clone(),
                 meters: Meters::default(),
             }),
+            consumed: metrics::counter!(EVENTS_CONSUMED),
+            unmatched: metrics::counter!(EVENTS_UNMATCHED),
         };
         let tasks = TaskTracker::new();
         tasks.spawn(prune_periodically(throttle, sleeping, shutdown.clone()));
@@ -477,7 +482,7 @@ async fn consume(
 
 /// Decodes and resolves one event record; cheap, so it runs in the loop.
 fn accept_event(p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work {
-    metrics::counter!(EVENTS_CONSUMED).increment(1);
+    p.consumed.increment(1);
     let payload = m.payload().unwrap_or_default();
     let published = m
         .timestamp()
@@ -496,7 +501,7 @@ fn accept_event(p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work 
         Ok(event) => {
             let matches = p.index.load().resolve(&event);
             if matches.is_empty() {
-                metrics::counter!(EVENTS_UNMATCHED).increment(1);
+                p.unmatched.increment(1);
                 Work::Done
             } else {
                 Work::Deliver(event, matches)
