@@ -407,6 +407,14 @@ async fn traffic_of_two_workers_adds_up_per_product_and_survives_an_api_restart(
     let (a, b) = (received(1), received(2));
     assert_eq!(a + b, published);
     let tally = |p: u32| one.tally.get(&id, Some(p)).success + two.tally.get(&id, Some(p)).success;
+    // A worker counts a delivery when the response is back, a moment after
+    // the receiver has seen the request.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while (tally(1), tally(2)) != (a, b) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
     assert_eq!(
         (tally(1), tally(2)),
         (a, b),
