@@ -8,8 +8,9 @@
 //! - throughput (webhooks/s) draining the backlog, worker CPU seconds per 10k
 //!   webhooks, peak RSS;
 //! - latency from production to receipt at a steady rate (p50/p99/max);
-//! - a reload of 100k integrations under that load (SIGHUP): time to apply,
-//!   p99 latency before, during and after it (`--no-reload`: the same
+//! - a reload of 100k integrations under that load (SIGHUP), then a single
+//!   edit of one of them: time to apply each, p99 latency before, during
+//!   each and after (`--no-reload`: the same
 //!   windows with nothing reloaded; `--preload-100k`: the worker starts with
 //!   the 100k integrations);
 //! - the limit: a bare hyper client sending the same requests at the same
@@ -306,32 +307,46 @@ async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
 /// the latency phase: this process is also the receiver and the producer,
 /// and building the file here during the window would delay the events it
 /// measures.
-fn stage_100k(receiver: SocketAddr, staged: &Path) {
+/// Writes the 100k-integration file to `staged`, and to `edited` the same
+/// with one record changed (the single edit reloaded after it).
+fn stage_100k(receiver: SocketAddr, staged: &Path, edited: &Path) {
     let mut big = integrations(receiver);
     for i in 0..100_000u32 {
         big.push(json!({"id": format!("r{i}"), "product_id": 1000 + i, "event": "temp", "url": "https://example.com/hook", "json": {"v": "{{{v}}}"}}));
     }
     std::fs::write(staged, serde_json::to_string(&big).unwrap()).unwrap();
+    big[7]["url"] = json!("https://example.com/edited");
+    std::fs::write(edited, serde_json::to_string(&big).unwrap()).unwrap();
 }
 
 /// Moves the staged file over the worker's, sends SIGHUP and waits until
-/// the worker logs the reload; returns the time it reports.
-async fn reload_100k(staged: &Path, integrations_path: &Path, pid: u32, log_path: &Path) -> u64 {
+/// the worker logs its `nth` reload (from 1); returns the time it reports.
+async fn reload(
+    staged: &Path,
+    integrations_path: &Path,
+    pid: u32,
+    log_path: &Path,
+    nth: usize,
+) -> u64 {
+    let reloads = || {
+        std::fs::read_to_string(log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("integrations reloaded"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
     std::fs::rename(staged, integrations_path).unwrap();
     Command::new("kill")
         .args(["-HUP", &pid.to_string()])
         .status()
         .unwrap();
     wait_for("the reload", Duration::from_secs(120), || {
-        std::fs::read_to_string(log_path)
-            .unwrap_or_default()
-            .contains("integrations reloaded")
+        reloads().len() >= nth
     })
     .await;
-    let log = std::fs::read_to_string(log_path).unwrap();
-    let reload_ms: u64 = log
-        .lines()
-        .find(|l| l.contains("integrations reloaded"))
+    let reload_ms: u64 = reloads()
+        .get(nth - 1)
         .and_then(|l| {
             l.split("elapsed_ms")
                 .nth(1)?
@@ -517,10 +532,11 @@ async fn run(args: Args, root: PathBuf) {
     let receiver_addr = receiver(received.clone()).await;
     let dir = tempfile::tempdir().unwrap();
     let integrations_path = dir.path().join("integrations.json");
+    let edited = dir.path().join("integrations-edited.json");
     if args.preload {
         // The worker starts with the 100k integrations the reload would
         // bring: the state after a reload, without one.
-        stage_100k(receiver_addr, &integrations_path);
+        stage_100k(receiver_addr, &integrations_path, &edited);
     } else {
         std::fs::write(
             &integrations_path,
@@ -651,8 +667,9 @@ async fn run(args: Args, root: PathBuf) {
         ((throughput * 0.25) as u64).max(100)
     };
     let staged = dir.path().join("integrations-100k.json");
-    if !(args.no_reload || args.preload) {
-        stage_100k(receiver_addr, &staged);
+    let reloading = !(args.no_reload || args.preload);
+    if reloading {
+        stage_100k(receiver_addr, &staged, &edited);
     }
     received.latencies.lock().unwrap().clear();
     let steady = n + args.latency_secs * rate;
@@ -674,29 +691,41 @@ async fn run(args: Args, root: PathBuf) {
     let before: Vec<u64> = received.latencies.lock().unwrap().clone();
     let mark = received.latencies.lock().unwrap().len();
     let hup_at = Instant::now();
-    let reload_ms = if args.no_reload || args.preload {
+    let reload_ms = if reloading {
+        reload(&staged, &integrations_path, pid, &log_path, 1).await
+    } else {
         // The control: the same window with nothing reloaded.
         tokio::time::sleep(Duration::from_secs(3)).await;
         0
-    } else {
-        reload_100k(&staged, &integrations_path, pid, &log_path).await
     };
     let reload_wall = hup_at.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during: Vec<u64> = received.latencies.lock().unwrap()[mark..].to_vec();
+    // Then a single edit of that file (one record changed), and a second
+    // to let it show.
+    let edit_mark = mark + during.len();
+    let edit_ms = if reloading {
+        reload(&edited, &integrations_path, pid, &log_path, 2).await
+    } else {
+        0
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during_edit: Vec<u64> = received.latencies.lock().unwrap()[edit_mark..].to_vec();
     producing.await.unwrap();
     wait_for("the steady phase", Duration::from_secs(120), || {
         received.count.load(Ordering::Relaxed) >= steady
     })
     .await;
     let mut all = received.latencies.lock().unwrap().clone();
-    let mut after = all[mark + during.len()..].to_vec();
+    let mut after = all[edit_mark + during_edit.len()..].to_vec();
     after.sort_unstable();
     all.sort_unstable();
     let mut before = before;
     before.sort_unstable();
     let mut during = during;
     during.sort_unstable();
+    let mut during_edit = during_edit;
+    during_edit.sort_unstable();
 
     // Soak: RSS at steady load.
     let mut soak = Vec::new();
@@ -778,12 +807,14 @@ async fn run(args: Args, root: PathBuf) {
             "| 100k-integration reload: applied in (worker) / seen (wall) | {reload_ms} ms / {} ms |",
             reload_wall.as_millis()
         );
+        println!("| then a single edit (one record changed): applied in (worker) | {edit_ms} ms |");
         "the reload"
     };
     println!(
-        "| p99 latency before / during {during_what} / after it | {:.1} / {:.1} / {:.1} ms |",
+        "| p99 latency before / during {during_what} / during the edit / after | {:.1} / {:.1} / {:.1} / {:.1} ms |",
         percentile(&before, 0.99),
         percentile(&during, 0.99),
+        percentile(&during_edit, 0.99),
         percentile(&after, 0.99)
     );
     println!("| worker peak RSS (whole run) | {} MiB |", peak / 1024);

@@ -2,7 +2,8 @@
 //! work a config reload does before the atomic swap; and one change on the
 //! config log with 100k integrations live: apply the record, rebuild the
 //! index (no recompiling), which is what a worker does per batch; and the
-//! file source's reload (SIGHUP): the same records read from one file.
+//! file source's reload (SIGHUP): the same records read from one file, in
+//! full and with one record changed since the last load.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hookd::integration::Integration;
@@ -40,6 +41,24 @@ fn bench_reload(c: &mut Criterion) {
     std::fs::write(&file, format!("[{}]", records.join(","))).unwrap();
     group.bench_function("file_100k_integrations", |b| {
         b.iter(|| hookd::source::load_index(&file).unwrap())
+    });
+    // A single edit: the same file with one record changed, reloaded by a
+    // source that loaded the file before (as the worker's does); the two
+    // files alternate, so every load compiles the one record that differs.
+    let mut edited = records.clone();
+    edited[7] = edited[7].replace("https://example.com/hook", "https://example.com/edited");
+    let other = dir.path().join("integrations-edited.json");
+    std::fs::write(&other, format!("[{}]", edited.join(","))).unwrap();
+    let mut source = hookd::source::FileSource::default();
+    source.load(&file).unwrap();
+    let mut flip = false;
+    group.bench_function("file_100k_one_record_changed", |b| {
+        b.iter(|| {
+            flip = !flip;
+            let index = source.load(if flip { &other } else { &file }).unwrap();
+            assert_eq!(source.last_compiled, 1);
+            index
+        })
     });
     group.finish();
 

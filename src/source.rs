@@ -4,8 +4,13 @@
 //! directory of such files. Out: a built [`Index`], or every refused record
 //! with its file and the field at fault. A source that fails to load leaves
 //! the running index untouched.
+//!
+//! A [`FileSource`] remembers what it compiled: a reload compiles only the
+//! records whose text changed, and shares the others with the running index.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -35,8 +40,57 @@ pub enum SourceError {
     Duplicate(#[from] DuplicateId),
 }
 
+/// The integrations of a file or directory, compiled at most once per
+/// distinct record text.
+#[derive(Default)]
+pub struct FileSource {
+    /// The last successful load's integrations, by the XXH3-128 of their
+    /// record's text.
+    compiled: HashMap<u128, Arc<Integration>>,
+    /// How many records the last load compiled (the rest were reused).
+    pub last_compiled: usize,
+}
+
+impl FileSource {
+    /// Loads `path` into an index. A record whose text is the same as at the
+    /// last successful load keeps its compiled integration; the others are
+    /// compiled. A load that fails changes nothing.
+    pub fn load(&mut self, path: &Path) -> Result<Index, SourceError> {
+        if path.as_os_str().is_empty() {
+            self.compiled.clear();
+            return Ok(Index::default());
+        }
+        let mut next = HashMap::with_capacity(self.compiled.len());
+        let mut fresh = 0;
+        let integrations = load_records(path, |text| {
+            let key = xxhash_rust::xxh3::xxh3_128(text.as_bytes());
+            let integration = match self.compiled.get(&key) {
+                Some(same) => same.clone(),
+                None => {
+                    fresh += 1;
+                    Arc::new(Integration::from_json(text.as_bytes())?)
+                }
+            };
+            next.insert(key, integration.clone());
+            Ok(integration)
+        })?;
+        let index = Index::from_shared(integrations)?;
+        self.compiled = next;
+        self.last_compiled = fresh;
+        Ok(index)
+    }
+}
+
 /// Loads every integration under `path` (a file or a directory of `*.json`).
 pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
+    load_records(path, |text| Integration::from_json(text.as_bytes()))
+}
+
+/// Every record under `path`, each made by `make` from its JSON text.
+fn load_records<T>(
+    path: &Path,
+    mut make: impl FnMut(&str) -> Result<T, InvalidIntegration>,
+) -> Result<Vec<T>, SourceError> {
     let files = if path.is_dir() {
         let mut files: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|error| SourceError::Io {
@@ -70,12 +124,10 @@ pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
         };
         out.reserve(records.len());
         for (i, record) in records.into_iter().enumerate() {
-            let integration = Integration::from_json(record.get().as_bytes()).map_err(|error| {
-                SourceError::Invalid {
-                    path: file.clone(),
-                    position: position(record, i),
-                    error,
-                }
+            let integration = make(record.get()).map_err(|error| SourceError::Invalid {
+                path: file.clone(),
+                position: position(record, i),
+                error,
             })?;
             out.push(integration);
         }
@@ -93,10 +145,7 @@ fn position(record: &RawValue, i: usize) -> String {
 
 /// Loads `path` into an index; an empty path is an empty index.
 pub fn load_index(path: &Path) -> Result<Index, SourceError> {
-    if path.as_os_str().is_empty() {
-        return Ok(Index::default());
-    }
-    Ok(Index::build(load_integrations(path)?)?)
+    FileSource::default().load(path)
 }
 
 #[cfg(test)]
@@ -126,6 +175,49 @@ mod tests {
         .unwrap();
         let err = load_index(dir.path()).unwrap_err().to_string();
         assert!(err.ends_with("c.json: integration \"c\": json/form: json and form are mutually exclusive; give only one body"), "{err}");
+    }
+
+    #[test]
+    fn a_reload_compiles_only_the_records_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("i.json");
+        let record = |id: &str, event: &str| {
+            format!(r#"{{"id":"{id}","product_id":1,"event":"{event}","url":"http://h/"}}"#)
+        };
+        let write =
+            |records: &[String]| std::fs::write(&file, format!("[{}]", records.join(","))).unwrap();
+        let mut source = FileSource::default();
+        write(&[record("a", "t"), record("b", "t"), record("c", "t")]);
+        let first = source.load(&file).unwrap();
+        assert_eq!(source.last_compiled, 3);
+
+        write(&[record("a", "t"), record("b", "edited"), record("d", "t")]);
+        let second = source.load(&file).unwrap();
+        assert_eq!(source.last_compiled, 2, "b edited, d new");
+        assert!(
+            Arc::ptr_eq(first.get("a").unwrap(), second.get("a").unwrap()),
+            "a shared"
+        );
+        assert_eq!(second.get("b").unwrap().trigger.as_str(), "edited");
+        assert!(second.get("c").is_none(), "c removed");
+
+        // A refused file changes nothing: the next load reuses as before.
+        std::fs::write(&file, "[{").unwrap();
+        assert!(source.load(&file).is_err());
+        write(&[record("a", "t"), record("b", "edited"), record("d", "t")]);
+        let third = source.load(&file).unwrap();
+        assert_eq!(source.last_compiled, 0);
+        assert!(Arc::ptr_eq(
+            second.get("d").unwrap(),
+            third.get("d").unwrap()
+        ));
+
+        // A record removed and brought back is compiled again.
+        write(&[record("a", "t")]);
+        source.load(&file).unwrap();
+        write(&[record("a", "t"), record("c", "t")]);
+        source.load(&file).unwrap();
+        assert_eq!(source.last_compiled, 1);
     }
 
     #[test]

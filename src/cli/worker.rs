@@ -2,6 +2,7 @@
 //! metrics endpoints, stopped by SIGTERM or SIGINT.
 
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use tokio::net::TcpListener;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{IntegrationSource, Settings};
 use crate::config_log::follower::ConfigLog;
 use crate::resolve::{Index, IndexHandle};
+use crate::source::FileSource;
 use crate::worker::Worker;
 
 #[derive(Debug, clap::Args)]
@@ -44,12 +46,15 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     match settings.integrations.source {
         IntegrationSource::File => {
             let path = &settings.integrations.path;
-            let loaded = crate::source::load_index(path)
+            let mut source = FileSource::default();
+            let loaded = source
+                .load(path)
                 .with_context(|| format!("loading integrations from {}", path.display()))?;
             tracing::info!(integrations = loaded.len(), "integrations loaded");
             index.swap(loaded);
             tokio::spawn(reload_on_sighup(
                 path.clone(),
+                source,
                 index.clone(),
                 shutdown.clone(),
             ));
@@ -79,12 +84,19 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 }
 
 /// SIGHUP reloads the integrations file or directory and swaps the index as
-/// a whole while events flow; an invalid file is refused with the reason and
-/// the previous integrations keep running.
-async fn reload_on_sighup(path: PathBuf, index: IndexHandle, shutdown: CancellationToken) {
+/// a whole while events flow (compiling only the records that changed); an
+/// invalid file is refused with the reason and the previous integrations
+/// keep running.
+async fn reload_on_sighup(
+    path: PathBuf,
+    source: FileSource,
+    index: IndexHandle,
+    shutdown: CancellationToken,
+) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
+        let source = Arc::new(Mutex::new(source));
         let Ok(mut hup) = signal(SignalKind::hangup()) else {
             return;
         };
@@ -97,16 +109,20 @@ async fn reload_on_sighup(path: PathBuf, index: IndexHandle, shutdown: Cancellat
             // Parsing and compiling many integrations is CPU work: keep it
             // off the runtime's threads so deliveries keep flowing.
             let load = crate::background::run("reload", {
-                let path = path.clone();
-                move || crate::source::load_index(&path)
+                let (path, source) = (path.clone(), source.clone());
+                move || {
+                    let mut source = source.lock().expect("the reload lock is never poisoned");
+                    source.load(&path).map(|new| (new, source.last_compiled))
+                }
             });
             let Some(loaded) = load.await else { continue };
             match loaded {
-                Ok(new) => {
+                Ok((new, compiled)) => {
                     let count = new.len();
                     index.swap(new);
                     tracing::info!(
                         integrations = count,
+                        compiled,
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "integrations reloaded"
                     );
@@ -120,7 +136,7 @@ async fn reload_on_sighup(path: PathBuf, index: IndexHandle, shutdown: Cancellat
         }
     }
     #[cfg(not(unix))]
-    let _ = (path, index, shutdown);
+    let _ = (path, source, index, shutdown);
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.
