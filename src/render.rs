@@ -1195,7 +1195,7 @@ mod tests {
             let mut reference = form_urlencoded::Serializer::new(String::new());
             reference.append_pair(&k, &v);
             reference.append_pair("b", "x y");
-                        proptest::prop_assert_eq!(encode_form([(k.as_str(), v.as_str()), ("b", "x y")].into_iter()), reference.finish());
+            proptest::prop_assert_eq!(encode_form([(k.as_str(), v.as_str()), ("b", "x y")].into_iter()), reference.finish());
         }
 
         /// A URL taken as rendered, unparsed, is exactly what parsing it
@@ -1215,11 +1215,11 @@ mod tests {
         ) {
             let i = integration(json!({"url": start, "noDefaults": true}));
             let ctx = EventContext::new(event(&json!({ "v": v }).to_string()), secrets(), SecretMode::Reveal);
-                        // Some values make no URL at all (a space in the host): refused.
+            // Some values make no URL at all (a space in the host): refused.
             let Ok(rendered) = render(&i, &ctx) else { return Ok(()) };
             let prefix = i.request.url_prefix;
             if prefix > 0 && plain_path_after(&rendered.url, prefix) {
-                                let parsed = url::Url::parse(&rendered.url).unwrap();
+                let parsed = url::Url::parse(&rendered.url).unwrap();
                 proptest::prop_assert_eq!(parsed.as_str(), rendered.url.as_str());
             }
         }
