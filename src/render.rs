@@ -694,7 +694,8 @@ fn literal_text(t: &Template) -> &str {
     }
 }
 
-fn write_str(out: &mut Vec<u8>, s: &str) {
+/// `s` as a JSON string, quoted and escaped.
+pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("a string always serializes");
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::deliver::DeliveryError;
 use crate::integration::Integration;
-use crate::render::{EventContext, RenderFailure};
+use crate::render::{write_str, EventContext, RenderFailure};
 
 /// Data of the error event of a skipped attempt.
 pub const SLEEPING_MESSAGE: &str = "Sleeping, too many errors, please wait and try again";
@@ -72,10 +72,6 @@ impl ResponseEvent<'_> {
         out.push(b'}');
         out
     }
-}
-
-fn write_str(out: &mut Vec<u8>, s: &str) {
-    serde_json::to_writer(&mut *out, s).expect("a string always serializes");
 }
 
 /// Calls `f` with the time now as `published_at` is written

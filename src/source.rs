@@ -81,12 +81,8 @@ impl FileSource {
     }
 }
 
-/// Loads every integration under `path` (a file or a directory of `*.json`).
-pub fn load_integrations(path: &Path) -> Result<Vec<Integration>, SourceError> {
-    load_records(path, |text| Integration::from_json(text.as_bytes()))
-}
-
-/// Every record under `path`, each made by `make` from its JSON text.
+/// Every record under `path` (a file or a directory of `*.json`), each made
+/// by `make` from its JSON text.
 fn load_records<T>(
     path: &Path,
     mut make: impl FnMut(&str) -> Result<T, InvalidIntegration>,

@@ -633,7 +633,7 @@ mod tests {
             prop_assert_eq!(render(&s, json!({})), s);
         }
 
-                /// Templates of text and plain variables (looked up directly) render
+        /// Templates of text and plain variables (looked up directly) render
         /// exactly as handlebars renders them, whatever the values; text
         /// with braces or backslashes either takes the same path or goes to
         /// handlebars.
