@@ -32,6 +32,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub traffic: TrafficSettings,
     pub api: ApiSettings,
+    pub templates: crate::template::TemplateLimits,
     #[serde(default)]
     pub secrets: SecretValues,
     /// Which scopes may use each secret (`"org:<id>"`, `"user:<id>"`,
@@ -172,6 +173,13 @@ pub struct WorkerSettings {
     pub max_inflight_deliveries: usize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Event records larger than this are dead-lettered whole at decode
+    /// (`record_too_large`), before anything copies them.
+    pub max_event_bytes: usize,
+    /// A partition whose commit point has not moved for this long while
+    /// records of it are in flight is reported stalled (`/healthz`, metric).
+    #[serde(with = "humantime_serde")]
+    pub stall_after: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +285,18 @@ impl Settings {
                 "must be at least 1, got 0".into(),
             ));
         }
+        if w.max_event_bytes == 0 {
+            return Err(invalid(
+                "worker.max_event_bytes",
+                "must be at least 1, got 0".into(),
+            ));
+        }
+        if w.stall_after.is_zero() {
+            return Err(invalid(
+                "worker.stall_after",
+                "must be longer than 0s, got 0s".into(),
+            ));
+        }
         if w.max_inflight_deliveries == 0 {
             return Err(invalid(
                 "worker.max_inflight_deliveries",
@@ -343,6 +363,34 @@ impl Settings {
             return Err(invalid(
                 "retry.delays",
                 format!("delays must be longer than 0s, got {d:?}"),
+            ));
+        }
+        if let Some(w) = self.retry.delays.windows(2).find(|w| w[1] <= w[0]) {
+            return Err(invalid(
+                "retry.delays",
+                format!(
+                    "delays must grow from one retry to the next, got {:?} after {:?}",
+                    w[1], w[0]
+                ),
+            ));
+        }
+        let t = &self.templates;
+        for (key, value) in [
+            ("templates.max_template_bytes", t.max_template_bytes),
+            ("templates.max_integration_bytes", t.max_integration_bytes),
+            ("templates.max_section_depth", t.max_section_depth),
+            ("templates.max_output_bytes", t.max_output_bytes),
+            ("templates.max_render_steps", t.max_render_steps),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1, got 0".into()));
+            }
+        }
+        let ceiling = crate::template::MAX_SECTION_DEPTH_CEILING;
+        if t.max_section_depth > ceiling {
+            return Err(invalid(
+                "templates.max_section_depth",
+                format!("must be at most {ceiling}, got {}", t.max_section_depth),
             ));
         }
         let r = &self.sleeping;
@@ -648,6 +696,33 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "kafka.topic_partitions: must be at least 1, got 0");
+    }
+
+    #[test]
+    fn retry_delays_must_grow_and_template_limits_be_positive() {
+        let err = |toml: &str| load(toml, &[]).unwrap_err().to_string();
+        assert_eq!(
+            err("[retry]\ndelays = [\"60s\", \"30s\"]\n"),
+            "retry.delays: delays must grow from one retry to the next, got 30s after 60s"
+        );
+        assert_eq!(
+            err("[retry]\ndelays = [\"30s\", \"30s\"]\n"),
+            "retry.delays: delays must grow from one retry to the next, got 30s after 30s"
+        );
+        assert_eq!(
+            err("[templates]\nmax_render_steps = 0\n"),
+            "templates.max_render_steps: must be at least 1, got 0"
+        );
+        assert_eq!(
+            err("[templates]\nmax_section_depth = 1000\n"),
+            "templates.max_section_depth: must be at most 128, got 1000"
+        );
+        let s = load("[templates]\nmax_template_bytes = 100\n", &[]).unwrap();
+        assert_eq!(s.templates.max_template_bytes, 100);
+        assert_eq!(
+            s.templates.max_section_depth, 16,
+            "the rest from the defaults"
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, ThreadedProducer};
 use rdkafka::util::Timeout;
 use tokio::sync::Semaphore;
@@ -31,7 +32,8 @@ use crate::retry::{AttemptLog, Next, RetryRecord, RetrySettings};
 use crate::sign::Signer;
 use crate::sleeping::SleepingHosts;
 use crate::telemetry::{
-    DEFERRED, DELIVERIES_DEAD_LETTERED, INFLIGHT_DELIVERIES, RETRIES_SCHEDULED, THROTTLE_WAIT,
+    DEFERRED, DELIVERIES_DEAD_LETTERED, INFLIGHT_DELIVERIES, RECORDS_DROPPED, RETRIES_SCHEDULED,
+    THROTTLE_WAIT,
 };
 use crate::throttle::{Decision, Throttle};
 
@@ -276,8 +278,25 @@ impl Dispatcher {
             due_at_ms,
             history: a.history,
         };
-        self.send(topic, &ctx.event().device_id, &record.to_json(), shutdown)
-            .await
+        let key = &ctx.event().device_id;
+        match self.send(topic, key, &record.to_json(), shutdown).await {
+            Ok(()) => Settled::Done,
+            Err(SendError::Abandoned) => Settled::Abandoned,
+            // The retry can never be written (too large for the broker, or
+            // refused for good): the delivery is dead-lettered instead, in
+            // a form that always fits.
+            Err(SendError::Permanent(e)) => {
+                let letter = DeadLetter::delivery(
+                    "produce_failed",
+                    format!("the retry record could not be produced to {topic}: {e}"),
+                    &record.event,
+                    &record.origin,
+                    &record.integration,
+                    record.history,
+                );
+                self.write_dead_letter(key, letter, shutdown).await
+            }
+        }
     }
 
     async fn dead_letter(
@@ -298,13 +317,37 @@ impl Dispatcher {
             &a.matched.integration.id,
             a.history,
         );
-        self.send(
-            &self.dead_letter_topic,
-            &ctx.event().device_id,
-            &letter.to_json(),
-            shutdown,
-        )
-        .await
+        self.write_dead_letter(&ctx.event().device_id, letter, shutdown)
+            .await
+    }
+
+    /// Writes `letter` to the dead-letter topic. A letter the broker refuses
+    /// for good is written again cut to [`SHRUNK_PAYLOAD_BYTES`] without its
+    /// history; one refused even so is dropped and counted, never retried
+    /// forever (which would hold its partition's commit point).
+    pub async fn write_dead_letter(
+        &self,
+        key: &str,
+        letter: DeadLetter,
+        shutdown: &CancellationToken,
+    ) -> Settled {
+        let topic = &self.dead_letter_topic;
+        let e = match self.send(topic, key, &letter.to_json(), shutdown).await {
+            Ok(()) => return Settled::Done,
+            Err(SendError::Abandoned) => return Settled::Abandoned,
+            Err(SendError::Permanent(e)) => e,
+        };
+        tracing::warn!(error = %e, reason = %letter.reason, "dead letter refused by the broker; writing it shrunk");
+        let shrunk = letter.shrunk(SHRUNK_PAYLOAD_BYTES);
+        match self.send(topic, key, &shrunk.to_json(), shutdown).await {
+            Ok(()) => Settled::Done,
+            Err(SendError::Abandoned) => Settled::Abandoned,
+            Err(SendError::Permanent(e)) => {
+                metrics::counter!(RECORDS_DROPPED, "reason" => "unproducible").increment(1);
+                tracing::error!(error = %e, reason = %shrunk.reason, topic = %shrunk.topic, partition = shrunk.partition, offset = shrunk.offset, "dead letter cannot be produced even shrunk; dropped");
+                Settled::Done
+            }
+        }
     }
 
     /// Response events are handed to their own producer without waiting
@@ -321,15 +364,19 @@ impl Dispatcher {
         }
     }
 
-    /// Produces and waits for the broker's acknowledgement, retrying until it
-    /// comes; gives up only at shutdown.
+    /// Produces and waits for the broker's acknowledgement. Transient errors
+    /// (a broker down, a full queue) are retried with a growing pause until
+    /// the record is written or shutdown; errors retrying cannot fix (a
+    /// record over the broker's size limit, a refused topic) are returned
+    /// at once, for the caller to write something smaller or drop it.
     pub async fn send(
         &self,
         topic: &str,
         key: &str,
         payload: &[u8],
         shutdown: &CancellationToken,
-    ) -> Settled {
+    ) -> Result<(), SendError> {
+        let mut pause = Duration::from_millis(100);
         loop {
             let record = FutureRecord::<str, [u8]>::to(topic)
                 .key(key)
@@ -339,15 +386,58 @@ impl Dispatcher {
                 .send(record, Timeout::After(Duration::from_secs(30)))
                 .await
             {
-                Ok(_) => return Settled::Done,
+                Ok(_) => return Ok(()),
+                Err((e, _)) if is_permanent(&e) => {
+                    tracing::error!(error = %e, topic, bytes = payload.len(), "record refused by the broker for good");
+                    return Err(SendError::Permanent(e));
+                }
                 Err((e, _)) => {
-                    tracing::error!(error = %e, topic, "cannot produce; retrying");
+                    tracing::error!(error = %e, topic, retry_in = ?pause, "cannot produce; retrying");
                     tokio::select! {
-                        _ = shutdown.cancelled() => return Settled::Abandoned,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => return Err(SendError::Abandoned),
+                        _ = tokio::time::sleep(pause) => {}
                     }
+                    pause = (pause * 2).min(MAX_PRODUCE_PAUSE);
                 }
             }
         }
     }
+}
+
+/// Why a record was not written.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// Shutdown came first; the record's event must not be committed.
+    #[error("shutdown interrupted the write")]
+    Abandoned,
+    /// The broker refuses this record for good.
+    #[error("{0}")]
+    Permanent(KafkaError),
+}
+
+/// The longest pause between two tries of a transient produce error.
+const MAX_PRODUCE_PAUSE: Duration = Duration::from_secs(30);
+
+/// Bytes of payload a dead letter keeps when the whole one was refused.
+const SHRUNK_PAYLOAD_BYTES: usize = 16 * 1024;
+
+/// Produce errors that the same record will meet again however often it is
+/// tried.
+fn is_permanent(e: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        e.rdkafka_error_code(),
+        Some(
+            C::MessageSizeTooLarge
+                | C::InvalidMessageSize
+                | C::InvalidMessage
+                | C::BadMessage
+                | C::InvalidRecord
+                | C::MessageBatchTooLarge
+                | C::InvalidTopic
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::InvalidArgument
+        )
+    )
 }

@@ -223,6 +223,10 @@ pub enum InvalidReason {
     DataTooLarge,
     BadPublishedAt,
     MissingDevice,
+    /// The whole record is over `worker.max_event_bytes`.
+    RecordTooLarge,
+    /// Handling the event panicked (a bug); the worker went on.
+    Panicked,
 }
 
 impl InvalidReason {
@@ -236,6 +240,8 @@ impl InvalidReason {
             InvalidReason::DataTooLarge => "data_too_large",
             InvalidReason::BadPublishedAt => "bad_published_at",
             InvalidReason::MissingDevice => "missing_device",
+            InvalidReason::RecordTooLarge => "record_too_large",
+            InvalidReason::Panicked => "panic",
         }
     }
 }

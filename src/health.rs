@@ -41,7 +41,7 @@ pub async fn serve(
     });
     let app = Router::new()
         .route("/metrics", get(render_metrics))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(health))
         .route("/readyz", get(ready))
         .with_state(Endpoints { metrics, readiness });
     axum::serve(listener, app)
@@ -51,6 +51,21 @@ pub async fn serve(
 
 async fn render_metrics(State(e): State<Endpoints>) -> String {
     e.metrics.render()
+}
+
+/// 200 while every partition's commit point moves; 503 naming the
+/// partitions that are stuck (a record whose work never ends holds back
+/// everything after it).
+async fn health(State(e): State<Endpoints>) -> (StatusCode, String) {
+    let stalled = e.readiness.stalled();
+    if stalled.is_empty() {
+        (StatusCode::OK, "ok\n".to_owned())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("stalled: {}\n", stalled.join(", ")),
+        )
+    }
 }
 
 async fn ready(State(e): State<Endpoints>) -> (StatusCode, &'static str) {

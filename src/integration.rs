@@ -6,13 +6,14 @@
 //! values are all known to be valid, or an [`InvalidIntegration`] naming the
 //! field and what was wrong with it. Nothing downstream re-validates.
 
+use std::cell::Cell;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::event::{MAX_NAME_LEN, RESPONSE_EVENT_PREFIXES};
-use crate::template::{Template, TemplateError};
+use crate::template::{Template, TemplateError, TemplateLimits};
 
 /// An integration record as users write it. Unknown fields are refused, so a
 /// typo (`requesttype`) is an error and not a silently ignored setting.
@@ -332,14 +333,30 @@ pub struct Integration {
 impl Integration {
     /// Parses and validates one JSON record.
     pub fn from_json(bytes: &[u8]) -> Result<Integration, InvalidIntegration> {
+        Integration::from_json_with(bytes, &TemplateLimits::default())
+    }
+
+    /// [`Integration::from_json`] under the configured template limits.
+    pub fn from_json_with(
+        bytes: &[u8],
+        limits: &TemplateLimits,
+    ) -> Result<Integration, InvalidIntegration> {
         let spec: IntegrationSpec = serde_json::from_slice(bytes).map_err(|e| serde_refusal(&e))?;
-        Integration::try_from(spec)
+        Integration::compile(spec, limits)
     }
 
     /// As [`Integration::from_json`], from an already parsed value.
     pub fn from_value(value: Value) -> Result<Integration, InvalidIntegration> {
+        Integration::from_value_with(value, &TemplateLimits::default())
+    }
+
+    /// [`Integration::from_value`] under the configured template limits.
+    pub fn from_value_with(
+        value: Value,
+        limits: &TemplateLimits,
+    ) -> Result<Integration, InvalidIntegration> {
         let spec: IntegrationSpec = serde_json::from_value(value).map_err(|e| serde_refusal(&e))?;
-        Integration::try_from(spec)
+        Integration::compile(spec, limits)
     }
 
     /// The product this integration counts a delivery under for `product`
@@ -361,6 +378,20 @@ impl TryFrom<IntegrationSpec> for Integration {
     type Error = InvalidIntegration;
 
     fn try_from(spec: IntegrationSpec) -> Result<Integration, InvalidIntegration> {
+        Integration::compile(spec, &TemplateLimits::default())
+    }
+}
+
+impl Integration {
+    /// Validates `spec` and compiles its templates under `limits`.
+    pub fn compile(
+        spec: IntegrationSpec,
+        limits: &TemplateLimits,
+    ) -> Result<Integration, InvalidIntegration> {
+        let t = &Templates {
+            limits,
+            bytes: Cell::new(0),
+        };
         validate_plain_id("id", &spec.id)?;
         let scope = scope_of(&spec)?;
         let trigger = EventPrefix::try_new(spec.event.as_deref().ok_or_else(|| {
@@ -399,7 +430,7 @@ impl TryFrom<IntegrationSpec> for Integration {
             .url
             .as_deref()
             .ok_or_else(|| invalid("url", "is required"))?;
-        let url = compile_url(url_src)?;
+        let url = compile_url(t, url_src)?;
         let method = match spec
             .request_type
             .as_deref()
@@ -420,15 +451,15 @@ impl TryFrom<IntegrationSpec> for Integration {
                 ))
             }
         };
-        let body = body_of(&spec)?;
+        let body = body_of(t, &spec)?;
         let request = RequestTemplate {
             method,
             url_prefix: url_prefix(&url),
             url,
             body,
-            query: compile_pairs("query", spec.query.as_ref())?,
-            headers: compile_pairs("headers", spec.headers.as_ref())?,
-            auth: compile_auth(spec.auth.as_ref())?,
+            query: compile_pairs(t, "query", spec.query.as_ref())?,
+            headers: compile_pairs(t, "headers", spec.headers.as_ref())?,
+            auth: compile_auth(t, spec.auth.as_ref())?,
             no_defaults: spec.no_defaults.unwrap_or(false),
         };
         let default_response_topic = match scope {
@@ -436,12 +467,14 @@ impl TryFrom<IntegrationSpec> for Integration {
             _ => "{{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}",
         };
         let response_topic = compile_field(
+            t,
             "responseTopic",
             spec.response_topic
                 .as_deref()
                 .unwrap_or(default_response_topic),
         )?;
         let error_response_topic = compile_field(
+            t,
             "errorResponseTopic",
             spec.error_response_topic
                 .as_deref()
@@ -450,7 +483,7 @@ impl TryFrom<IntegrationSpec> for Integration {
         let response_template = spec
             .response_template
             .as_deref()
-            .map(|t| compile_field("responseTemplate", t))
+            .map(|r| compile_field(t, "responseTemplate", r))
             .transpose()?;
         if let Some(secret) = &spec.signing_secret {
             if !crate::render::is_secret_name(secret) {
@@ -600,16 +633,43 @@ fn scope_of(spec: &IntegrationSpec) -> Result<Scope, InvalidIntegration> {
     })
 }
 
-fn compile_field(field: &str, source: &str) -> Result<Template, InvalidIntegration> {
-    Template::compile(source).map_err(|e| template_error(field, source, e))
+/// Compiles one integration's templates under the configured limits,
+/// counting their bytes against the integration's total.
+struct Templates<'l> {
+    limits: &'l TemplateLimits,
+    bytes: Cell<usize>,
+}
+
+fn compile_field(t: &Templates, field: &str, source: &str) -> Result<Template, InvalidIntegration> {
+    let bytes = t.bytes.get() + source.len();
+    t.bytes.set(bytes);
+    if bytes > t.limits.max_integration_bytes {
+        return Err(invalid(
+            field,
+            format!(
+                "the integration's templates add up to more than {} bytes (templates.max_integration_bytes)",
+                t.limits.max_integration_bytes
+            ),
+        ));
+    }
+    Template::compile_with(source, t.limits).map_err(|e| template_error(field, source, e))
 }
 
 fn template_error(field: &str, source: &str, e: TemplateError) -> InvalidIntegration {
-    invalid(field, format!("template {source:?} does not compile: {e}"))
+    let shown: String = source.chars().take(80).collect();
+    let cut = if shown.len() < source.len() {
+        "…"
+    } else {
+        ""
+    };
+    invalid(
+        field,
+        format!("template {shown:?}{cut} does not compile: {e}"),
+    )
 }
 
-fn compile_url(src: &str) -> Result<Template, InvalidIntegration> {
-    let template = compile_field("url", src)?;
+fn compile_url(t: &Templates, src: &str) -> Result<Template, InvalidIntegration> {
+    let template = compile_field(t, "url", src)?;
     let lower = src.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         if template.is_literal() {
@@ -653,7 +713,7 @@ pub(crate) fn url_prefix(template: &Template) -> usize {
     }
 }
 
-fn body_of(spec: &IntegrationSpec) -> Result<BodyTemplate, InvalidIntegration> {
+fn body_of(t: &Templates, spec: &IntegrationSpec) -> Result<BodyTemplate, InvalidIntegration> {
     let given: Vec<&str> = [
         ("json", spec.json.is_some()),
         ("form", spec.form.is_some()),
@@ -673,9 +733,9 @@ fn body_of(spec: &IntegrationSpec) -> Result<BodyTemplate, InvalidIntegration> {
     }
     if let Some(json) = &spec.json {
         return match json {
-            Value::String(s) => Ok(BodyTemplate::JsonText(compile_field("json", s)?)),
+            Value::String(s) => Ok(BodyTemplate::JsonText(compile_field(t, "json", s)?)),
             Value::Object(_) | Value::Array(_) => {
-                Ok(BodyTemplate::Json(compile_json("json", json)?))
+                Ok(BodyTemplate::Json(compile_json(t, "json", json)?))
             }
             other => Err(invalid(
                 "json",
@@ -684,29 +744,33 @@ fn body_of(spec: &IntegrationSpec) -> Result<BodyTemplate, InvalidIntegration> {
         };
     }
     if let Some(form) = &spec.form {
-        return Ok(BodyTemplate::Form(compile_pairs("form", Some(form))?));
+        return Ok(BodyTemplate::Form(compile_pairs(t, "form", Some(form))?));
     }
     if let Some(body) = &spec.body {
-        return Ok(BodyTemplate::Raw(compile_field("body", body)?));
+        return Ok(BodyTemplate::Raw(compile_field(t, "body", body)?));
     }
     Ok(BodyTemplate::Defaults)
 }
 
-fn compile_json(field: &str, value: &Value) -> Result<JsonTemplate, InvalidIntegration> {
+fn compile_json(
+    t: &Templates,
+    field: &str,
+    value: &Value,
+) -> Result<JsonTemplate, InvalidIntegration> {
     Ok(match value {
-        Value::String(s) => JsonTemplate::Str(compile_field(field, s)?),
+        Value::String(s) => JsonTemplate::Str(compile_field(t, field, s)?),
         Value::Array(items) => JsonTemplate::Array(
             items
                 .iter()
                 .enumerate()
-                .map(|(i, v)| compile_json(&format!("{field}[{i}]"), v))
+                .map(|(i, v)| compile_json(t, &format!("{field}[{i}]"), v))
                 .collect::<Result<_, _>>()?,
         ),
         Value::Object(map) => JsonTemplate::Object(
             map.iter()
                 .map(|(k, v)| {
                     let path = format!("{field}.{k}");
-                    Ok((compile_field(&path, k)?, compile_json(&path, v)?))
+                    Ok((compile_field(t, &path, k)?, compile_json(t, &path, v)?))
                 })
                 .collect::<Result<_, _>>()?,
         ),
@@ -716,6 +780,7 @@ fn compile_json(field: &str, value: &Value) -> Result<JsonTemplate, InvalidInteg
 
 /// Compiles an object of template keys and values (`query`, `form`, `headers`).
 fn compile_pairs(
+    t: &Templates,
     field: &str,
     value: Option<&Value>,
 ) -> Result<Vec<(Template, Template)>, InvalidIntegration> {
@@ -741,19 +806,22 @@ fn compile_pairs(
                     ))
                 }
             };
-            Ok((compile_field(&path, k)?, compile_field(&path, &text)?))
+            Ok((compile_field(t, &path, k)?, compile_field(t, &path, &text)?))
         })
         .collect()
 }
 
-fn compile_auth(value: Option<&Value>) -> Result<Option<(Template, Template)>, InvalidIntegration> {
+fn compile_auth(
+    t: &Templates,
+    value: Option<&Value>,
+) -> Result<Option<(Template, Template)>, InvalidIntegration> {
     let Some(value) = value else {
         return Ok(None);
     };
     let get = |key: &str| -> Result<Template, InvalidIntegration> {
         let field = format!("auth.{key}");
         match value.get(key) {
-            Some(Value::String(s)) => compile_field(&field, s),
+            Some(Value::String(s)) => compile_field(t, &field, s),
             None | Some(Value::Null) => Ok(Template::Literal(String::new())),
             Some(other) => Err(invalid(field, format!("must be a string, got {other}"))),
         }

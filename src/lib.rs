@@ -15,7 +15,7 @@
 //!
 //! - [`event`]: decode and validate one record into a [`event::DeviceEvent`].
 //! - [`integration`]: an integration record validated and compiled.
-//! - [`template`]: mustache semantics on handlebars.
+//! - [`template`]: mustache templates, a closed and bounded language.
 //! - [`resolve`]: the [`resolve::Index`] from product and owner to
 //!   integrations, and the live [`resolve::IndexHandle`] swapped as a whole.
 //! - [`render`]: integration + event → [`render::RenderedRequest`].

@@ -13,16 +13,21 @@
 //!
 //! Commit points are handed to the consumer in batches
 //! ([`OffsetLedger::unstored`]), not one store per finished record.
+//!
+//! A partition whose commit point has not moved for a while with records in
+//! flight is *stalled* ([`OffsetLedger::stalled`]): some record's work never
+//! ends, and nothing after it will be committed. `/healthz` reports it.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A partition's commit point: (topic, partition, offset).
 pub type CommitPoint = (Arc<str>, i32, i64);
 
 /// Offsets in flight of one partition.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct PartitionOffsets {
     generation: u64,
     in_flight: BTreeSet<i64>,
@@ -30,6 +35,8 @@ struct PartitionOffsets {
     next: i64,
     /// The commit point last returned by [`OffsetLedger::unstored`].
     stored: i64,
+    /// When the commit point last moved, or work began on an idle partition.
+    moved_at: Instant,
 }
 
 impl PartitionOffsets {
@@ -75,7 +82,11 @@ impl OffsetLedger {
                 in_flight: BTreeSet::new(),
                 next: offset,
                 stored: offset,
+                moved_at: Instant::now(),
             });
+        if entry.in_flight.is_empty() {
+            entry.moved_at = Instant::now();
+        }
         entry.in_flight.insert(offset);
         entry.next = entry.next.max(offset + 1);
         Ticket {
@@ -98,6 +109,9 @@ impl OffsetLedger {
         let before = entry.committable();
         entry.in_flight.remove(&ticket.offset);
         let after = entry.committable();
+        if after != before {
+            entry.moved_at = Instant::now();
+        }
         (after != before).then_some(after)
     }
 
@@ -149,6 +163,23 @@ impl OffsetLedger {
                     .map(|(p, o)| (t.clone(), *p, o.committable()))
             })
             .collect()
+    }
+
+    /// Partitions with records in flight whose commit point has not moved
+    /// for `after` or longer: (topic, partition, stuck offset, for how long).
+    pub fn stalled(&self, after: Duration) -> Vec<(Arc<str>, i32, i64, Duration)> {
+        let topics = self.topics.lock().expect("ledger lock is never poisoned");
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        for (topic, partitions) in topics.iter() {
+            for (partition, o) in partitions {
+                let still = now.saturating_duration_since(o.moved_at);
+                if !o.in_flight.is_empty() && still >= after {
+                    stalled.push((topic.clone(), *partition, o.committable(), still));
+                }
+            }
+        }
+        stalled
     }
 
     /// Records begun and not yet finished, across partitions.
@@ -232,6 +263,29 @@ mod tests {
         assert_eq!(l.finish(&old), None, "old generation");
         assert_eq!(l.committable(), vec![("t".into(), 0, 40)]);
         assert_eq!(l.finish(&new), Some(41));
+    }
+
+    #[test]
+    fn a_partition_whose_oldest_record_never_finishes_is_stalled() {
+        let l = OffsetLedger::default();
+        let stuck = l.begin("t", 0, 5);
+        let later = l.begin("t", 0, 6);
+        let idle = l.begin("t", 1, 9);
+        l.finish(&idle);
+        l.finish(&later);
+        std::thread::sleep(Duration::from_millis(30));
+        let stalled = l.stalled(Duration::from_millis(20));
+        assert_eq!(stalled.len(), 1, "{stalled:?}");
+        assert_eq!((&*stalled[0].0, stalled[0].1, stalled[0].2), ("t", 0, 5));
+        assert!(
+            l.stalled(Duration::from_secs(60)).is_empty(),
+            "not yet that long"
+        );
+        l.finish(&stuck);
+        assert!(l.stalled(Duration::ZERO).is_empty(), "nothing in flight");
+        // New work on an idle partition starts its own clock.
+        let _fresh = l.begin("t", 1, 10);
+        assert!(l.stalled(Duration::from_millis(20)).is_empty());
     }
 
     proptest! {

@@ -17,7 +17,6 @@ use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use bytes::Bytes;
-use handlebars::Context;
 use serde_json::{Map, Value};
 
 use crate::event::DeviceEvent;
@@ -68,8 +67,7 @@ pub enum SecretMode {
 }
 
 /// The template variables of one event, looked up by name as templates ask
-/// for them ([`Scope`]); the event data's JSON is parsed on first use and the
-/// whole handlebars context built only for what only handlebars renders.
+/// for them ([`Scope`]); the event data's JSON is parsed on first use.
 pub struct EventContext {
     event: DeviceEvent,
     secrets: Secrets,
@@ -80,7 +78,6 @@ pub struct EventContext {
     whole_event: bool,
     /// The fields of JSON event data (none when the data is not an object).
     data: OnceLock<DataFields>,
-    context: OnceLock<Context>,
 }
 
 /// The predefined variables of PARTICLE.md ("Templates").
@@ -107,7 +104,6 @@ impl EventContext {
             mode,
             whole_event: true,
             data: OnceLock::new(),
-            context: OnceLock::new(),
         }
     }
 
@@ -185,11 +181,7 @@ impl EventContext {
         t: &Template,
         extra: &Map<String, Value>,
     ) -> Result<String, RenderFailure> {
-        let scope = Overlay {
-            extra,
-            base: self,
-            context: OnceLock::new(),
-        };
+        let scope = Overlay { extra, base: self };
         t.render(&scope).map_err(|e| RenderFailure::Template {
             field: field.to_owned(),
             message: e.to_string(),
@@ -231,13 +223,6 @@ impl Scope for EventContext {
             return Some(Found::Text(Cow::Borrowed(self.shown(v))));
         }
         self.data().get(&self.event.data, name).map(Found::Json)
-    }
-
-    fn context(&self) -> &Context {
-        // `Context::from` takes the value as it is; `Context::wraps` would
-        // serialize it into a second copy.
-        self.context
-            .get_or_init(|| Context::from(Value::Object(self.variables())))
     }
 }
 
@@ -299,7 +284,7 @@ impl DataFields {
         }
     }
 
-    /// Every field, as handlebars needs them.
+    /// Every field, as one object (what [`EventContext::variables`] lists).
     fn to_map(&self, data: &str) -> Map<String, Value> {
         match self {
             DataFields::Parsed(map) => map.clone(),
@@ -350,7 +335,6 @@ impl<'de> serde::Deserialize<'de> for Spans<'de> {
 struct Overlay<'a> {
     extra: &'a Map<String, Value>,
     base: &'a EventContext,
-    context: OnceLock<Context>,
 }
 
 impl Scope for Overlay<'_> {
@@ -359,14 +343,6 @@ impl Scope for Overlay<'_> {
             Some(v) => Some(Found::Json(v)),
             None => self.base.lookup(name),
         }
-    }
-
-    fn context(&self) -> &Context {
-        self.context.get_or_init(|| {
-            let mut vars = self.base.variables();
-            vars.extend(self.extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-            Context::from(Value::Object(vars))
-        })
     }
 }
 
@@ -831,8 +807,9 @@ mod tests {
         )]))
     }
 
-    /// Templates look variables up one by one; handlebars gets them all as
-    /// one object. Both must see the same values, precedence included.
+    /// Templates look variables up one by one; [`EventContext::variables`]
+    /// lists them all as one object. Both must show the same values,
+    /// precedence included.
     #[test]
     fn looked_up_variables_equal_the_built_context() {
         let data = r#"{"PARTICLE_DEVICE_ID":"spoof","API_KEY":"spoof","t":21.5,"ok":true,"nested":{"a":[1,"x&y"]}}"#;
@@ -858,9 +835,8 @@ mod tests {
                 for name in &names {
                     for source in [format!("{{{{{{{name}}}}}}}"), format!("<{{{{{name}}}}}>")] {
                         let t = Template::compile(&source).unwrap();
-                        assert!(matches!(t, Template::Direct(_)), "{source}");
                         let direct = t.render(&ctx).unwrap();
-                        let built = t.render(ctx.context()).unwrap();
+                        let built = t.render(&ctx.variables()).unwrap();
                         assert_eq!(direct, built, "{source}, {mode:?}, whole event {whole}");
                     }
                 }
@@ -903,7 +879,7 @@ mod tests {
             for name in names {
                 let t = Template::compile(&format!("{{{{{{{name}}}}}}}")).unwrap();
                 let direct = t.render(&ctx).unwrap();
-                let built = t.render(ctx.context()).unwrap();
+                let built = t.render(&ctx.variables()).unwrap();
                 assert_eq!(direct, built, "{name} in {data}");
             }
         }

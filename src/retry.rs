@@ -63,8 +63,10 @@ impl RetrySettings {
             self.delays[0],
             *self.delays.last().expect("delays is not empty here"),
         );
+        // `max(min).min(max)`, not `clamp`: clamp panics when min > max,
+        // and a panic here would end a delivery task.
         let delay = retry_after
-            .map(|r| r.clamp(min, max))
+            .map(|r| r.max(min).min(max))
             .unwrap_or(self.delays[step]);
         Next::Retry {
             topic: self.topic(step),

@@ -17,6 +17,7 @@ use serde_json::Value;
 
 use crate::integration::{Integration, InvalidIntegration};
 use crate::resolve::{DuplicateId, Index};
+use crate::template::TemplateLimits;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -49,9 +50,19 @@ pub struct FileSource {
     compiled: HashMap<u128, Arc<Integration>>,
     /// How many records the last load compiled (the rest were reused).
     pub last_compiled: usize,
+    /// What the records' templates are compiled under.
+    pub limits: TemplateLimits,
 }
 
 impl FileSource {
+    /// A source whose records compile under `limits`.
+    pub fn with_limits(limits: TemplateLimits) -> FileSource {
+        FileSource {
+            limits,
+            ..FileSource::default()
+        }
+    }
+
     /// Loads `path` into an index. A record whose text is the same as at the
     /// last successful load keeps its compiled integration; the others are
     /// compiled. A load that fails changes nothing.
@@ -68,7 +79,7 @@ impl FileSource {
                 Some(same) => same.clone(),
                 None => {
                     fresh += 1;
-                    Arc::new(Integration::from_json(text.as_bytes())?)
+                    Arc::new(Integration::from_json_with(text.as_bytes(), &self.limits)?)
                 }
             };
             next.insert(key, integration.clone());

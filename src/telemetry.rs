@@ -32,6 +32,18 @@ pub const DEFERRED: &str = "hookd_deliveries_deferred_total";
 pub const RETRIES_SCHEDULED: &str = "hookd_retries_scheduled_total";
 /// Deliveries given up on, by `reason` (`retries_exhausted`, `render_failed`).
 pub const DELIVERIES_DEAD_LETTERED: &str = "hookd_deliveries_dead_lettered_total";
+/// Records hookd had to write and could not, dropped, by `reason`
+/// (`unproducible`: refused by the broker even shrunk).
+pub const RECORDS_DROPPED: &str = "hookd_records_dropped_total";
+/// Events whose handling failed in an unexpected way, by `reason` (`panic`);
+/// each was dead-lettered and its partition went on.
+pub const EVENTS_FAILED: &str = "hookd_events_failed_total";
+/// Partitions whose commit point has not moved for `worker.stall_after`
+/// while records of them are in flight.
+pub const PARTITIONS_STALLED: &str = "hookd_partitions_stalled";
+/// Retries not attempted because their integration no longer applies, by
+/// `reason` (`deleted`, `disabled`).
+pub const RETRIES_DROPPED: &str = "hookd_retries_dropped_total";
 /// Config-log records applied (created, updated, deleted or restated).
 pub const CONFIG_APPLIED: &str = "hookd_config_records_applied_total";
 /// Integration records refused at load, by source.
@@ -89,6 +101,26 @@ fn describe() {
         INFLIGHT_DELIVERIES,
         Unit::Count,
         "Webhook requests in flight."
+    );
+    describe_counter!(
+        RECORDS_DROPPED,
+        Unit::Count,
+        "Records that could not be produced even shrunk, dropped, by reason."
+    );
+    describe_counter!(
+        EVENTS_FAILED,
+        Unit::Count,
+        "Events whose handling failed unexpectedly (reason=panic); each was dead-lettered."
+    );
+    describe_gauge!(
+        PARTITIONS_STALLED,
+        Unit::Count,
+        "Partitions whose commit point has not moved for worker.stall_after with work in flight."
+    );
+    describe_counter!(
+        RETRIES_DROPPED,
+        Unit::Count,
+        "Retries dropped because their integration was deleted or disabled, by reason."
     );
     describe_counter!(CONFIG_APPLIED, Unit::Count, "Config-log records applied.");
     describe_counter!(

@@ -1,37 +1,76 @@
-//! Templates with mustache semantics, rendered by handlebars.
+//! Templates: mustache, as a closed and bounded language.
 //!
-//! In: a template string as users wrote it for Particle (mustache). Out: a
-//! [`Template`] compiled once at load, rendered per event in a [`Scope`]:
-//! templates of text and plain variables (most of them) by looking each
-//! variable up, the rest by handlebars over the scope's whole context.
-//! Failure modes: a template that does not parse is
-//! refused at load ([`TemplateError`]); rendering itself cannot fail on missing
-//! data (a missing variable renders empty, as in mustache).
+//! In: a template string as users wrote it for Particle (mustache) and the
+//! [`TemplateLimits`] in force. Out: a [`Template`] compiled once at load and
+//! rendered per event in a [`Scope`] (the event's variables, looked up by
+//! name as the template asks for them).
 //!
-//! Handlebars parses mustache variables, triple-staches and dot paths with
-//! indices the same way, but not sections: `{{#c}}…{{/c}}` is a call of a
-//! helper named `c` and `{{^z}}` does not parse. So before compiling, sections
-//! are rewritten into calls of two block helpers registered here,
-//! `{{#hookd_section c}}` and `{{#hookd_inverted z}}`, which implement the
-//! mustache rules (iterate arrays, enter objects, render truthy values once,
-//! inverted when falsy). All handlebars built-in helpers are unregistered, so a
-//! data key named `if` or `len` is just a variable, as in mustache.
+//! The language is mustache's and nothing else: variables `{{x}}` (escaped)
+//! and `{{{x}}}` / `{{& x}}` (raw), dot paths with array indices (`c.0.ca`),
+//! the implicit iterator `{{.}}`, sections `{{#x}}…{{/x}}`, inverted sections
+//! `{{^x}}…{{/x}}` and comments `{{! … }}`. Anything else a template engine
+//! might run (partials, inline partials, decorators, raw blocks, helper calls,
+//! subexpressions, delimiter changes, `{{else}}`) is refused at compile time
+//! with the tag and the feature named: tenants write these templates and
+//! devices fill them, so nothing in them may recurse, call out or grow
+//! without a bound.
+//!
+//! Failure modes:
+//! - compile ([`TemplateError`]): bad syntax, an unsupported feature, a
+//!   template over `max_template_bytes`, sections nested deeper than
+//!   `max_section_depth`. Compiling is one pass over the source, linear in
+//!   its size.
+//! - render ([`RenderError`]): output over `max_output_bytes`, or more than
+//!   `max_render_steps` nodes visited (sections iterating device arrays,
+//!   nested, multiply). Missing data never fails: a missing variable renders
+//!   empty, as in mustache.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
-use handlebars::template::{Parameter, TemplateElement};
-use handlebars::{
-    BlockContext, Context, Handlebars, Helper, HelperDef, HelperResult, JsonTruthy, Output, Path,
-    RenderContext, RenderError, RenderErrorReason, Renderable, StringOutput,
-};
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::{Map, Value};
 
-const SECTION_HELPER: &str = "hookd_section";
-const INVERTED_HELPER: &str = "hookd_inverted";
+/// Config `[templates]`: the bounds every integration's templates are
+/// compiled and rendered under. Checked where records are validated (the
+/// api, the config log, the file source, `hookd render`), so a template
+/// over a bound is refused before any worker runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateLimits {
+    /// Bytes of one template (one field, one key or value of an object).
+    pub max_template_bytes: usize,
+    /// Bytes of all of one integration's templates together.
+    pub max_integration_bytes: usize,
+    /// Sections inside sections. Rendering recurses once per level, so this
+    /// also bounds the stack a render uses.
+    pub max_section_depth: usize,
+    /// Bytes one template may render to.
+    pub max_output_bytes: usize,
+    /// Tags and text pieces one render may visit, counting every repetition
+    /// of a section over an array: the work a device's data can cause.
+    pub max_render_steps: usize,
+}
 
-/// A template that failed to compile, with the reason handlebars gave.
+impl Default for TemplateLimits {
+    fn default() -> TemplateLimits {
+        TemplateLimits {
+            max_template_bytes: 64 * 1024,
+            max_integration_bytes: 256 * 1024,
+            max_section_depth: 16,
+            max_output_bytes: 1024 * 1024,
+            max_render_steps: 100_000,
+        }
+    }
+}
+
+/// Hard ceiling on `max_section_depth`: the renderer recurses once per level
+/// on a runtime thread's stack.
+pub const MAX_SECTION_DEPTH_CEILING: usize = 128;
+
+/// A template that cannot be compiled, with what was wrong. Tags are quoted
+/// cut to [`QUOTE_LIMIT`] characters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     #[error("section {{{{#{0}}}}} is never closed")]
@@ -40,32 +79,71 @@ pub enum TemplateError {
     Mismatched { found: String, expected: String },
     #[error("{0}")]
     Parse(String),
+    #[error("{tag}: {feature} are not supported (templates are mustache: variables, sections, inverted sections and comments)")]
+    Unsupported { tag: String, feature: &'static str },
+    #[error(
+        "{tag}: {name:?} is not a variable name (letters, digits and _ - $ @ : separated by dots)"
+    )]
+    BadName { tag: String, name: String },
+    #[error("sections are nested deeper than {max} levels (templates.max_section_depth)")]
+    TooDeep { max: usize },
+    #[error("{bytes} bytes is over the limit of {max} bytes per template (templates.max_template_bytes)")]
+    TooLarge { bytes: usize, max: usize },
 }
 
-/// A compiled template. Plain text without tags skips handlebars entirely.
+/// A render stopped at one of its bounds. The messages never quote data.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("the output would exceed {max} bytes (templates.max_output_bytes)")]
+    OutputTooLarge { max: usize },
+    #[error("the template visits more than {max} tags over the event's data (templates.max_render_steps): sections repeat too often")]
+    TooManySteps { max: usize },
+}
+
+/// Characters of a tag quoted in an error.
+const QUOTE_LIMIT: usize = 40;
+
+/// A compiled template. Text without tags is kept as it is.
 #[derive(Debug, Clone)]
 pub enum Template {
     Literal(String),
     /// Shared: integrations repeat the same templates (the defaults, common
-    /// variables), and each distinct source is compiled once.
-    Compiled(Arc<handlebars::Template>),
-    /// Text and plain variable tags only, `{{{a.b.0}}}` or `{{a}}`: most
-    /// fields of Particle webhooks (`{{{t}}}`, `https://x/{{{PRODUCT_ID}}}`,
-    /// the default response topic). Rendered by direct lookups in a
-    /// [`Scope`], without building the handlebars context; a value that is
-    /// not a string, number or boolean sends the whole template through
-    /// handlebars, so the output is always what handlebars would give.
-    Direct(Arc<Direct>),
+    /// variables), and each distinct source is compiled once while in use.
+    Compiled(Arc<Compiled>),
 }
 
-/// Where template variables come from: names looked up one at a time (an
-/// event's variables, without building them all), or a whole handlebars
-/// context for what only handlebars renders.
+/// The parsed nodes of a template with tags, and the bounds it renders under.
+#[derive(Debug)]
+pub struct Compiled {
+    nodes: Box<[Node]>,
+    /// Bytes of text, to size the output once.
+    text_len: usize,
+    max_output_bytes: usize,
+    max_render_steps: usize,
+}
+
+#[derive(Debug)]
+enum Node {
+    Text(Box<str>),
+    /// `{{x}}` escapes HTML (`escape`); `{{{x}}}` and `{{& x}}` do not.
+    Variable {
+        path: VarPath,
+        escape: bool,
+    },
+    Section {
+        path: VarPath,
+        inverted: bool,
+        body: Box<[Node]>,
+    },
+}
+
+/// The segments of `a.b.0`; none for the implicit iterator `.`.
+#[derive(Debug)]
+struct VarPath(Box<[Box<str>]>);
+
+/// Where template variables come from: the value of a top-level name.
 pub trait Scope {
-    /// The value of a top-level name.
     fn lookup(&self, name: &str) -> Option<Found<'_>>;
-    /// Every variable, as handlebars needs them.
-    fn context(&self) -> &Context;
 }
 
 /// A variable's value: text, or JSON (event data keys) to go into.
@@ -74,171 +152,58 @@ pub enum Found<'a> {
     Json(&'a Value),
 }
 
-impl Scope for Context {
+/// A JSON object's keys as variables (tests, response templates).
+impl Scope for Map<String, Value> {
     fn lookup(&self, name: &str) -> Option<Found<'_>> {
-        match self.data() {
-            Value::Object(map) => map.get(name).map(Found::Json),
+        self.get(name).map(Found::Json)
+    }
+}
+
+impl Scope for Value {
+    fn lookup(&self, name: &str) -> Option<Found<'_>> {
+        match self {
+            Value::Object(map) => map.lookup(name),
             _ => None,
         }
     }
-
-    fn context(&self) -> &Context {
-        self
-    }
-}
-
-#[derive(Debug)]
-pub struct Direct {
-    parts: Vec<Part>,
-    /// Bytes of text, to size the output once.
-    text_len: usize,
-    compiled: Arc<handlebars::Template>,
-}
-
-#[derive(Debug)]
-enum Part {
-    Text(String),
-    /// `{{{x}}}` (`raw`): inserted as is; `{{x}}`: HTML-escaped.
-    Variable {
-        path: Vec<String>,
-        raw: bool,
-    },
-}
-
-impl Direct {
-    /// The parts of a compiled template made only of text and plain
-    /// variable tags, if it is one. Taken from handlebars' own parse, so
-    /// escapes (`\{{`) and whitespace control are as handlebars reads them.
-    fn from_compiled(source: &str, compiled: &Arc<handlebars::Template>) -> Option<Direct> {
-        if source.contains('~') {
-            // Whitespace control trims the text around a tag.
-            return None;
-        }
-        let mut parts = Vec::with_capacity(compiled.elements.len());
-        for element in &compiled.elements {
-            let (h, raw) = match element {
-                TemplateElement::RawString(s) => {
-                    parts.push(Part::Text(s.clone()));
-                    continue;
-                }
-                TemplateElement::HtmlExpression(h) => (h, true),
-                TemplateElement::Expression(h) => (h, false),
-                _ => return None,
-            };
-            if !h.params.is_empty() || !h.hash.is_empty() || h.block || h.template.is_some() {
-                return None;
-            }
-            let name = match &h.name {
-                Parameter::Name(n) => n.as_str(),
-                Parameter::Path(Path::Relative((_, raw))) => raw.as_str(),
-                _ => return None,
-            };
-            parts.push(Part::Variable {
-                path: plain_path(name)?,
-                raw,
-            });
-        }
-        let text_len = parts
-            .iter()
-            .map(|p| match p {
-                Part::Text(t) => t.len(),
-                Part::Variable { .. } => 0,
-            })
-            .sum();
-        Some(Direct {
-            parts,
-            text_len,
-            compiled: compiled.clone(),
-        })
-    }
-
-    fn render(&self, scope: &(impl Scope + ?Sized)) -> Result<String, RenderError> {
-        let mut out = String::with_capacity(self.text_len + 32);
-        for part in &self.parts {
-            let (path, raw) = match part {
-                Part::Text(t) => {
-                    out.push_str(t);
-                    continue;
-                }
-                Part::Variable { path, raw } => (path, *raw),
-            };
-            let text: Cow<'_, str> = match scope.lookup(&path[0]) {
-                // A missing name renders empty, as in mustache.
-                None => continue,
-                Some(Found::Text(s)) if path.len() == 1 => s,
-                // There is nothing inside a string.
-                Some(Found::Text(_)) => continue,
-                Some(Found::Json(v)) => match navigate(v, &path[1..]) {
-                    None => continue,
-                    Some(Value::String(s)) => Cow::Borrowed(s.as_str()),
-                    Some(Value::Number(n)) => Cow::Owned(n.to_string()),
-                    Some(Value::Bool(b)) => Cow::Borrowed(if *b { "true" } else { "false" }),
-                    Some(_) => return render_compiled(&self.compiled, scope.context()),
-                },
-            };
-            if raw {
-                out.push_str(&text);
-            } else {
-                escape_html_into(&mut out, &text);
-            }
-        }
-        Ok(out)
-    }
-}
-
-/// The segments of `a.b.0`, if the name is a plain path: letters, digits
-/// and `_`, not starting with a digit, not `this`.
-fn plain_path(name: &str) -> Option<Vec<String>> {
-    let path: Vec<String> = name.split('.').map(str::to_owned).collect();
-    let plain =
-        |s: &String| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-    let first = &path[0];
-    let ok = path.iter().all(plain)
-        && !first.starts_with(|c: char| c.is_ascii_digit())
-        && first != "this";
-    ok.then_some(path)
-}
-
-fn navigate<'v>(mut at: &'v Value, path: &[String]) -> Option<&'v Value> {
-    for segment in path {
-        at = match at {
-            Value::Object(map) => map.get(segment)?,
-            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(at)
 }
 
 impl Template {
+    /// Compiles `source` under the default [`TemplateLimits`].
     pub fn compile(source: &str) -> Result<Template, TemplateError> {
+        Template::compile_with(source, &TemplateLimits::default())
+    }
+
+    pub fn compile_with(source: &str, limits: &TemplateLimits) -> Result<Template, TemplateError> {
+        if source.len() > limits.max_template_bytes {
+            return Err(TemplateError::TooLarge {
+                bytes: source.len(),
+                max: limits.max_template_bytes,
+            });
+        }
         if !source.contains("{{") {
             return Ok(Template::Literal(source.to_owned()));
         }
-        if let Some(t) = cache()
-            .lock()
-            .expect("cache lock is never poisoned")
-            .get(source)
-        {
-            return Ok(t.clone());
+        let key = (*limits, source.to_owned());
+        if let Some(c) = cache().get(&key) {
+            return Ok(Template::Compiled(c));
         }
-        let translated = translate_sections(source)?;
-        let compiled = Arc::new(
-            handlebars::Template::compile(&translated)
-                .map_err(|e| TemplateError::Parse(describe_parse_error(&e)))?,
-        );
-        let template = match Direct::from_compiled(&translated, &compiled) {
-            Some(direct) => Template::Direct(Arc::new(direct)),
-            None => Template::Compiled(compiled),
-        };
-        let mut cache = cache().lock().expect("cache lock is never poisoned");
-        if cache.len() >= CACHE_LIMIT {
-            // Bounded memory; a config with this many distinct templates
-            // only loses the sharing, not correctness.
-            cache.clear();
+        let nodes = parse(source, limits.max_section_depth)?;
+        if nodes.is_empty() {
+            return Ok(Template::Literal(String::new()));
         }
-        cache.insert(source.to_owned(), template.clone());
-        Ok(template)
+        if let [Node::Text(t)] = &nodes[..] {
+            // Only comments besides the text.
+            return Ok(Template::Literal(t.to_string()));
+        }
+        let compiled = Arc::new(Compiled {
+            text_len: text_len(&nodes),
+            nodes: nodes.into_boxed_slice(),
+            max_output_bytes: limits.max_output_bytes,
+            max_render_steps: limits.max_render_steps,
+        });
+        cache().insert(key, &compiled);
+        Ok(Template::Compiled(compiled))
     }
 
     /// True when the output does not depend on the event.
@@ -246,66 +211,410 @@ impl Template {
         matches!(self, Template::Literal(_))
     }
 
-    /// The text every output of a text-and-variables template starts with
-    /// (the text before its first tag).
+    /// The text every output starts with (the text before the first tag).
     pub fn leading_text(&self) -> Option<&str> {
         match self {
-            Template::Direct(d) => match d.parts.first() {
-                Some(Part::Text(t)) => Some(t),
+            Template::Compiled(c) => match c.nodes.first() {
+                Some(Node::Text(t)) => Some(t),
                 _ => None,
             },
-            _ => None,
+            Template::Literal(_) => None,
         }
     }
 
     pub fn render(&self, scope: &(impl Scope + ?Sized)) -> Result<String, RenderError> {
         match self {
             Template::Literal(s) => Ok(s.clone()),
-            Template::Compiled(t) => render_compiled(t, scope.context()),
-            Template::Direct(d) => d.render(scope),
+            Template::Compiled(c) => {
+                let mut r = Renderer {
+                    scope,
+                    out: String::with_capacity(c.text_len + 32),
+                    steps: 0,
+                    max_steps: c.max_render_steps,
+                    max_output: c.max_output_bytes,
+                };
+                r.nodes(&c.nodes, None)?;
+                Ok(r.out)
+            }
         }
     }
 }
 
-fn render_compiled(t: &handlebars::Template, ctx: &Context) -> Result<String, RenderError> {
-    let registry = registry();
-    let mut rc = RenderContext::new(None);
-    let mut out = StringOutput::new();
-    t.render(registry, ctx, &mut rc, &mut out)?;
-    out.into_string().map_err(RenderError::from)
+fn text_len(nodes: &[Node]) -> usize {
+    nodes
+        .iter()
+        .map(|n| match n {
+            Node::Text(t) => t.len(),
+            Node::Variable { .. } | Node::Section { .. } => 0,
+        })
+        .sum()
 }
 
-/// Distinct template sources kept compiled.
-const CACHE_LIMIT: usize = 65_536;
-
-/// Compiled templates by source, shared across integrations and reloads.
-fn cache() -> &'static Mutex<HashMap<String, Template>> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Template>>> = OnceLock::new();
-    CACHE.get_or_init(Mutex::default)
+/// A section being filled: its nodes so far, and how it was opened.
+struct Open {
+    nodes: Vec<Node>,
+    name: String,
+    path: VarPath,
+    inverted: bool,
 }
 
-fn describe_parse_error(e: &handlebars::TemplateError) -> String {
-    e.to_string()
-}
-
-/// The one registry every template renders with: no built-in helpers, the two
-/// section helpers, mustache's escaping and non-strict lookups.
-fn registry() -> &'static Handlebars<'static> {
-    static REGISTRY: OnceLock<Handlebars<'static>> = OnceLock::new();
-    REGISTRY.get_or_init(|| {
-        let mut r = Handlebars::new();
-        for builtin in [
-            "if", "unless", "each", "with", "lookup", "raw", "log", "eq", "ne", "gt", "gte", "lt",
-            "lte", "and", "or", "not", "len",
-        ] {
-            r.unregister_helper(builtin);
+/// One pass over the source; sections are kept on an explicit stack, so
+/// parsing never recurses.
+fn parse(source: &str, max_depth: usize) -> Result<Vec<Node>, TemplateError> {
+    let max_depth = max_depth.min(MAX_SECTION_DEPTH_CEILING);
+    let mut open: Vec<Open> = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut text = String::new();
+    let mut rest = source;
+    while let Some(start) = rest.find("{{") {
+        text.push_str(&rest[..start]);
+        let tag_and_rest = &rest[start..];
+        let (tag, inner, raw) = if tag_and_rest.starts_with("{{{{") {
+            return Err(unsupported(tag_and_rest, "raw blocks"));
+        } else if let Some(body) = tag_and_rest.strip_prefix("{{{") {
+            let end = body
+                .find("}}}")
+                .ok_or_else(|| unterminated(tag_and_rest, "}}}"))?;
+            (&tag_and_rest[..3 + end + 3], &body[..end], true)
+        } else {
+            let body = &tag_and_rest[2..];
+            let end = body
+                .find("}}")
+                .ok_or_else(|| unterminated(tag_and_rest, "}}"))?;
+            (&tag_and_rest[..2 + end + 2], &body[..end], false)
+        };
+        rest = &tag_and_rest[tag.len()..];
+        if raw {
+            flush(&mut text, &mut nodes);
+            nodes.push(Node::Variable {
+                path: var_path(tag, inner)?,
+                escape: false,
+            });
+            continue;
         }
-        r.register_helper(SECTION_HELPER, Box::new(Section));
-        r.register_helper(INVERTED_HELPER, Box::new(Inverted));
-        r.register_escape_fn(escape_html);
-        r.set_strict_mode(false);
-        r
-    })
+        let sigil = inner.chars().next();
+        let after = inner.get(1..).unwrap_or("");
+        match sigil {
+            Some('!') => {} // A comment renders nothing.
+            Some('>') => return Err(unsupported(tag, "partials")),
+            Some('=') => return Err(unsupported(tag, "delimiter changes")),
+            Some('*') => return Err(unsupported(tag, "decorators")),
+            Some('#') if after.starts_with('*') => {
+                return Err(unsupported(tag, "decorators and inline partials"))
+            }
+            Some('#') if after.starts_with('>') => return Err(unsupported(tag, "partial blocks")),
+            Some('#' | '^') => {
+                if open.len() >= max_depth {
+                    return Err(TemplateError::TooDeep { max: max_depth });
+                }
+                let name = after.trim();
+                let path = var_path(tag, after)?;
+                flush(&mut text, &mut nodes);
+                open.push(Open {
+                    nodes: std::mem::take(&mut nodes),
+                    name: name.to_owned(),
+                    path,
+                    inverted: sigil == Some('^'),
+                });
+            }
+            Some('/') => {
+                let name = after.trim();
+                let Some(section) = open.pop() else {
+                    return Err(TemplateError::Mismatched {
+                        found: quote(name),
+                        expected: "no closing tag".to_owned(),
+                    });
+                };
+                if section.name != name {
+                    return Err(TemplateError::Mismatched {
+                        found: quote(name),
+                        expected: format!("{{{{/{}}}}}", quote(&section.name)),
+                    });
+                }
+                flush(&mut text, &mut nodes);
+                let body = std::mem::replace(&mut nodes, section.nodes);
+                nodes.push(Node::Section {
+                    path: section.path,
+                    inverted: section.inverted,
+                    body: body.into_boxed_slice(),
+                });
+            }
+            Some('&') => {
+                flush(&mut text, &mut nodes);
+                nodes.push(Node::Variable {
+                    path: var_path(tag, after)?,
+                    escape: false,
+                });
+            }
+            _ => {
+                flush(&mut text, &mut nodes);
+                nodes.push(Node::Variable {
+                    path: var_path(tag, inner)?,
+                    escape: true,
+                });
+            }
+        }
+    }
+    text.push_str(rest);
+    if let Some(section) = open.pop() {
+        return Err(TemplateError::Unclosed(quote(&section.name)));
+    }
+    flush(&mut text, &mut nodes);
+    Ok(nodes)
+}
+
+/// Ends the text run so far as a node.
+fn flush(text: &mut String, nodes: &mut Vec<Node>) {
+    if !text.is_empty() {
+        nodes.push(Node::Text(std::mem::take(text).into_boxed_str()));
+    }
+}
+
+fn quote(s: &str) -> String {
+    match s.char_indices().nth(QUOTE_LIMIT) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
+fn unsupported(tag: &str, feature: &'static str) -> TemplateError {
+    TemplateError::Unsupported {
+        tag: quote(tag),
+        feature,
+    }
+}
+
+fn unterminated(tag: &str, close: &str) -> TemplateError {
+    TemplateError::Parse(format!("{} is never closed with {close}", quote(tag)))
+}
+
+/// The path a tag names: `.` (or `this`) for the current item, else dot
+/// separated segments. A name with spaces is a helper call or a block
+/// parameter in other engines; `else` is handlebars' inverse.
+fn var_path(tag: &str, inner: &str) -> Result<VarPath, TemplateError> {
+    let name = inner.trim();
+    if name == "." || name == "this" {
+        return Ok(VarPath(Box::new([])));
+    }
+    if name == "else" {
+        return Err(unsupported(
+            tag,
+            "{{else}} blocks (use an inverted section {{^x}})",
+        ));
+    }
+    if name.contains(char::is_whitespace) || name.contains('(') {
+        return Err(unsupported(tag, "helpers and arguments"));
+    }
+    if name.starts_with('~') || name.ends_with('~') {
+        return Err(unsupported(tag, "whitespace controls (~)"));
+    }
+    let bad = || TemplateError::BadName {
+        tag: quote(tag),
+        name: quote(name),
+    };
+    let segments: Vec<Box<str>> = name.split('.').map(Box::from).collect();
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '$' | '@' | ':'))
+    };
+    if !segments.iter().all(|s| plain(s)) {
+        return Err(bad());
+    }
+    Ok(VarPath(segments.into_boxed_slice()))
+}
+
+/// One value a section entered: what `{{.}}` and names inside it see first.
+#[derive(Clone, Copy)]
+enum Frame<'v> {
+    Json(&'v Value),
+    Text(&'v str),
+}
+
+/// The sections entered, innermost first, as a list on the call stack.
+struct Stack<'v> {
+    frame: Frame<'v>,
+    parent: Option<&'v Stack<'v>>,
+}
+
+struct Renderer<'s, S: ?Sized> {
+    scope: &'s S,
+    out: String,
+    steps: usize,
+    max_steps: usize,
+    max_output: usize,
+}
+
+impl<'s, S: Scope + ?Sized> Renderer<'s, S> {
+    fn step(&mut self) -> Result<(), RenderError> {
+        self.steps += 1;
+        if self.steps > self.max_steps {
+            return Err(RenderError::TooManySteps {
+                max: self.max_steps,
+            });
+        }
+        Ok(())
+    }
+
+    fn write(&mut self, text: &str, escape: bool) -> Result<(), RenderError> {
+        if escape {
+            escape_html_into(&mut self.out, text);
+        } else {
+            self.out.push_str(text);
+        }
+        if self.out.len() > self.max_output {
+            return Err(RenderError::OutputTooLarge {
+                max: self.max_output,
+            });
+        }
+        Ok(())
+    }
+
+    fn nodes<'v>(&mut self, nodes: &[Node], stack: Option<&Stack<'v>>) -> Result<(), RenderError>
+    where
+        's: 'v,
+    {
+        for node in nodes {
+            self.step()?;
+            match node {
+                Node::Text(t) => self.write(t, false)?,
+                Node::Variable { path, escape } => match self.lookup(path, stack) {
+                    None => {}
+                    Some(Found::Text(s)) => self.write(&s, *escape)?,
+                    Some(Found::Json(v)) => {
+                        let text = display(v);
+                        self.write(&text, *escape)?;
+                    }
+                },
+                Node::Section {
+                    path,
+                    inverted,
+                    body,
+                } => {
+                    let found = self.lookup(path, stack);
+                    let truthy = match &found {
+                        None => false,
+                        Some(Found::Text(s)) => !s.is_empty(),
+                        Some(Found::Json(v)) => truthy(v),
+                    };
+                    if *inverted || !truthy {
+                        if *inverted && !truthy {
+                            self.nodes(body, stack)?;
+                        }
+                        continue;
+                    }
+                    match &found {
+                        Some(Found::Json(Value::Array(items))) => {
+                            for item in items {
+                                self.step()?;
+                                let inner = Stack {
+                                    frame: Frame::Json(item),
+                                    parent: stack,
+                                };
+                                self.nodes(body, Some(&inner))?;
+                            }
+                        }
+                        // `true` renders the block once in the same scope.
+                        Some(Found::Json(Value::Bool(_))) => self.nodes(body, stack)?,
+                        Some(Found::Json(v)) => {
+                            let inner = Stack {
+                                frame: Frame::Json(v),
+                                parent: stack,
+                            };
+                            self.nodes(body, Some(&inner))?;
+                        }
+                        Some(Found::Text(s)) => {
+                            let inner = Stack {
+                                frame: Frame::Text(s),
+                                parent: stack,
+                            };
+                            self.nodes(body, Some(&inner))?;
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Mustache's lookup: the whole path is tried in the innermost section's
+    /// value first, then outwards, and last in the scope's variables.
+    fn lookup<'v>(&self, path: &VarPath, stack: Option<&Stack<'v>>) -> Option<Found<'v>>
+    where
+        's: 'v,
+    {
+        let segments = &path.0[..];
+        if segments.is_empty() {
+            return match stack?.frame {
+                Frame::Json(v) => Some(Found::Json(v)),
+                Frame::Text(s) => Some(Found::Text(Cow::Borrowed(s))),
+            };
+        }
+        let mut at = stack;
+        while let Some(s) = at {
+            if let Frame::Json(v) = s.frame {
+                if let Some(found) = navigate(v, segments) {
+                    return Some(Found::Json(found));
+                }
+            }
+            at = s.parent;
+        }
+        match self.scope.lookup(&segments[0])? {
+            Found::Text(t) if segments.len() == 1 => Some(Found::Text(t)),
+            // There is nothing inside a string.
+            Found::Text(_) => None,
+            Found::Json(v) => navigate(v, &segments[1..]).map(Found::Json),
+        }
+    }
+}
+
+fn navigate<'v>(mut at: &'v Value, path: &[Box<str>]) -> Option<&'v Value> {
+    for segment in path {
+        at = match at {
+            Value::Object(map) => map.get(&**segment)?,
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+/// A JSON value as a variable shows it: strings as they are, numbers and
+/// booleans as JSON writes them, null as nothing, arrays as `[a, b]`, objects
+/// as `[object]`.
+fn display(v: &Value) -> Cow<'_, str> {
+    match v {
+        Value::String(s) => Cow::Borrowed(s),
+        Value::Null => Cow::Borrowed(""),
+        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
+        Value::Number(n) => Cow::Owned(n.to_string()),
+        Value::Object(_) => Cow::Borrowed("[object]"),
+        Value::Array(items) => {
+            let mut s = String::from("[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(", ");
+                }
+                s.push_str(&display(item));
+            }
+            s.push(']');
+            Cow::Owned(s)
+        }
+    }
+}
+
+/// Mustache truthiness: false, null, 0, "" and [] are falsy (as mustache.js);
+/// an object, even empty, is truthy.
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(_) => true,
+    }
 }
 
 /// Mustache's escaping for `{{x}}`: `& < > " '`, nothing else.
@@ -328,182 +637,50 @@ fn escape_html_into(out: &mut String, s: &str) {
     }
 }
 
-/// Rewrites mustache sections into the helper calls handlebars understands.
-/// Tags other than `{{#name}}`, `{{^name}}` and `{{/name}}` pass through.
-fn translate_sections(source: &str) -> Result<String, TemplateError> {
-    let mut out = String::with_capacity(source.len() + 32);
-    let mut open: Vec<(String, bool)> = Vec::new();
-    let mut rest = source;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let tag = &rest[start..];
-        // Triple-staches and anything that is not a section are copied verbatim.
-        let Some(end) = tag.find("}}") else {
-            out.push_str(tag);
-            rest = "";
-            break;
-        };
-        let inner = &tag[2..end];
-        let sigil = inner.chars().next();
-        let name = inner.get(1..).map(str::trim).unwrap_or("");
-        let is_plain_name = !name.is_empty()
-            && !inner.starts_with("{")
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '$' | '@'));
-        match sigil {
-            Some('#') if is_plain_name => {
-                out.push_str(&format!("{{{{#{SECTION_HELPER} {name}}}}}"));
-                open.push((name.to_owned(), false));
-            }
-            Some('^') if is_plain_name => {
-                out.push_str(&format!("{{{{#{INVERTED_HELPER} {name}}}}}"));
-                open.push((name.to_owned(), true));
-            }
-            Some('/') if is_plain_name => match open.pop() {
-                Some((opened, inverted)) if opened == name => {
-                    let helper = if inverted {
-                        INVERTED_HELPER
-                    } else {
-                        SECTION_HELPER
-                    };
-                    out.push_str(&format!("{{{{/{helper}}}}}"));
-                }
-                Some((opened, _)) => {
-                    return Err(TemplateError::Mismatched {
-                        found: name.to_owned(),
-                        expected: format!("{{{{/{opened}}}}}"),
-                    })
-                }
-                None => {
-                    return Err(TemplateError::Mismatched {
-                        found: name.to_owned(),
-                        expected: "no closing tag".to_owned(),
-                    })
-                }
-            },
-            // Mustache's implicit iterator `{{.}}` is handlebars' `this`.
-            _ if inner.trim() == "." => out.push_str("{{this}}"),
-            _ if inner.trim() == "{." && tag[end + 2..].starts_with('}') => {
-                out.push_str("{{{this}}}");
-                rest = &tag[end + 3..];
-                continue;
-            }
-            _ => out.push_str(&tag[..end + 2]),
-        }
-        rest = &tag[end + 2..];
-    }
-    out.push_str(rest);
-    if let Some((name, _)) = open.pop() {
-        return Err(TemplateError::Unclosed(name));
-    }
-    Ok(out)
+/// Compiled templates by limits and source, while some integration holds
+/// them: entries are weak, so a template no integration uses any more is
+/// freed with its last integration, and its entry pruned on a later insert.
+#[derive(Default)]
+struct Cache {
+    entries: HashMap<(TemplateLimits, String), Weak<Compiled>>,
+    /// Entries left after the last prune; the next prune comes when the map
+    /// has doubled, so pruning costs O(1) per insert.
+    live_after_prune: usize,
 }
 
-/// Mustache truthiness: false, null, 0, "" and [] are falsy (as mustache.js).
-fn truthy(v: &Value) -> bool {
-    v.is_truthy(false)
+fn cache() -> CacheHandle {
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    CacheHandle(CACHE.get_or_init(Mutex::default))
 }
 
-/// `{{#x}}…{{/x}}`: arrays iterate with each element as the context, objects
-/// become the context, other truthy values render the block once.
-struct Section;
+struct CacheHandle(&'static Mutex<Cache>);
 
-impl HelperDef for Section {
-    fn call<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        r: &'reg Handlebars<'reg>,
-        ctx: &'rc Context,
-        rc: &mut RenderContext<'reg, 'rc>,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        let param = h
-            .param(0)
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex(SECTION_HELPER, 0))?;
-        let Some(template) = h.template() else {
-            return Ok(());
-        };
-        let value = param.value();
-        if !truthy(value) {
-            return Ok(());
+impl CacheHandle {
+    fn get(&self, key: &(TemplateLimits, String)) -> Option<Arc<Compiled>> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.entries.get(key).and_then(Weak::upgrade)
+    }
+
+    fn insert(&self, key: (TemplateLimits, String), compiled: &Arc<Compiled>) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.entries.len() >= (2 * cache.live_after_prune).max(1024) {
+            cache.entries.retain(|_, w| w.strong_count() > 0);
+            cache.live_after_prune = cache.entries.len();
         }
-        match value {
-            Value::Array(items) => {
-                for item in items {
-                    let block = scope_block(ctx, rc, item);
-                    rc.push_block(block);
-                    let res = template.render(r, ctx, rc, out);
-                    rc.pop_block();
-                    res?;
-                }
-                Ok(())
-            }
-            Value::Object(_) => {
-                let block = scope_block(ctx, rc, value);
-                rc.push_block(block);
-                let res = template.render(r, ctx, rc, out);
-                rc.pop_block();
-                res
-            }
-            _ => template.render(r, ctx, rc, out),
-        }
+        cache.entries.insert(key, Arc::downgrade(compiled));
     }
 }
 
-/// The block a section enters. Mustache looks a name up in the innermost
-/// scope first and then outwards; handlebars looks only in the current one.
-/// So an object's block is the enclosing scope's names overlaid with the
-/// object's own; other values (array scalars) are the scope as they are.
-fn scope_block<'rc>(ctx: &Context, rc: &RenderContext<'_, 'rc>, item: &Value) -> BlockContext<'rc> {
-    let mut block = BlockContext::new();
-    let Value::Object(own) = item else {
-        block.set_base_value(item.clone());
-        return block;
-    };
-    let enclosing = rc.block().and_then(|b| match b.base_value() {
-        Some(v) => Some(v.clone()),
-        None => {
-            let mut v = ctx.data();
-            for seg in b.base_path() {
-                v = match v {
-                    Value::Object(m) => m.get(seg)?,
-                    Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
-                    _ => return None,
-                };
-            }
-            Some(v.clone())
-        }
-    });
-    let mut scope = match enclosing.unwrap_or_else(|| ctx.data().clone()) {
-        Value::Object(m) => m,
-        _ => serde_json::Map::new(),
-    };
-    scope.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
-    block.set_base_value(Value::Object(scope));
-    block
-}
-
-/// `{{^x}}…{{/x}}`: renders the block once when `x` is missing or falsy.
-struct Inverted;
-
-impl HelperDef for Inverted {
-    fn call<'reg: 'rc, 'rc>(
-        &self,
-        h: &Helper<'rc>,
-        r: &'reg Handlebars<'reg>,
-        ctx: &'rc Context,
-        rc: &mut RenderContext<'reg, 'rc>,
-        out: &mut dyn Output,
-    ) -> HelperResult {
-        let param = h
-            .param(0)
-            .ok_or(RenderErrorReason::ParamNotFoundForIndex(INVERTED_HELPER, 0))?;
-        match h.template() {
-            Some(t) if !truthy(param.value()) => t.render(r, ctx, rc, out),
-            _ => Ok(()),
-        }
-    }
+/// Entries in the compiled-template cache whose template is still in use, and
+/// all entries (tests and benches).
+pub fn cache_stats() -> (usize, usize) {
+    let cache = cache().0.lock().unwrap_or_else(|p| p.into_inner());
+    let live = cache
+        .entries
+        .values()
+        .filter(|w| w.strong_count() > 0)
+        .count();
+    (live, cache.entries.len())
 }
 
 #[cfg(test)]
@@ -513,15 +690,21 @@ mod tests {
     use serde_json::json;
 
     fn render(template: &str, data: Value) -> String {
-        let ctx = Context::wraps(data).unwrap();
         Template::compile(template)
             .unwrap_or_else(|e| panic!("{template}: {e}"))
-            .render(&ctx)
+            .render(&data)
             .unwrap()
     }
 
     fn particle_data() -> Value {
         json!({"a": {"aa": "x&y"}, "b": true, "c": [{"ca": "first"}, {"ca": "second"}], "n": 0, "s": ""})
+    }
+
+    fn refusal(template: &str) -> String {
+        Template::compile(template)
+            .map(|_| ())
+            .expect_err(template)
+            .to_string()
     }
 
     #[test]
@@ -533,8 +716,9 @@ mod tests {
     }
 
     #[test]
-    fn triple_stache_inserts_raw() {
+    fn triple_stache_and_ampersand_insert_raw() {
         assert_eq!(render("{{{v}}}", json!({"v": "<b>&</b>"})), "<b>&</b>");
+        assert_eq!(render("{{& v}}", json!({"v": "<b>&</b>"})), "<b>&</b>");
     }
 
     #[test]
@@ -593,14 +777,40 @@ mod tests {
     }
 
     #[test]
-    fn builtin_helper_names_are_plain_variables() {
+    fn values_that_are_not_text() {
+        let data = json!({"n": 2.5, "t": true, "z": null, "a": [1, "x", [2]], "o": {"k": 1}});
+        assert_eq!(
+            render("{{n}}|{{t}}|{{z}}|{{a}}|{{o}}", data),
+            "2.5|true||[1, x, [2]]|[object]"
+        );
+    }
+
+    #[test]
+    fn a_full_path_falls_back_to_outer_scopes() {
+        // Inside `c`'s items, `a.aa` is not found in the item, so the
+        // lookup goes on outwards, as mustache.js does.
+        assert_eq!(
+            render("{{#c}}{{a.aa}};{{/c}}", particle_data()),
+            "x&amp;y;x&amp;y;"
+        );
+    }
+
+    #[test]
+    fn names_of_other_engines_helpers_are_plain_variables() {
         assert_eq!(
             render(
-                "{{len}}/{{log}}/{{if}}",
-                json!({"len": 3, "log": "x", "if": "y"})
+                "{{len}}/{{log}}/{{if}}/{{each}}",
+                json!({"len": 3, "log": "x", "if": "y", "each": "z"})
             ),
-            "3/x/y"
+            "3/x/y/z"
         );
+    }
+
+    #[test]
+    fn comments_render_nothing() {
+        let t = Template::compile("a{{! a note }}b").unwrap();
+        assert!(t.is_literal());
+        assert_eq!(t.render(&json!({})).unwrap(), "ab");
     }
 
     #[test]
@@ -626,48 +836,124 @@ mod tests {
         ));
     }
 
+    #[test]
+    fn every_other_engine_feature_is_refused_by_name() {
+        for (template, feature) in [
+            (
+                r#"{{#*inline "p"}}{{> p}}{{~/inline}}{{> p}}"#,
+                "inline partials",
+            ),
+            ("{{> p}}", "partials are not supported"),
+            ("{{#> layout}}x{{/layout}}", "partial blocks"),
+            ("{{> (lookup . 'x')}}", "partials"),
+            ("{{*decorator}}", "decorators"),
+            ("{{{{raw}}}}{{x}}{{{{/raw}}}}", "raw blocks"),
+            ("{{#each items}}{{this}}{{/each}}", "helpers and arguments"),
+            ("{{#if a}}x{{/if}}", "helpers and arguments"),
+            ("{{lookup a 'b'}}", "helpers and arguments"),
+            ("{{x (y z)}}", "helpers and arguments"),
+            ("{{(y)}}", "helpers and arguments"),
+            ("{{#a}}x{{else}}y{{/a}}", "{{else}}"),
+            ("{{=<% %>=}}", "delimiter changes"),
+            ("{{~x~}}", "whitespace controls"),
+            ("{{#with a as |b|}}{{/with}}", "helpers and arguments"),
+        ] {
+            let message = refusal(template);
+            assert!(message.contains(feature), "{template}: {message}");
+            assert!(message.contains("not supported"), "{template}: {message}");
+        }
+        assert!(refusal("{{../x}}").contains("is not a variable name"));
+        assert!(refusal("{{a..b}}").contains("is not a variable name"));
+        assert!(refusal("{{[a b]}}").contains("not supported"));
+    }
+
+    #[test]
+    fn size_and_depth_are_bounded_at_compile() {
+        let limits = TemplateLimits {
+            max_template_bytes: 100,
+            max_section_depth: 3,
+            ..TemplateLimits::default()
+        };
+        let big = "x".repeat(101);
+        assert_eq!(
+            Template::compile_with(&big, &limits).unwrap_err(),
+            TemplateError::TooLarge {
+                bytes: 101,
+                max: 100
+            }
+        );
+        assert!(Template::compile_with("{{#a}}{{#b}}{{#c}}x{{/c}}{{/b}}{{/a}}", &limits).is_ok());
+        assert_eq!(
+            Template::compile_with("{{#a}}{{#b}}{{#c}}{{#d}}x{{/d}}{{/c}}{{/b}}{{/a}}", &limits)
+                .unwrap_err()
+                .to_string(),
+            "sections are nested deeper than 3 levels (templates.max_section_depth)"
+        );
+        // Ten thousand nested sections: refused at once, parsing never recurses.
+        let deep = "{{#a}}".repeat(10_000) + &"{{/a}}".repeat(10_000);
+        let limits = TemplateLimits {
+            max_template_bytes: usize::MAX,
+            ..TemplateLimits::default()
+        };
+        assert!(matches!(
+            Template::compile_with(&deep, &limits),
+            Err(TemplateError::TooDeep { max: 16 })
+        ));
+    }
+
+    #[test]
+    fn nested_sections_over_device_arrays_stop_at_the_step_budget() {
+        let limits = TemplateLimits {
+            max_render_steps: 10_000,
+            ..TemplateLimits::default()
+        };
+        let t = Template::compile_with("{{#a}}{{#a}}{{#a}}x{{/a}}{{/a}}{{/a}}", &limits).unwrap();
+        let items: Vec<Value> = (0..100).map(|i| json!({ "i": i })).collect();
+        // 100³ repetitions: stopped, not rendered.
+        assert_eq!(
+            t.render(&json!({ "a": items })).unwrap_err(),
+            RenderError::TooManySteps { max: 10_000 }
+        );
+        // 10³ = 1000 fit.
+        let items: Vec<Value> = (0..10).map(|i| json!({ "i": i })).collect();
+        assert_eq!(t.render(&json!({ "a": items })).unwrap().len(), 1000);
+    }
+
+    #[test]
+    fn output_is_bounded() {
+        let limits = TemplateLimits {
+            max_output_bytes: 1000,
+            ..TemplateLimits::default()
+        };
+        let t = Template::compile_with("{{#a}}{{{v}}}{{/a}}", &limits).unwrap();
+        let ok = json!({"a": [1, 2], "v": "x".repeat(400)});
+        assert_eq!(t.render(&ok).unwrap().len(), 800);
+        let too_much = json!({"a": [1, 2, 3], "v": "x".repeat(400)});
+        assert_eq!(
+            t.render(&too_much).unwrap_err(),
+            RenderError::OutputTooLarge { max: 1000 }
+        );
+    }
+
+    #[test]
+    fn templates_no_integration_holds_leave_the_cache() {
+        let source = "{{a}}-only-in-this-test-{{b}}";
+        let t = Template::compile(source).unwrap();
+        let again = Template::compile(source).unwrap();
+        let (Template::Compiled(x), Template::Compiled(y)) = (&t, &again) else {
+            panic!("compiled");
+        };
+        assert!(Arc::ptr_eq(x, y), "one compiled copy while in use");
+        let weak = Arc::downgrade(x);
+        drop((t, again));
+        assert!(weak.upgrade().is_none(), "freed with its last holder");
+    }
+
     proptest! {
         /// Text without tags renders to itself.
         #[test]
         fn plain_text_is_unchanged(s in "[^{}]{0,64}") {
             prop_assert_eq!(render(&s, json!({})), s);
-        }
-
-        /// Templates of text and plain variables (looked up directly) render
-        /// exactly as handlebars renders them, whatever the values; text
-        /// with braces or backslashes either takes the same path or goes to
-        /// handlebars.
-        #[test]
-        fn the_direct_path_agrees_with_handlebars(
-            pieces in prop::collection::vec((
-                "[a-z /:&]{0,4}|[a-z{}\\\\~.!]{0,4}",
-                any::<bool>(),
-                prop::sample::select(vec!["v", "a.aa", "c.0.ca", "c.1", "c", "n", "f", "b", "z", "c.9", "a.aa.x", "nul", "len", "v.0"]),
-            ), 1..4),
-            tail in "[a-z /]{0,4}",
-            v in "\\PC{0,16}",
-        ) {
-            let data = json!({"v": v, "a": {"aa": "x&y"}, "c": [{"ca": "<1>"}, 7], "n": 0,
-                              "f": 2.5, "b": false, "nul": null, "len": [1, 2]});
-            let mut source = String::new();
-            let mut plain = true;
-            for (text, raw, path) in &pieces {
-                plain &= text.chars().all(|c| c.is_ascii_lowercase() || " /:&".contains(c));
-                source.push_str(text);
-                source.push_str(&if *raw { format!("{{{{{{{path}}}}}}}") } else { format!("{{{{{path}}}}}") });
-            }
-            source.push_str(&tail);
-            let Ok(t) = Template::compile(&source) else { return Ok(()) };
-            if plain {
-                prop_assert!(matches!(t, Template::Direct(_)), "{} takes the direct path", source);
-            }
-            let ctx = Context::wraps(data).unwrap();
-            let by_handlebars = match &t {
-                Template::Direct(d) => render_compiled(&d.compiled, &ctx).unwrap(),
-                Template::Compiled(c) => render_compiled(c, &ctx).unwrap(),
-                Template::Literal(s) => s.clone(),
-            };
-            prop_assert_eq!(t.render(&ctx).unwrap(), by_handlebars);
         }
 
         /// Any string value inserted with a triple-stache comes out unchanged,

@@ -20,11 +20,12 @@
 //! points are committed synchronously and [`Worker::run`] returns.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
+use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -32,6 +33,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::panic::AssertUnwindSafe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -42,7 +44,7 @@ use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
 use crate::deliver::Deliverer;
 use crate::dispatch::{Attempt, Dispatcher, Meters, Settled};
-use crate::event::{DeviceEvent, Origin};
+use crate::event::{DeviceEvent, InvalidEvent, InvalidReason, Origin};
 use crate::offsets::{CommitPoint, OffsetLedger, Ticket};
 use crate::record::{Recorder, Tally};
 use crate::render::{EventContext, SecretMode};
@@ -50,7 +52,10 @@ use crate::resolve::{IndexHandle, Match};
 use crate::retry::RetryRecord;
 use crate::secrets::SecretPolicy;
 use crate::sleeping::SleepingHosts;
-use crate::telemetry::{EVENTS_CONSUMED, EVENTS_INVALID, EVENTS_UNMATCHED};
+use crate::telemetry::{
+    EVENTS_CONSUMED, EVENTS_FAILED, EVENTS_INVALID, EVENTS_UNMATCHED, PARTITIONS_STALLED,
+    RECORDS_DROPPED, RETRIES_DROPPED,
+};
 use crate::throttle::Throttle;
 
 /// Why the worker could not run.
@@ -61,17 +66,45 @@ pub enum WorkerError {
 }
 
 /// Set once the worker consumes with its integrations loaded; `/readyz`
-/// answers from it.
+/// answers from it. `/healthz` asks it for stalled partitions.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    /// The ledgers of the worker's consumers and `worker.stall_after`, once
+    /// it runs.
+    watched: Arc<OnceLock<(Vec<Arc<OffsetLedger>>, Duration)>>,
+}
 
 impl Readiness {
     pub fn set_ready(&self) {
-        self.0.store(true, Ordering::Release);
+        self.ready.store(true, Ordering::Release);
     }
 
     pub fn is_ready(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire)
+    }
+
+    fn watch(&self, ledgers: Vec<Arc<OffsetLedger>>, stall_after: Duration) {
+        let _ = self.watched.set((ledgers, stall_after));
+    }
+
+    /// Partitions whose commit point has not moved for `worker.stall_after`
+    /// with records in flight, described for a person
+    /// (`device-events/3 at offset 1509 for 312s`).
+    pub fn stalled(&self) -> Vec<String> {
+        let Some((ledgers, after)) = self.watched.get() else {
+            return Vec::new();
+        };
+        ledgers
+            .iter()
+            .flat_map(|l| l.stalled(*after))
+            .map(|(topic, partition, offset, still)| {
+                format!(
+                    "{topic}/{partition} at offset {offset} for {}s",
+                    still.as_secs()
+                )
+            })
+            .collect()
     }
 }
 
@@ -189,6 +222,8 @@ struct Pipeline {
     /// Handles made once, not looked up per event.
     consumed: metrics::Counter,
     unmatched: metrics::Counter,
+    /// `worker.max_event_bytes`.
+    max_event_bytes: usize,
 }
 
 /// A configured worker, ready to [`run`](Worker::run).
@@ -294,6 +329,7 @@ impl Worker {
             }),
             consumed: metrics::counter!(EVENTS_CONSUMED),
             unmatched: metrics::counter!(EVENTS_UNMATCHED),
+            max_event_bytes: s.worker.max_event_bytes,
         };
         let tasks = TaskTracker::new();
         tasks.spawn(prune_periodically(throttle, sleeping, shutdown.clone()));
@@ -313,6 +349,12 @@ impl Worker {
                 traffic_stop.clone(),
             ))
         });
+        let ledgers = std::iter::once(&events)
+            .chain(&retries)
+            .map(|s| s.ledger.clone())
+            .collect();
+        self.readiness.watch(ledgers, s.worker.stall_after);
+        tasks.spawn(report_stalls(self.readiness.clone(), shutdown.clone()));
         self.readiness.set_ready();
         tracing::info!(topic = %k.events_topic, group = %k.group_id, partitions, "worker consuming");
 
@@ -377,6 +419,24 @@ fn source(config: rdkafka::ClientConfig, share: Option<Share>) -> Result<Source,
     })
 }
 
+/// Keeps the stalled-partitions gauge current and logs each stall.
+async fn report_stalls(readiness: Readiness, shutdown: CancellationToken) {
+    let gauge = metrics::gauge!(PARTITIONS_STALLED);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let stalled = readiness.stalled();
+                gauge.set(stalled.len() as f64);
+                if !stalled.is_empty() {
+                    tracing::error!(partitions = %stalled.join(", "), "commit points stalled");
+                }
+            }
+        }
+    }
+}
+
 /// Limiter keys and host ratings of destinations no longer sent to.
 async fn prune_periodically(
     throttle: Arc<Throttle>,
@@ -401,7 +461,7 @@ enum Work {
     Done,
     Deliver(DeviceEvent, Vec<Match>),
     Retry(Box<RetryRecord>),
-    DeadLetter(DeadLetter, Option<Vec<u8>>),
+    DeadLetter(Box<DeadLetter>, Option<Vec<u8>>),
 }
 
 /// Permits the intake takes at once (see [`consume`]).
@@ -464,7 +524,20 @@ async fn consume(
         let ticket = source
             .ledger
             .begin(&origin.topic, origin.partition, origin.offset);
-        let work = accept(pipeline, &message, &origin);
+        // A bug that panics on some record must not end the intake loop:
+        // the record is dead-lettered and the partition goes on.
+        let work =
+            std::panic::catch_unwind(AssertUnwindSafe(|| accept(pipeline, &message, &origin)))
+                .unwrap_or_else(|panic| {
+                    Work::DeadLetter(
+                        Box::new(panicked(
+                            &origin,
+                            message.payload().unwrap_or_default(),
+                            &*panic,
+                        )),
+                        message.key().map(<[u8]>::to_vec),
+                    )
+                });
         drop(message);
         if let Work::Done = work {
             source.finish(&ticket);
@@ -472,7 +545,22 @@ async fn consume(
         }
         let (pipeline, source, shutdown) = (pipeline.clone(), source.clone(), shutdown.clone());
         tasks.spawn(async move {
-            if pipeline.handle(origin, work, &shutdown).await == Settled::Done {
+            let handled = AssertUnwindSafe(pipeline.handle(&origin, &work, &shutdown))
+                .catch_unwind()
+                .await;
+            let settled = match handled {
+                Ok(settled) => settled,
+                Err(panic) => match panic_letter(&origin, work, &*panic) {
+                    Some((letter, key)) => {
+                        pipeline
+                            .dispatcher
+                            .write_dead_letter(&key, letter, &shutdown)
+                            .await
+                    }
+                    None => Settled::Done,
+                },
+            };
+            if settled == Settled::Done {
                 source.finish(&ticket);
             }
             drop(permit);
@@ -484,6 +572,22 @@ async fn consume(
 fn accept_event(p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work {
     p.consumed.increment(1);
     let payload = m.payload().unwrap_or_default();
+    if payload.len() > p.max_event_bytes {
+        let invalid = InvalidEvent {
+            reason: InvalidReason::RecordTooLarge,
+            message: format!(
+                "the record is {} bytes, over worker.max_event_bytes ({})",
+                payload.len(),
+                p.max_event_bytes
+            ),
+        };
+        metrics::counter!(EVENTS_INVALID, "reason" => invalid.reason.as_label()).increment(1);
+        tracing::warn!(reason = %invalid.reason, error = %invalid, partition = origin.partition, offset = origin.offset, "invalid event; dead-lettering");
+        return Work::DeadLetter(
+            Box::new(DeadLetter::invalid_event(&invalid, origin, payload)),
+            m.key().map(<[u8]>::to_vec),
+        );
+    }
     let published = m
         .timestamp()
         .to_millis()
@@ -494,7 +598,7 @@ fn accept_event(p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work 
             metrics::counter!(EVENTS_INVALID, "reason" => invalid.reason.as_label()).increment(1);
             tracing::warn!(reason = %invalid.reason, error = %invalid, partition = origin.partition, offset = origin.offset, "invalid event; dead-lettering");
             Work::DeadLetter(
-                DeadLetter::invalid_event(&invalid, origin, payload),
+                Box::new(DeadLetter::invalid_event(&invalid, origin, payload)),
                 m.key().map(<[u8]>::to_vec),
             )
         }
@@ -510,6 +614,22 @@ fn accept_event(p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work 
     }
 }
 
+/// The dead letter of a record whose handling panicked.
+fn panicked(origin: &Origin, payload: &[u8], panic: &(dyn std::any::Any + Send)) -> DeadLetter {
+    let message = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message");
+    metrics::counter!(EVENTS_FAILED, "reason" => "panic").increment(1);
+    tracing::error!(topic = %origin.topic, partition = origin.partition, offset = origin.offset, panic = %message, "handling a record panicked; dead-lettering it");
+    let invalid = InvalidEvent {
+        reason: InvalidReason::Panicked,
+        message: format!("handling the record panicked: {message}"),
+    };
+    DeadLetter::invalid_event(&invalid, origin, payload)
+}
+
 /// Decodes one retry record; a record that does not decode is dead-lettered.
 fn accept_retry(_p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work {
     let payload = m.payload().unwrap_or_default();
@@ -517,12 +637,12 @@ fn accept_retry(_p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work
         Ok(r) => Work::Retry(Box::new(r)),
         Err(e) => {
             tracing::error!(error = %e, topic = %origin.topic, "undecodable retry record; dead-lettering");
-            let invalid = crate::event::InvalidEvent {
-                reason: crate::event::InvalidReason::BadField,
+            let invalid = InvalidEvent {
+                reason: InvalidReason::BadField,
                 message: format!("undecodable retry record: {e}"),
             };
             Work::DeadLetter(
-                DeadLetter::invalid_event(&invalid, origin, payload),
+                Box::new(DeadLetter::invalid_event(&invalid, origin, payload)),
                 m.key().map(<[u8]>::to_vec),
             )
         }
@@ -530,7 +650,7 @@ fn accept_retry(_p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work
 }
 
 impl Pipeline {
-    async fn handle(&self, origin: Origin, work: Work, shutdown: &CancellationToken) -> Settled {
+    async fn handle(&self, origin: &Origin, work: &Work, shutdown: &CancellationToken) -> Settled {
         match work {
             Work::Done => Settled::Done,
             Work::Deliver(event, matches) => {
@@ -539,7 +659,7 @@ impl Pipeline {
                 let mut contexts: Vec<EventContext> = Vec::with_capacity(1);
                 let mut which = Vec::with_capacity(matches.len());
                 let whole_event = matches.iter().any(|m| m.integration.uses_whole_event);
-                for m in &matches {
+                for m in matches {
                     let secrets = self.secrets.for_integration(&m.integration);
                     let n = match contexts.iter().position(|c| c.shares_secrets(secrets)) {
                         Some(n) => n,
@@ -568,7 +688,7 @@ impl Pipeline {
                     };
                     self.dispatcher.attempt(&contexts[n], a, shutdown)
                 };
-                let mut pairs = matches.into_iter().zip(which);
+                let mut pairs = matches.iter().cloned().zip(which);
                 if pairs.len() == 1 {
                     // Most events fire one integration: no join.
                     return attempt(pairs.next().expect("one match")).await;
@@ -582,14 +702,17 @@ impl Pipeline {
             }
             // Boxed, as are the dead letters below: every record's task is
             // as large as the largest of these futures, and events are most.
-            Work::Retry(record) => Box::pin(self.retry(*record, shutdown)).await,
+            Work::Retry(record) => Box::pin(self.retry(record.as_ref().clone(), shutdown)).await,
             Work::DeadLetter(letter, key) => {
                 let key = key
-                    .map(|k| String::from_utf8_lossy(&k).into_owned())
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
                     .unwrap_or_default();
-                let topic = self.dispatcher.dead_letter_topic.clone();
-                let payload = letter.to_json();
-                Box::pin(self.dispatcher.send(&topic, &key, &payload, shutdown)).await
+                Box::pin(
+                    self.dispatcher
+                        .write_dead_letter(&key, letter.as_ref().clone(), shutdown),
+                )
+                .await
             }
         }
     }
@@ -606,16 +729,19 @@ impl Pipeline {
             }
         }
         let Some(integration) = self.index.load().get(&r.integration).cloned() else {
+            metrics::counter!(RETRIES_DROPPED, "reason" => "deleted").increment(1);
             tracing::info!(integration = %r.integration, "retry dropped: the integration no longer exists");
             return Settled::Done;
         };
         if integration.disabled {
+            metrics::counter!(RETRIES_DROPPED, "reason" => "disabled").increment(1);
             tracing::info!(integration = %r.integration, "retry dropped: the integration is disabled");
             return Settled::Done;
         }
         let event = match DeviceEvent::decode(r.event.as_bytes(), &r.origin, Utc::now()) {
             Ok(e) => e,
             Err(e) => {
+                metrics::counter!(RETRIES_DROPPED, "reason" => "invalid").increment(1);
                 tracing::error!(error = %e, "retry record carries an invalid event; dropped");
                 return Settled::Done;
             }
@@ -636,4 +762,34 @@ impl Pipeline {
         };
         self.dispatcher.attempt(&ctx, a, shutdown).await
     }
+}
+
+/// Handling `work` panicked: the dead letter (and its key) that takes its
+/// record, with the panic's message; `None` when nothing is left to write.
+fn panic_letter(
+    origin: &Origin,
+    work: Work,
+    panic: &(dyn std::any::Any + Send),
+) -> Option<(DeadLetter, String)> {
+    let (letter, key) = match work {
+        Work::Done => return None,
+        Work::Deliver(event, _) => (
+            panicked(origin, event.raw.as_bytes(), panic),
+            event.device_id.clone(),
+        ),
+        Work::Retry(r) => {
+            let mut letter = panicked(&r.origin, r.event.as_bytes(), panic);
+            letter.integration = Some(r.integration.clone());
+            letter.history = r.history;
+            (letter, String::new())
+        }
+        // Writing the dead letter itself panicked: there is nothing
+        // safer left to write.
+        Work::DeadLetter(letter, _) => {
+            metrics::counter!(RECORDS_DROPPED, "reason" => "panic").increment(1);
+            tracing::error!(reason = %letter.reason, topic = %origin.topic, partition = origin.partition, offset = origin.offset, "writing a dead letter panicked; record dropped");
+            return None;
+        }
+    };
+    Some((letter, key))
 }

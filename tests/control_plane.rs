@@ -1057,10 +1057,14 @@ async fn an_injected_invalid_record_is_refused_by_workers_and_api_alike() {
     // A fresh reader (a worker starting now) replays and refuses it too.
     let index = hookd::resolve::IndexHandle::new(hookd::resolve::Index::default());
     let stop = tokio_util::sync::CancellationToken::new();
-    let fresh =
-        hookd::config_log::follower::ConfigLog::start(&s.kafka, Some(index.clone()), stop.clone())
-            .await
-            .unwrap();
+    let fresh = hookd::config_log::follower::ConfigLog::start(
+        &s.kafka,
+        Some(index.clone()),
+        s.templates,
+        stop.clone(),
+    )
+    .await
+    .unwrap();
     fresh.caught_up().await;
     wait_until(
         "the fresh reader passed the bad record",

@@ -199,7 +199,8 @@ fn placed(
 /// Validates a whole record the way every reader will, plus the catalog
 /// and the secrets its scope may use.
 fn checked(api: &Api, record: &Value) -> Result<Integration, ApiError> {
-    let i = Integration::from_value(record.clone())?;
+    let limits = *api.log.state().limits();
+    let i = Integration::from_value_with(record.clone(), &limits)?;
     api.log.state().check_references(&i)?;
     if let Some(name) = api.secrets.forbidden_in(&i) {
         return Err(ApiError::invalid(

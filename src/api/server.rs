@@ -90,7 +90,7 @@ pub async fn start(
     if k.create_topics {
         crate::kafka::ensure_topic_specs(k, &crate::kafka::traffic_topics(k)).await?;
     }
-    let log = ConfigLog::start(k, None, shutdown.clone()).await?;
+    let log = ConfigLog::start(k, None, settings.templates, shutdown.clone()).await?;
     let history = Arc::new(History::new(settings.api.history_days));
     history.clone().follow(k, shutdown.clone()).await?;
     let producer: FutureProducer = crate::kafka::producer_config(k).create()?;

@@ -150,7 +150,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
 
     let index = IndexHandle::new(Index::default());
-    let log = ConfigLog::start(&settings.kafka, Some(index.clone()), shutdown.clone()).await?;
+    let log = ConfigLog::start(
+        &settings.kafka,
+        Some(index.clone()),
+        settings.templates,
+        shutdown.clone(),
+    )
+    .await?;
     log.caught_up().await;
     let worker = Worker::new(settings.clone(), index);
     let tally = worker.tally();

@@ -30,7 +30,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<Value> {
     let settings = Settings::load(args.config.as_deref())?;
     let raw = std::fs::read(&args.integration)
         .with_context(|| format!("reading {}", args.integration.display()))?;
-    let integration = Integration::from_json(&raw)
+    let integration = Integration::from_json_with(&raw, &settings.templates)
         .with_context(|| format!("invalid integration {}", args.integration.display()))?;
     let raw =
         std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;

@@ -46,7 +46,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     match settings.integrations.source {
         IntegrationSource::File => {
             let path = &settings.integrations.path;
-            let mut source = FileSource::default();
+            let mut source = FileSource::with_limits(settings.templates);
             let loaded = source
                 .load(path)
                 .with_context(|| format!("loading integrations from {}", path.display()))?;
@@ -60,9 +60,14 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             ));
         }
         IntegrationSource::Kafka => {
-            let log = ConfigLog::start(&settings.kafka, Some(index.clone()), shutdown.clone())
-                .await
-                .context("starting the config log")?;
+            let log = ConfigLog::start(
+                &settings.kafka,
+                Some(index.clone()),
+                settings.templates,
+                shutdown.clone(),
+            )
+            .await
+            .context("starting the config log")?;
             tokio::select! {
                 _ = log.caught_up() => {}
                 _ = shutdown.cancelled() => {}

@@ -29,6 +29,7 @@ use super::state::{Applied, ConfigState, RecordRefused};
 use crate::config::KafkaSettings;
 use crate::resolve::IndexHandle;
 use crate::telemetry::{CONFIG_APPLIED, CONFIG_INVALID};
+use crate::template::TemplateLimits;
 
 /// Outcomes kept for writers to look up; a writer asks within seconds.
 const OUTCOMES_KEPT: usize = 4096;
@@ -69,6 +70,7 @@ impl ConfigLog {
     pub async fn start(
         k: &KafkaSettings,
         index: Option<IndexHandle>,
+        limits: TemplateLimits,
         shutdown: CancellationToken,
     ) -> Result<Arc<ConfigLog>, ConfigLogError> {
         let topic = k.config_topic.clone();
@@ -115,7 +117,7 @@ impl ConfigLog {
 
         let log = Arc::new(ConfigLog {
             topic,
-            state: RwLock::new(ConfigState::default()),
+            state: RwLock::new(ConfigState::with_limits(limits)),
             index,
             position: watch::channel(0).0,
             caught_up: watch::channel(false).0,

@@ -35,6 +35,7 @@ use serde_json::Value;
 
 use crate::integration::{Integration, IntegrationSpec, InvalidIntegration, Scope};
 use crate::resolve::Index;
+use crate::template::TemplateLimits;
 
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -199,9 +200,24 @@ pub struct ConfigState {
     orgs: BTreeMap<String, Org>,
     /// Keys deleted while this reader watched: they take only version 1.
     deleted: HashSet<String>,
+    /// What every integration's templates are compiled under.
+    limits: TemplateLimits,
 }
 
 impl ConfigState {
+    /// An empty state whose integrations compile under `limits`.
+    pub fn with_limits(limits: TemplateLimits) -> ConfigState {
+        ConfigState {
+            limits,
+            ..ConfigState::default()
+        }
+    }
+
+    /// The template limits records are validated under.
+    pub fn limits(&self) -> &TemplateLimits {
+        &self.limits
+    }
+
     /// Decides and applies one record.
     pub fn apply(&mut self, key: &str, value: Option<&[u8]>) -> Result<Applied, RecordRefused> {
         let (change, applied) = self.check(key, value)?;
@@ -378,7 +394,7 @@ impl ConfigState {
             })?),
             None => None,
         };
-        let integration = Integration::from_value(value)?;
+        let integration = Integration::from_value_with(value, &self.limits)?;
         if &*integration.id != id {
             return Err(RecordRefused::invalid(
                 "id",
@@ -527,7 +543,7 @@ impl ConfigState {
                 ));
             }
         }
-        let new = Integration::try_from(s.into)?;
+        let new = Integration::compile(s.into, &self.limits)?;
         if new.version != 1 || new.scope != (Scope::Product { product: p }) {
             return Err(RecordRefused::invalid(
                 "separated.into",

@@ -558,6 +558,7 @@ pub async fn start_log_worker(s: &Settings) -> RunningWorker {
     let log = hookd::config_log::follower::ConfigLog::start(
         &s.kafka,
         Some(index.clone()),
+        s.templates,
         shutdown.clone(),
     )
     .await
