@@ -15,16 +15,18 @@ fn bench_throttle(c: &mut Criterion) {
         rate: 1e9,
         burst: 1_000_000,
         max_wait: Duration::from_secs(1),
+        max_deferrals: 10,
+        max_waiting: 10_000,
         hosts: BTreeMap::new(),
     });
     let hosts: Vec<String> = (0..1000).map(|i| format!("h{i}.example.com")).collect();
     let mut group = c.benchmark_group("throttle");
     group.throughput(Throughput::Elements(1));
     let mut n = 0usize;
-    group.bench_function("check_1k_hosts", |b| {
+    group.bench_function("reserve_1k_hosts", |b| {
         b.iter(|| {
             n = (n + 1) % hosts.len();
-            throttle.check(&hosts[n])
+            throttle.reserve(&hosts[n], Duration::from_secs(1))
         })
     });
     group.finish();

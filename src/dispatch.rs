@@ -8,13 +8,13 @@
 //! [`Settled::Abandoned`] only when shutdown interrupted a hand-off to Kafka,
 //! in which case the caller must not commit the event.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, FutureProducer, FutureRecord, ThreadedProducer};
 use rdkafka::util::Timeout;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::MonotonicClock;
@@ -36,6 +36,31 @@ use crate::telemetry::{
     THROTTLE_WAIT,
 };
 use crate::throttle::{Decision, Throttle};
+
+/// The outcome a deferral leaves in an attempt's history.
+const DEFERRED_OUTCOME: &str = "deferred";
+
+/// The intake permit of the record an attempt belongs to. Released as soon
+/// as one of its deliveries starts waiting for a rate-limited host, so the
+/// worker's intake (`worker.max_inflight_events`) counts only records being
+/// worked on, never ones parked in a host's queue.
+pub struct Intake(Mutex<Option<OwnedSemaphorePermit>>);
+
+impl Intake {
+    pub fn new(permit: OwnedSemaphorePermit) -> Intake {
+        Intake(Mutex::new(Some(permit)))
+    }
+
+    /// For attempts that hold no intake permit (tests, the api's `test`).
+    pub fn none() -> Intake {
+        Intake(Mutex::new(None))
+    }
+
+    fn release(&self) {
+        let permit = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(permit);
+    }
+}
 
 /// One attempt of one delivery.
 #[derive(Debug, Clone)]
@@ -65,6 +90,9 @@ pub struct Dispatcher {
     /// Requests in flight across the worker.
     pub deliveries: Arc<Semaphore>,
     pub throttle: Arc<Throttle>,
+    /// Places for deliveries waiting for their hosts' quotas
+    /// (`limits.max_waiting`).
+    pub waiting: Arc<Semaphore>,
     pub sleeping: Arc<SleepingHosts<MonotonicClock>>,
     /// Retries and dead letters: awaited.
     pub producer: FutureProducer,
@@ -97,6 +125,7 @@ impl Dispatcher {
         &self,
         ctx: &EventContext,
         a: Attempt,
+        intake: &Intake,
         shutdown: &CancellationToken,
     ) -> Settled {
         let i = a.matched.integration.clone();
@@ -121,7 +150,7 @@ impl Dispatcher {
         };
         let host = url_host(&request.url).to_owned();
 
-        if !self.sleeping.admit(&host) {
+        if !self.sleeping.admit(&i.tenant, &host) {
             self.recorder
                 .record_kind(&a.matched, OutcomeKind::Skipped, Duration::ZERO);
             self.sample_failure(ctx, &a, SLEEPING_MESSAGE);
@@ -129,21 +158,31 @@ impl Dispatcher {
             return Box::pin(self.after_failure(ctx, a, "skipped".into(), None, shutdown)).await;
         }
 
-        let waiting = Instant::now();
-        loop {
-            match self.throttle.check(&host) {
-                Decision::Go => break,
-                Decision::Wait(d)
-                    if d <= self.throttle.max_wait() || self.retry.delays.is_empty() =>
-                {
-                    tokio::time::sleep(d).await;
-                }
-                Decision::Wait(d) => return Box::pin(self.defer(ctx, a, d, shutdown)).await,
+        // A place among the deliveries waiting for their hosts, taken
+        // before reserving: with none left, only an immediate slot will do.
+        let place = self.waiting.clone().try_acquire_owned().ok();
+        let max_wait = match (&place, self.retry.delays.is_empty()) {
+            (None, _) => Duration::ZERO,
+            // Without retry topics there is nowhere to defer to.
+            (Some(_), true) => Duration::MAX,
+            (Some(_), false) => self.throttle.max_wait(),
+        };
+        match self.throttle.reserve(&host, max_wait) {
+            Decision::Go => self.meters.throttle_wait.record(0.0),
+            Decision::Wait(d) => {
+                // Waits in the host's queue, holding a place there, not the
+                // worker's intake: the consumer goes on taking events for
+                // every other host meanwhile.
+                intake.release();
+                tokio::time::sleep(d).await;
+                self.meters.throttle_wait.record(d.as_secs_f64());
+            }
+            Decision::Defer(d) => {
+                drop(place);
+                return Box::pin(self.defer(ctx, a, &host, d, shutdown)).await;
             }
         }
-        self.meters
-            .throttle_wait
-            .record(waiting.elapsed().as_secs_f64());
+        drop(place);
 
         if let Err(e) = Signer::sign_for(&i, ctx, &mut request) {
             self.recorder
@@ -168,7 +207,8 @@ impl Dispatcher {
             self.meters.inflight.decrement(1.0);
             outcome
         };
-        self.sleeping.observe(&host, outcome.is_success());
+        self.sleeping
+            .observe(&i.tenant, &host, outcome.is_success());
         self.recorder.record(&a.matched, &outcome);
         if let Some(book) = self.recorder.traffic() {
             book.sample(&i, a.matched.product, ctx.event(), &outcome);
@@ -242,15 +282,38 @@ impl Dispatcher {
     }
 
     /// The host's limit would hold this attempt too long: it waits in the
-    /// retry topic instead, keeping its attempt number.
+    /// retry topic instead, keeping its attempt number, unless it was
+    /// deferred `limits.max_deferrals` times already: then it is
+    /// dead-lettered (`rate_limited`).
     async fn defer(
         &self,
         ctx: &EventContext,
-        a: Attempt,
+        mut a: Attempt,
+        host: &str,
         wait: Duration,
         shutdown: &CancellationToken,
     ) -> Settled {
+        let deferrals = a
+            .history
+            .iter()
+            .filter(|h| h.outcome == DEFERRED_OUTCOME)
+            .count();
+        let max = self.throttle.settings().max_deferrals as usize;
+        if deferrals >= max {
+            let error = format!(
+                "deferred {deferrals} times by the rate limit of {host} (limits.max_deferrals)"
+            );
+            self.sample_failure(ctx, &a, &error);
+            return self
+                .dead_letter(ctx, a, "rate_limited", error, shutdown)
+                .await;
+        }
         metrics::counter!(DEFERRED).increment(1);
+        a.history.push(AttemptLog {
+            attempt: a.number,
+            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            outcome: DEFERRED_OUTCOME.to_owned(),
+        });
         let step = (a.number as usize)
             .saturating_sub(1)
             .min(self.retry.delays.len() - 1);

@@ -1,9 +1,13 @@
 //! Sleeping hosts: skip attempts to a destination host that is failing many
 //! times in quick succession (PARTICLE.md, "Delivery").
 //!
-//! In: every outcome per target hostname ([`SleepingHosts::observe`]) and the
-//! question whether to attempt now ([`SleepingHosts::admit`]). Out: admit or
-//! skip. The rating is per hostname, not per integration, port or account.
+//! In: every outcome per tenant and target hostname
+//! ([`SleepingHosts::observe`]) and the question whether to attempt now
+//! ([`SleepingHosts::admit`]). Out: admit or skip. The rating is per hostname
+//! within a tenant (an organization, a product or a user): not per
+//! integration or port, and, unlike Particle's rule, never shared across
+//! tenants, so one tenant's failures against a shared host (a chat service,
+//! a cloud ingest endpoint) never put it to sleep for the others.
 //!
 //! The rule. Successes and errors of a host are counted with exponential decay
 //! (`half_life`). A host *falls asleep* when its decayed error count reaches
@@ -17,8 +21,9 @@
 //! per second.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
+
+use dashmap::DashMap;
 
 use crate::clock::Clock;
 
@@ -73,11 +78,13 @@ impl HostState {
     }
 }
 
-/// Per-hostname health, shared by every delivery of a worker.
+/// Per-(tenant, hostname) health, shared by every delivery of a worker.
 pub struct SleepingHosts<C: Clock> {
     rule: SleepRule,
     clock: C,
-    hosts: Mutex<HashMap<String, HostState>>,
+    /// Tenant → hostname → state. Sharded by tenant, so deliveries of
+    /// different tenants rarely share a lock; only failing hosts are kept.
+    tenants: DashMap<String, HashMap<String, HostState>>,
 }
 
 impl<C: Clock> SleepingHosts<C> {
@@ -85,14 +92,17 @@ impl<C: Clock> SleepingHosts<C> {
         SleepingHosts {
             rule,
             clock,
-            hosts: Mutex::new(HashMap::new()),
+            tenants: DashMap::new(),
         }
     }
 
-    /// Whether to attempt a delivery to `host` now; `false` means skip.
-    pub fn admit(&self, host: &str) -> bool {
+    /// Whether to attempt a delivery of `tenant`'s to `host` now; `false`
+    /// means skip.
+    pub fn admit(&self, tenant: &str, host: &str) -> bool {
         let now = self.clock.now();
-        let mut hosts = self.hosts.lock().expect("hosts lock is never poisoned");
+        let Some(mut hosts) = self.tenants.get_mut(tenant) else {
+            return true;
+        };
         let Some(state) = hosts.get_mut(host) else {
             return true;
         };
@@ -114,12 +124,17 @@ impl<C: Clock> SleepingHosts<C> {
         false
     }
 
-    /// Counts an attempt's outcome against `host`.
-    pub fn observe(&self, host: &str, success: bool) {
+    /// Counts an attempt's outcome against `tenant`'s rating of `host`.
+    pub fn observe(&self, tenant: &str, host: &str, success: bool) {
         let now = self.clock.now();
-        let mut hosts = self.hosts.lock().expect("hosts lock is never poisoned");
+        let mut hosts = match self.tenants.get_mut(tenant) {
+            Some(hosts) => hosts,
+            // Healthy hosts cost no memory.
+            None if success => return,
+            None => self.tenants.entry(tenant.to_owned()).or_default(),
+        };
         if success && !hosts.contains_key(host) {
-            return; // healthy hosts cost no memory
+            return;
         }
         let state = hosts.entry(host.to_owned()).or_insert(HostState {
             updated: now,
@@ -138,27 +153,30 @@ impl<C: Clock> SleepingHosts<C> {
         }
     }
 
-    pub fn is_asleep(&self, host: &str) -> bool {
-        let hosts = self.hosts.lock().expect("hosts lock is never poisoned");
-        hosts.get(host).is_some_and(|s| s.asleep)
+    pub fn is_asleep(&self, tenant: &str, host: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .and_then(|hosts| hosts.get(host).map(|s| s.asleep))
+            .unwrap_or(false)
     }
 
-    /// Forgets hosts whose errors have decayed away; run periodically.
+    /// Forgets hosts whose errors have decayed away, and tenants left with
+    /// none; run periodically.
     pub fn prune(&self) {
         let now = self.clock.now();
-        let mut hosts = self.hosts.lock().expect("hosts lock is never poisoned");
         let half_life = self.rule.half_life;
-        hosts.retain(|_, s| {
-            s.decay(now, half_life);
-            s.asleep || s.errors >= 0.01
+        self.tenants.retain(|_, hosts| {
+            hosts.retain(|_, s| {
+                s.decay(now, half_life);
+                s.asleep || s.errors >= 0.01
+            });
+            !hosts.is_empty()
         });
     }
 
+    /// (tenant, host) ratings held.
     pub fn tracked(&self) -> usize {
-        self.hosts
-            .lock()
-            .expect("hosts lock is never poisoned")
-            .len()
+        self.tenants.iter().map(|hosts| hosts.len()).sum()
     }
 }
 
@@ -167,6 +185,9 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use std::sync::Arc;
+
+    /// The tenant of most tests.
+    const T: &str = "org:acme";
 
     fn hosts() -> (SleepingHosts<Arc<ManualClock>>, Arc<ManualClock>) {
         let clock = Arc::new(ManualClock::default());
@@ -178,7 +199,7 @@ mod tests {
 
     fn fail(h: &SleepingHosts<Arc<ManualClock>>, clock: &ManualClock, n: usize) {
         for _ in 0..n {
-            h.observe("h.example", false);
+            h.observe(T, "h.example", false);
             clock.advance(Duration::from_millis(10));
         }
     }
@@ -187,33 +208,40 @@ mod tests {
     fn many_quick_failures_put_a_host_to_sleep() {
         let (h, clock) = hosts();
         fail(&h, &clock, 9);
-        assert!(h.admit("h.example"), "nine errors are not enough");
+        assert!(h.admit(T, "h.example"), "nine errors are not enough");
         fail(&h, &clock, 2);
-        assert!(h.is_asleep("h.example"));
-        assert!(!h.admit("h.example"));
-        assert!(h.admit("other.example"), "per hostname");
+        assert!(h.is_asleep(T, "h.example"));
+        assert!(!h.admit(T, "h.example"));
+        assert!(h.admit(T, "other.example"), "per hostname");
+        assert!(
+            h.admit("org:other", "h.example"),
+            "per tenant: another tenant's deliveries to the same host go on"
+        );
+        assert!(!h.is_asleep("org:other", "h.example"));
+        h.observe("org:other", "h.example", true);
+        assert!(!h.admit(T, "h.example"), "and cannot wake it for this one");
     }
 
     #[test]
     fn slow_failures_never_trip() {
         let (h, clock) = hosts();
         for _ in 0..100 {
-            h.observe("h.example", false);
+            h.observe(T, "h.example", false);
             clock.advance(Duration::from_secs(30));
         }
-        assert!(h.admit("h.example"));
+        assert!(h.admit(T, "h.example"));
     }
 
     #[test]
     fn mostly_successful_hosts_never_trip() {
         let (h, clock) = hosts();
         for _ in 0..30 {
-            h.observe("h.example", false);
-            h.observe("h.example", true);
-            h.observe("h.example", true);
+            h.observe(T, "h.example", false);
+            h.observe(T, "h.example", true);
+            h.observe(T, "h.example", true);
             clock.advance(Duration::from_millis(10));
         }
-        assert!(h.admit("h.example"), "errors are a third of outcomes");
+        assert!(h.admit(T, "h.example"), "errors are a third of outcomes");
     }
 
     #[test]
@@ -221,28 +249,28 @@ mod tests {
         let (h, clock) = hosts();
         fail(&h, &clock, 20);
         clock.advance(Duration::from_secs(4));
-        assert!(!h.admit("h.example"), "within the quiet period");
+        assert!(!h.admit(T, "h.example"), "within the quiet period");
         clock.advance(Duration::from_secs(2));
-        assert!(h.admit("h.example"), "a probe after 5 s without errors");
-        assert!(!h.admit("h.example"), "one probe per second");
+        assert!(h.admit(T, "h.example"), "a probe after 5 s without errors");
+        assert!(!h.admit(T, "h.example"), "one probe per second");
         // Probes succeed: the success ratio improves until the host wakes.
         let mut admitted = 0;
         for _ in 0..20 {
             clock.advance(Duration::from_secs(1));
-            if h.admit("h.example") {
+            if h.admit(T, "h.example") {
                 admitted += 1;
-                h.observe("h.example", true);
+                h.observe(T, "h.example", true);
             }
-            if !h.is_asleep("h.example") {
+            if !h.is_asleep(T, "h.example") {
                 break;
             }
         }
         assert!(
-            !h.is_asleep("h.example"),
+            !h.is_asleep(T, "h.example"),
             "awake after {admitted} good probes"
         );
         assert!(
-            (0..10).all(|_| h.admit("h.example")),
+            (0..10).all(|_| h.admit(T, "h.example")),
             "skipping is back to zero"
         );
     }
@@ -252,10 +280,10 @@ mod tests {
         let (h, clock) = hosts();
         fail(&h, &clock, 20);
         clock.advance(Duration::from_secs(6));
-        assert!(h.admit("h.example"));
-        h.observe("h.example", false);
+        assert!(h.admit(T, "h.example"));
+        h.observe(T, "h.example", false);
         clock.advance(Duration::from_secs(2));
-        assert!(!h.admit("h.example"));
+        assert!(!h.admit(T, "h.example"));
     }
 
     #[test]
@@ -264,7 +292,7 @@ mod tests {
         fail(&h, &clock, 20);
         clock.advance(Duration::from_secs(120));
         assert!(
-            h.admit("h.example"),
+            h.admit(T, "h.example"),
             "two minutes of silence decay 20 errors below the trip"
         );
         clock.advance(Duration::from_secs(300));

@@ -1,27 +1,31 @@
-//! Throttle: per-destination rate limits (governor keyed limiters, key =
-//! destination host).
+//! Throttle: per-destination rate limits, key = destination host.
 //!
-//! In: the host of each request about to be sent. Out: [`Decision::Go`], or
-//! [`Decision::Wait`] with how long until the host's quota allows it. The
-//! caller waits only for its own host (other hosts' deliveries never queue
-//! behind it), and hands a delivery that would wait longer than
-//! `limits.max_wait` to the retry topic as *deferred*, so the consumer keeps
-//! flowing.
+//! In: the host of each request about to be sent. Out: a [`Decision`]: go
+//! now, wait a given time (a slot in the host's queue is reserved for that
+//! moment), or defer, when the wait this delivery faces (everyone queued
+//! for the host before it included) is longer than allowed. The caller waits
+//! only for its own host, and hands a deferred delivery to the retry topic,
+//! so neither the consumer nor other hosts wait behind a limited one.
+//!
+//! The limit is GCRA (the algorithm of token buckets, kept as one
+//! "theoretical arrival time" per host) with reservations: taking a slot in
+//! the future moves the host's time on, so the next caller learns the whole
+//! queue's wait, not one period. A rate limiter that only answers "not now"
+//! cannot tell the total wait; that is why this is not `governor`. Host
+//! states live in a sharded map, so deliveries to different hosts rarely
+//! share a lock.
 //!
 //! A fleet enforces one limit together: each worker takes the share of every
-//! quota in proportion to its assigned partitions of the events topic
-//! ([`Throttle::set_share`], called on every rebalance).
+//! quota in proportion to the partitions it owns ([`Throttle::set_share`]).
 
-use std::collections::{BTreeMap, HashMap};
-use std::num::NonZeroU32;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use governor::clock::{Clock as GovernorClock, DefaultClock};
-use governor::middleware::NoOpMiddleware;
-use governor::state::keyed::DefaultKeyedStateStore;
-use governor::{Quota, RateLimiter};
+use dashmap::DashMap;
 use serde::Deserialize;
+
+use crate::clock::{Clock, MonotonicClock};
 
 /// A rate and burst for one host (or the default): `rate` requests per
 /// second sustained, `burst` at once. `rate = 0` means no limit.
@@ -38,9 +42,17 @@ pub struct HostLimit {
 pub struct LimitSettings {
     pub rate: f64,
     pub burst: u32,
-    /// Longer waits are deferred to the retry topic instead.
+    /// Deliveries that would wait longer than this (queue included) are
+    /// deferred to the retry topic instead.
     #[serde(with = "humantime_serde")]
     pub max_wait: Duration,
+    /// How often one delivery may be deferred before it is dead-lettered
+    /// (`rate_limited`): a host sent more than its limit for long enough
+    /// loses the excess rather than circulating it through Kafka forever.
+    pub max_deferrals: u32,
+    /// Deliveries waiting for their hosts' quotas at once, across hosts, on
+    /// one worker; past it, deliveries are deferred.
+    pub max_waiting: usize,
     #[serde(default)]
     pub hosts: BTreeMap<String, HostLimit>,
 }
@@ -73,6 +85,12 @@ impl LimitSettings {
         for (host, l) in &self.hosts {
             check(format!("limits.hosts.{host:?}"), *l)?;
         }
+        if self.max_waiting == 0 {
+            return Err((
+                "limits.max_waiting".to_owned(),
+                "must be at least 1, got 0".to_owned(),
+            ));
+        }
         Ok(())
     }
 }
@@ -81,164 +99,170 @@ impl LimitSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Go,
+    /// A slot is reserved this far from now: wait, then send.
     Wait(Duration),
+    /// The wait would be this long, over the allowed one; nothing reserved.
+    Defer(Duration),
 }
 
-type Keyed<C> = RateLimiter<
-    String,
-    DefaultKeyedStateStore<String>,
-    C,
-    NoOpMiddleware<<C as GovernorClock>::Instant>,
->;
-
-/// The limiters of one share; rebuilt as a whole when the share changes.
-struct Limiters<C: GovernorClock> {
-    default: Option<Keyed<C>>,
-    /// Hosts with their own limit; `None` inside: that host is unlimited.
-    overrides: HashMap<String, Option<Keyed<C>>>,
+/// One host's limiter state: the theoretical arrival time of the next
+/// request, on the throttle's clock.
+#[derive(Debug, Clone, Copy)]
+struct HostState {
+    tat: Duration,
 }
 
-pub struct Throttle<C: GovernorClock + Clone = DefaultClock> {
+/// The smallest share a worker takes, so one that owns no partitions (just
+/// revoked, or not yet assigned) still lets its in-flight work trickle.
+const MIN_SHARE: f64 = 1e-3;
+
+pub struct Throttle<C: Clock = MonotonicClock> {
     settings: LimitSettings,
     clock: C,
-    limiters: ArcSwap<Limiters<C>>,
+    /// This worker's share of every quota, as `f64` bits.
+    share: AtomicU64,
+    hosts: DashMap<String, HostState>,
 }
 
-impl Throttle<DefaultClock> {
+impl Throttle<MonotonicClock> {
     pub fn new(settings: LimitSettings) -> Self {
-        Throttle::with_clock(settings, DefaultClock::default())
+        Throttle::with_clock(settings, MonotonicClock::default())
     }
 }
 
-impl<C: GovernorClock + Clone> Throttle<C> {
+impl<C: Clock> Throttle<C> {
     pub fn with_clock(settings: LimitSettings, clock: C) -> Self {
-        let limiters = ArcSwap::from_pointee(build(&settings, 1.0, &clock));
         Throttle {
             settings,
             clock,
-            limiters,
+            share: AtomicU64::new(1.0f64.to_bits()),
+            hosts: DashMap::new(),
         }
     }
 
-    pub fn check(&self, host: &str) -> Decision {
-        let limiters = self.limiters.load();
-        let limiter = match limiters.overrides.get(host) {
-            Some(l) => l.as_ref(),
-            None => limiters.default.as_ref(),
+    /// The limit of `host`, scaled by this worker's share: the period between
+    /// two requests and the burst tolerance. `None`: no limit.
+    fn quota(&self, host: &str) -> Option<(Duration, Duration)> {
+        let l = match self.settings.hosts.get(host) {
+            Some(l) => *l,
+            None => HostLimit {
+                rate: self.settings.rate,
+                burst: self.settings.burst,
+            },
         };
-        let Some(limiter) = limiter else {
+        if l.rate <= 0.0 {
+            return None;
+        }
+        let share = self.share();
+        let period = Duration::from_secs_f64(1.0 / (l.rate * share));
+        let burst = ((l.burst as f64 * share).round() as u32).max(1);
+        Some((period, period * (burst - 1)))
+    }
+
+    /// Reserves a slot for one request to `host` if it can go within
+    /// `max_wait` (queue included); otherwise reserves nothing.
+    pub fn reserve(&self, host: &str, max_wait: Duration) -> Decision {
+        let Some((period, tolerance)) = self.quota(host) else {
             return Decision::Go;
         };
-        match limiter.check_key(&host.to_owned()) {
-            Ok(()) => Decision::Go,
-            Err(not_until) => Decision::Wait(not_until.wait_time_from(self.clock.now())),
+        let now = self.clock.now();
+        let mut state = match self.hosts.get_mut(host) {
+            Some(s) => s,
+            None => self
+                .hosts
+                .entry(host.to_owned())
+                .or_insert(HostState { tat: now }),
+        };
+        let tat = state.tat.max(now);
+        let wait = (tat.saturating_sub(tolerance)).saturating_sub(now);
+        if wait > max_wait {
+            return Decision::Defer(wait);
+        }
+        state.tat = tat + period;
+        if wait.is_zero() {
+            Decision::Go
+        } else {
+            Decision::Wait(wait)
         }
     }
 
-    /// This worker's share of the fleet's limits, `assigned / total`
-    /// partitions of the events topic. Rebuilds the limiters.
-    pub fn set_share(&self, assigned: usize, total: usize) {
+    /// This worker's share of the fleet's limits, `owned / total`
+    /// partitions (of the events and retry topics together), at least
+    /// [`MIN_SHARE`]. Host states stay: a reservation made under the old
+    /// share keeps its slot.
+    pub fn set_share(&self, owned: usize, total: usize) {
         let share = if total == 0 {
-            1.0
+            MIN_SHARE
         } else {
-            (assigned as f64 / total as f64).clamp(0.0, 1.0)
+            (owned as f64 / total as f64).clamp(MIN_SHARE, 1.0)
         };
-        self.limiters.store(std::sync::Arc::new(build(
-            &self.settings,
-            share,
-            &self.clock,
-        )));
+        self.share.store(share.to_bits(), Ordering::Relaxed);
+    }
+
+    pub fn share(&self) -> f64 {
+        f64::from_bits(self.share.load(Ordering::Relaxed))
     }
 
     pub fn max_wait(&self) -> Duration {
         self.settings.max_wait
     }
 
-    /// Forgets hosts whose limiter state is back to full; run periodically so
-    /// keys of hosts no longer sent to do not accumulate.
+    pub fn settings(&self) -> &LimitSettings {
+        &self.settings
+    }
+
+    /// Forgets hosts whose state is back to full (no request reserved
+    /// ahead); run periodically so keys of hosts no longer sent to do not
+    /// accumulate.
     pub fn prune(&self) {
-        let limiters = self.limiters.load();
-        for l in limiters
-            .default
-            .iter()
-            .chain(limiters.overrides.values().flatten())
-        {
-            l.retain_recent();
-            l.shrink_to_fit();
-        }
+        let now = self.clock.now();
+        self.hosts.retain(|_, s| s.tat > now);
+        self.hosts.shrink_to_fit();
     }
 
     /// Hosts with limiter state held.
     pub fn tracked(&self) -> usize {
-        let limiters = self.limiters.load();
-        limiters
-            .default
-            .iter()
-            .chain(limiters.overrides.values().flatten())
-            .map(|l| l.len())
-            .sum()
+        self.hosts.len()
     }
-}
-
-fn build<C: GovernorClock + Clone>(s: &LimitSettings, share: f64, clock: &C) -> Limiters<C> {
-    let limiter = |l: HostLimit| -> Option<Keyed<C>> {
-        let quota = quota(l, share)?;
-        Some(RateLimiter::new(
-            quota,
-            DefaultKeyedStateStore::default(),
-            clock.clone(),
-        ))
-    };
-    Limiters {
-        default: limiter(HostLimit {
-            rate: s.rate,
-            burst: s.burst,
-        }),
-        overrides: s
-            .hosts
-            .iter()
-            .map(|(h, l)| (h.clone(), limiter(*l)))
-            .collect(),
-    }
-}
-
-/// `l` scaled by `share`; `None` for no limit. A share of 0 (no partitions
-/// assigned) still allows a trickle rather than nothing.
-fn quota(l: HostLimit, share: f64) -> Option<Quota> {
-    if l.rate <= 0.0 {
-        return None;
-    }
-    let share = share.max(1e-3);
-    let period = Duration::from_secs_f64(1.0 / (l.rate * share));
-    let burst =
-        NonZeroU32::new(((l.burst as f64 * share).round() as u32).max(1)).expect("at least 1");
-    Some(Quota::with_period(period)?.allow_burst(burst))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use governor::clock::FakeRelativeClock;
+    use crate::clock::ManualClock;
+    use std::sync::Arc;
 
     fn settings(rate: f64, burst: u32) -> LimitSettings {
         LimitSettings {
             rate,
             burst,
             max_wait: Duration::from_secs(1),
+            max_deferrals: 3,
+            max_waiting: 100,
             hosts: BTreeMap::new(),
         }
     }
 
-    fn admitted(t: &Throttle<FakeRelativeClock>, host: &str, n: usize) -> usize {
-        (0..n).filter(|_| t.check(host) == Decision::Go).count()
+    const NOW: Duration = Duration::ZERO;
+    const FOREVER: Duration = Duration::MAX;
+
+    /// Requests to `host` that go at once, of `n` asked without waiting
+    /// (nothing reserved beyond them).
+    fn admitted(t: &Throttle<Arc<ManualClock>>, host: &str, n: usize) -> usize {
+        (0..n)
+            .filter(|_| t.reserve(host, NOW) == Decision::Go)
+            .count()
     }
 
     #[test]
     fn burst_then_rate() {
-        let clock = FakeRelativeClock::default();
+        let clock = Arc::new(ManualClock::default());
         let t = Throttle::with_clock(settings(10.0, 5), clock.clone());
         assert_eq!(admitted(&t, "a", 20), 5, "the burst");
-        assert_eq!(t.check("a"), Decision::Wait(Duration::from_millis(100)));
+        assert_eq!(
+            t.reserve("a", NOW),
+            Decision::Defer(Duration::from_millis(100))
+        );
         clock.advance(Duration::from_secs(1));
         assert_eq!(
             admitted(&t, "a", 20),
@@ -250,8 +274,40 @@ mod tests {
     }
 
     #[test]
+    fn a_reservation_tells_the_wait_of_the_whole_queue() {
+        let clock = Arc::new(ManualClock::default());
+        let t = Throttle::with_clock(settings(10.0, 1), clock.clone());
+        assert_eq!(t.reserve("a", FOREVER), Decision::Go);
+        // Each caller queues behind the previous ones: 100 ms apart.
+        for n in 1..=10u64 {
+            assert_eq!(
+                t.reserve("a", FOREVER),
+                Decision::Wait(Duration::from_millis(100 * n))
+            );
+        }
+        // The eleventh in line would wait 1.1 s: over a 1 s maximum, it is
+        // deferred, and reserves nothing.
+        assert_eq!(
+            t.reserve("a", Duration::from_secs(1)),
+            Decision::Defer(Duration::from_millis(1100))
+        );
+        assert_eq!(
+            t.reserve("a", Duration::from_secs(2)),
+            Decision::Wait(Duration::from_millis(1100)),
+            "the deferral took no slot"
+        );
+        clock.advance(Duration::from_millis(1100));
+        assert_eq!(
+            t.reserve("a", NOW),
+            Decision::Defer(Duration::from_millis(100))
+        );
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(t.reserve("a", NOW), Decision::Go, "the queue has drained");
+    }
+
+    #[test]
     fn hosts_are_limited_independently_with_overrides() {
-        let clock = FakeRelativeClock::default();
+        let clock = Arc::new(ManualClock::default());
         let mut s = settings(10.0, 2);
         s.hosts.insert(
             "slow.example".into(),
@@ -270,7 +326,7 @@ mod tests {
         let t = Throttle::with_clock(s, clock.clone());
         assert_eq!(admitted(&t, "slow.example", 10), 1);
         assert_eq!(
-            t.check("slow.example"),
+            t.reserve("slow.example", FOREVER),
             Decision::Wait(Duration::from_secs(1))
         );
         assert_eq!(
@@ -288,7 +344,7 @@ mod tests {
 
     #[test]
     fn the_share_follows_the_assignment() {
-        let clock = FakeRelativeClock::default();
+        let clock = Arc::new(ManualClock::default());
         let t = Throttle::with_clock(settings(100.0, 40), clock.clone());
         t.set_share(1, 4);
         assert_eq!(admitted(&t, "h", 100), 10, "a quarter of the burst");
@@ -301,21 +357,32 @@ mod tests {
         clock.advance(Duration::from_millis(200));
         assert_eq!(admitted(&t, "h", 100), 5, "25/s for 200 ms");
         t.set_share(4, 4);
+        clock.advance(Duration::from_secs(1));
         assert_eq!(admitted(&t, "h", 100), 40, "rebalanced to all partitions");
     }
 
     #[test]
+    fn a_worker_without_partitions_keeps_a_trickle_not_the_whole_rate() {
+        let t = Throttle::with_clock(settings(100.0, 40), Arc::new(ManualClock::default()));
+        t.set_share(0, 0);
+        assert_eq!(t.share(), MIN_SHARE);
+        t.set_share(0, 12);
+        assert_eq!(t.share(), MIN_SHARE);
+        assert_eq!(admitted(&t, "h", 100), 1);
+    }
+
+    #[test]
     fn unlimited_by_default_rate_zero() {
-        let t = Throttle::with_clock(settings(0.0, 0), FakeRelativeClock::default());
+        let t = Throttle::with_clock(settings(0.0, 0), Arc::new(ManualClock::default()));
         assert_eq!(admitted(&t, "h", 10_000), 10_000);
     }
 
     #[test]
     fn idle_hosts_are_pruned() {
-        let clock = FakeRelativeClock::default();
-        let t = Throttle::with_clock(settings(10.0, 5), clock.clone());
+        let clock = Arc::new(ManualClock::default());
+        let t = Throttle::with_clock(settings(10.0, 1), clock.clone());
         for h in ["a", "b", "c"] {
-            t.check(h);
+            t.reserve(h, FOREVER);
         }
         assert_eq!(t.tracked(), 3);
         clock.advance(Duration::from_secs(10));
@@ -331,6 +398,15 @@ mod tests {
             (
                 "limits.burst".into(),
                 "must be at least 1 when a rate is set, got 0".into()
+            )
+        );
+        let mut s = settings(5.0, 1);
+        s.max_waiting = 0;
+        assert_eq!(
+            s.validate().unwrap_err(),
+            (
+                "limits.max_waiting".into(),
+                "must be at least 1, got 0".into()
             )
         );
     }

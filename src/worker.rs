@@ -43,7 +43,7 @@ use crate::config::IntegrationSource;
 use crate::config::Settings;
 use crate::dead_letter::DeadLetter;
 use crate::deliver::Deliverer;
-use crate::dispatch::{Attempt, Dispatcher, Meters, Settled};
+use crate::dispatch::{Attempt, Dispatcher, Intake, Meters, Settled};
 use crate::event::{DeviceEvent, InvalidEvent, InvalidReason, Origin};
 use crate::offsets::{CommitPoint, OffsetLedger, Ticket};
 use crate::record::{Recorder, Tally};
@@ -108,19 +108,47 @@ impl Readiness {
     }
 }
 
-/// The events consumer's share of the fleet's rate limits.
+/// This worker's share of the fleet's rate limits: the partitions it owns
+/// over all partitions, of the events topic and the retry topics together
+/// (a worker that owns only retry partitions sends retries, and takes its
+/// part of the limit for them). Owned counts change on every rebalance,
+/// totals when the topics' partition counts are read again
+/// ([`refresh_partition_counts`]).
 struct Share {
     throttle: Arc<Throttle>,
-    topic: String,
-    total_partitions: Arc<AtomicUsize>,
+    /// Per consumer ([`EVENTS`], [`RETRIES`]): partitions owned.
+    owned: [AtomicUsize; 2],
+    /// Per consumer: partitions of its topics.
+    total: [AtomicUsize; 2],
+}
+
+const EVENTS: usize = 0;
+const RETRIES: usize = 1;
+
+impl Share {
+    fn set(&self, counts: &[AtomicUsize; 2], consumer: usize, n: usize) {
+        if counts[consumer].swap(n, Ordering::Relaxed) != n {
+            let owned: usize = self.owned.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            let total: usize = self.total.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+            self.throttle.set_share(owned, total);
+            tracing::info!(
+                owned,
+                total,
+                share = self.throttle.share(),
+                "rate-limit share recomputed"
+            );
+        }
+    }
 }
 
 /// Forgets revoked partitions in the ledger, so late completions of their
-/// old work cannot store offsets for the next assignment; on the events
-/// consumer, also recomputes the rate-limit share.
+/// old work cannot store offsets for the next assignment, and recomputes the
+/// rate-limit share from the consumer's assignment.
 struct WorkerContext {
     ledger: Arc<OffsetLedger>,
-    share: Option<Share>,
+    share: Arc<Share>,
+    /// [`EVENTS`] or [`RETRIES`].
+    consumer: usize,
 }
 
 impl ClientContext for WorkerContext {}
@@ -138,13 +166,11 @@ impl ConsumerContext for WorkerContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let (Some(share), Rebalance::Assign(tpl)) = (&self.share, rebalance) {
-            let assigned = tpl.elements_for_topic(&share.topic).len();
-            let total = share.total_partitions.load(Ordering::Relaxed);
-            share.throttle.set_share(assigned, total);
-            tracing::info!(assigned, total, "rate-limit share recomputed");
-        }
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+        // The whole assignment, whatever the rebalance protocol handed
+        // over this time (all of it, or an increment).
+        let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
+        self.share.set(&self.share.owned, self.consumer, owned);
     }
 }
 
@@ -273,31 +299,28 @@ impl Worker {
         let throttle = Arc::new(Throttle::new(s.limits.clone()));
         let sleeping = Arc::new(SleepingHosts::new(s.sleeping, MonotonicClock::default()));
 
-        let total_partitions = Arc::new(AtomicUsize::new(0));
-        let events = source(
-            crate::kafka::consumer_config(k),
-            Some(Share {
-                throttle: throttle.clone(),
-                topic: k.events_topic.clone(),
-                total_partitions: total_partitions.clone(),
-            }),
-        )?;
-        let metadata = events
-            .consumer
-            .fetch_metadata(Some(&k.events_topic), Duration::from_secs(10))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        total_partitions.store(partitions, Ordering::Relaxed);
+        let share = Arc::new(Share {
+            throttle: throttle.clone(),
+            owned: Default::default(),
+            total: Default::default(),
+        });
+        // Until the first assignment this worker owns nothing: the least share.
+        throttle.set_share(0, 0);
+        let events = source(crate::kafka::consumer_config(k), &share, EVENTS)?;
+        let partitions = count_partitions(&events.consumer, std::slice::from_ref(&k.events_topic))?;
+        share.set(&share.total, EVENTS, partitions);
         events.consumer.subscribe(&[&k.events_topic])?;
         let retries = if retry_topics.is_empty() {
             None
         } else {
             let mut config = crate::kafka::consumer_config(k);
             config.set("group.id", format!("{}.retry", k.group_id));
-            let retries = source(config, None)?;
+            let retries = source(config, &share, RETRIES)?;
+            share.set(
+                &share.total,
+                RETRIES,
+                count_partitions(&retries.consumer, &retry_topics)?,
+            );
             let topics: Vec<&str> = retry_topics.iter().map(String::as_str).collect();
             retries.consumer.subscribe(&topics)?;
             Some(retries)
@@ -315,6 +338,7 @@ impl Worker {
                 recorder: self.recorder.clone(),
                 deliveries: Arc::new(Semaphore::new(s.worker.max_inflight_deliveries)),
                 throttle: throttle.clone(),
+                waiting: Arc::new(Semaphore::new(s.limits.max_waiting)),
                 sleeping: sleeping.clone(),
                 producer,
                 // Reports only for failures: a report per record is an
@@ -333,6 +357,11 @@ impl Worker {
         };
         let tasks = TaskTracker::new();
         tasks.spawn(prune_periodically(throttle, sleeping, shutdown.clone()));
+        let mut counted = vec![(events.clone(), vec![k.events_topic.clone()], EVENTS)];
+        if let Some(r) = &retries {
+            counted.push((r.clone(), retry_topics.clone(), RETRIES));
+        }
+        tasks.spawn(refresh_partition_counts(counted, share, shutdown.clone()));
         // Stops after the drain; the final commit covers what is left.
         let storing = CancellationToken::new();
         for s in std::iter::once(&events).chain(&retries) {
@@ -407,16 +436,69 @@ impl Worker {
     }
 }
 
-fn source(config: rdkafka::ClientConfig, share: Option<Share>) -> Result<Source, KafkaError> {
+fn source(
+    config: rdkafka::ClientConfig,
+    share: &Arc<Share>,
+    which: usize,
+) -> Result<Source, KafkaError> {
     let ledger = Arc::new(OffsetLedger::default());
     let consumer: RecordConsumer = config.create_with_context(WorkerContext {
         ledger: ledger.clone(),
-        share,
+        share: share.clone(),
+        consumer: which,
     })?;
     Ok(Source {
         consumer: Arc::new(consumer),
         ledger,
     })
+}
+
+/// Partitions of `topics` together, as the brokers know them now.
+fn count_partitions(consumer: &RecordConsumer, topics: &[String]) -> Result<usize, KafkaError> {
+    let mut n = 0;
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+        n += metadata
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+    }
+    Ok(n)
+}
+
+/// How often the topics' partition counts are read again, so a topic that
+/// gains partitions changes every worker's share.
+const PARTITION_COUNT_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Reads the partition counts of each consumer's topics every
+/// [`PARTITION_COUNT_INTERVAL`] until `shutdown`, updating the share.
+async fn refresh_partition_counts(
+    sources: Vec<(Source, Vec<String>, usize)>,
+    share: Arc<Share>,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(PARTITION_COUNT_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        for (source, topics, which) in &sources {
+            let consumer = source.consumer.clone();
+            let topics = topics.clone();
+            let counted =
+                tokio::task::spawn_blocking(move || count_partitions(&consumer, &topics)).await;
+            match counted {
+                Ok(Ok(n)) => share.set(&share.total, *which, n),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "partition counts not read; share unchanged")
+                }
+                Err(e) => tracing::warn!(error = %e, "partition count task failed"),
+            }
+        }
+    }
 }
 
 /// Keeps the stalled-partitions gauge current and logs each stall.
@@ -543,9 +625,33 @@ async fn consume(
             source.finish(&ticket);
             continue;
         }
+        // A retry not yet due pauses its partition until it is: only this
+        // record waits, in memory, and the consumer goes on polling (so it
+        // is never evicted for a long delay, and the records behind it are
+        // not read early). On pause librdkafka drops what it fetched ahead
+        // and fetches again from the next record on resume.
+        let due_in = match &work {
+            Work::Retry(r) => time_until(r.due_at_ms),
+            _ => None,
+        };
+        if due_in.is_some() {
+            set_paused(&source.consumer, &origin, true);
+        }
         let (pipeline, source, shutdown) = (pipeline.clone(), source.clone(), shutdown.clone());
         tasks.spawn(async move {
-            let handled = AssertUnwindSafe(pipeline.handle(&origin, &work, &shutdown))
+            if let Some(wait) = due_in {
+                let due = tokio::select! {
+                    _ = shutdown.cancelled() => false,
+                    _ = tokio::time::sleep(wait) => true,
+                };
+                set_paused(&source.consumer, &origin, false);
+                if !due {
+                    // Not committed: the next owner of the partition waits.
+                    return;
+                }
+            }
+            let intake = Intake::new(permit);
+            let handled = AssertUnwindSafe(pipeline.handle(&origin, &work, &intake, &shutdown))
                 .catch_unwind()
                 .await;
             let settled = match handled {
@@ -563,8 +669,30 @@ async fn consume(
             if settled == Settled::Done {
                 source.finish(&ticket);
             }
-            drop(permit);
+            drop(intake);
         });
+    }
+}
+
+/// How long until `due_at_ms` (Unix milliseconds), if it is in the future.
+fn time_until(due_at_ms: i64) -> Option<Duration> {
+    let wait = due_at_ms - Utc::now().timestamp_millis();
+    (wait > 0).then(|| Duration::from_millis(wait as u64))
+}
+
+/// Pauses or resumes fetching the partition `origin` came from. A partition
+/// revoked meanwhile is not this consumer's to resume any more; that error
+/// is expected.
+fn set_paused(consumer: &RecordConsumer, origin: &Origin, paused: bool) {
+    let mut tpl = TopicPartitionList::with_capacity(1);
+    tpl.add_partition(&origin.topic, origin.partition);
+    let result = if paused {
+        consumer.pause(&tpl)
+    } else {
+        consumer.resume(&tpl)
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, topic = %origin.topic, partition = origin.partition, paused, "pause state not changed");
     }
 }
 
@@ -650,7 +778,13 @@ fn accept_retry(_p: &Pipeline, m: &BorrowedMessage<'_>, origin: &Origin) -> Work
 }
 
 impl Pipeline {
-    async fn handle(&self, origin: &Origin, work: &Work, shutdown: &CancellationToken) -> Settled {
+    async fn handle(
+        &self,
+        origin: &Origin,
+        work: &Work,
+        intake: &Intake,
+        shutdown: &CancellationToken,
+    ) -> Settled {
         match work {
             Work::Done => Settled::Done,
             Work::Deliver(event, matches) => {
@@ -686,7 +820,7 @@ impl Pipeline {
                         history: Vec::new(),
                         origin: origin.clone(),
                     };
-                    self.dispatcher.attempt(&contexts[n], a, shutdown)
+                    self.dispatcher.attempt(&contexts[n], a, intake, shutdown)
                 };
                 let mut pairs = matches.iter().cloned().zip(which);
                 if pairs.len() == 1 {
@@ -702,7 +836,9 @@ impl Pipeline {
             }
             // Boxed, as are the dead letters below: every record's task is
             // as large as the largest of these futures, and events are most.
-            Work::Retry(record) => Box::pin(self.retry(record.as_ref().clone(), shutdown)).await,
+            Work::Retry(record) => {
+                Box::pin(self.retry(record.as_ref().clone(), intake, shutdown)).await
+            }
             Work::DeadLetter(letter, key) => {
                 let key = key
                     .as_deref()
@@ -719,7 +855,12 @@ impl Pipeline {
 
     /// Waits for the record's due time, then makes its attempt with the
     /// integration as currently configured.
-    async fn retry(&self, r: RetryRecord, shutdown: &CancellationToken) -> Settled {
+    async fn retry(
+        &self,
+        r: RetryRecord,
+        intake: &Intake,
+        shutdown: &CancellationToken,
+    ) -> Settled {
         let wait = r.due_at_ms - Utc::now().timestamp_millis();
         if wait > 0 {
             tokio::select! {
@@ -760,7 +901,7 @@ impl Pipeline {
             history: r.history,
             origin: r.origin,
         };
-        self.dispatcher.attempt(&ctx, a, shutdown).await
+        self.dispatcher.attempt(&ctx, a, intake, shutdown).await
     }
 }
 
