@@ -1,5 +1,8 @@
 //! Render stage: integration + event → request, for the default body, a
-//! 10-field JSON template and a form template.
+//! 10-field JSON template and a form template; and compiling templates, up to
+//! the largest the default `[templates]` limits allow (compile time must grow
+//! linearly with size: one template of 16, 32 and 64 KiB, then a whole
+//! integration at `max_integration_bytes`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -79,5 +82,60 @@ fn bench_render(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_render);
+/// A template of about `bytes` bytes, mixing text, variables and sections
+/// three deep: every kind of tag the parser handles.
+fn big_template(bytes: usize) -> String {
+    let unit = "<p>{{a}} and {{{b.c.0}}}</p>{{#rows}}{{#cells}}{{^x}}{{.}}{{/x}}{{/cells}}{{/rows}}{{! n }}";
+    unit.repeat(bytes / unit.len())
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let limits = hookd::template::TemplateLimits::default();
+    let mut group = c.benchmark_group("compile");
+    for kib in [16usize, 32, 64] {
+        // Distinct per iteration, so the cache of compiled templates (which
+        // returns a template still in use) is never what is measured.
+        let source = big_template(kib * 1024 - 64);
+        group.throughput(Throughput::Bytes(source.len() as u64));
+        let mut n = 0u64;
+        group.bench_with_input(BenchmarkId::new("template_kib", kib), &source, |b, s| {
+            b.iter(|| {
+                n += 1;
+                let unique = format!("{s}{n}");
+                hookd::template::Template::compile_with(&unique, &limits).unwrap()
+            })
+        });
+    }
+    // The largest integration the defaults allow: four fields of 64 KiB.
+    let field = big_template(limits.max_template_bytes - 64);
+    let mut n = 0u64;
+    group.throughput(Throughput::Bytes(4 * field.len() as u64));
+    group.bench_function("largest_integration", |b| {
+        b.iter(|| {
+            n += 1;
+            let v = json!({"id": "big", "product_id": 1, "event": "temp", "url": "https://example.com/in",
+                           "json": {"a": format!("{field}{n}"), "b": format!("{field}{n}"), "c": format!("{field}{n}")},
+                           "headers": {"X": format!("{field}{n}")}});
+            Integration::from_value(v).unwrap()
+        })
+    });
+    group.finish();
+}
+
+/// The most a device's data can make one render cost: sections nested over
+/// a 100-item array (10⁶ repetitions asked) stop at the default
+/// `max_render_steps`.
+fn bench_budget(c: &mut Criterion) {
+    let t =
+        hookd::template::Template::compile("{{#a}}{{#a}}{{#a}}{{{i}}},{{/a}}{{/a}}{{/a}}").unwrap();
+    let items: Vec<serde_json::Value> = (0..100).map(|i| json!({ "i": i })).collect();
+    let data = json!({ "a": items });
+    let mut group = c.benchmark_group("render_budget");
+    group.bench_function("nested_sections_stopped", |b| {
+        b.iter(|| t.render(&data).unwrap_err())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench_render, bench_compile, bench_budget);
 criterion_main!(benches);

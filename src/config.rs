@@ -110,6 +110,11 @@ pub struct ApiSettings {
     pub apply_timeout: Duration,
     /// Days of daily history kept and shown.
     pub history_days: u32,
+    /// Integrations one tenant (an org, a product, a user's sandbox) may
+    /// have; creating one more is refused (403).
+    pub max_integrations_per_tenant: usize,
+    /// `test` calls per minute for one token's scope; past it, 429.
+    pub test_calls_per_minute: u32,
     #[serde(default)]
     pub tokens: Vec<TokenSettings>,
 }
@@ -433,6 +438,18 @@ impl Settings {
             return Err(invalid(
                 "traffic.flush_interval",
                 "must be longer than 0s, got 0s".into(),
+            ));
+        }
+        if self.api.max_integrations_per_tenant == 0 {
+            return Err(invalid(
+                "api.max_integrations_per_tenant",
+                "must be at least 1, got 0".into(),
+            ));
+        }
+        if self.api.test_calls_per_minute == 0 {
+            return Err(invalid(
+                "api.test_calls_per_minute",
+                "must be at least 1, got 0".into(),
             ));
         }
         if self.api.history_days == 0 {

@@ -638,8 +638,14 @@ async fn consume(
             set_paused(&source.consumer, &origin, true);
         }
         let (pipeline, source, shutdown) = (pipeline.clone(), source.clone(), shutdown.clone());
+        let permits = permits.clone();
         tasks.spawn(async move {
+            let mut permit = Some(permit);
             if let Some(wait) = due_in {
+                // The paused partition bounds what waits (one record per
+                // partition), so the wait holds no intake permit: the loop
+                // never stops taking records of other partitions for it.
+                drop(permit.take());
                 let due = tokio::select! {
                     _ = shutdown.cancelled() => false,
                     _ = tokio::time::sleep(wait) => true,
@@ -649,8 +655,12 @@ async fn consume(
                     // Not committed: the next owner of the partition waits.
                     return;
                 }
+                permit = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    p = permits.acquire_owned() => Some(p.expect("the semaphore is never closed")),
+                };
             }
-            let intake = Intake::new(permit);
+            let intake = Intake::new(permit.expect("taken above"));
             let handled = AssertUnwindSafe(pipeline.handle(&origin, &work, &intake, &shutdown))
                 .catch_unwind()
                 .await;
@@ -933,4 +943,48 @@ fn panic_letter(
         }
     };
     Some((letter, key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::throttle::LimitSettings;
+
+    fn share() -> Share {
+        let limits = LimitSettings {
+            rate: 100.0,
+            burst: 10,
+            max_wait: Duration::from_secs(1),
+            max_deferrals: 1,
+            max_waiting: 1,
+            hosts: Default::default(),
+        };
+        Share {
+            throttle: Arc::new(Throttle::new(limits)),
+            owned: Default::default(),
+            total: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_share_counts_event_and_retry_partitions_together() {
+        let s = share();
+        s.throttle.set_share(0, 0);
+        s.set(&s.total, EVENTS, 6);
+        s.set(&s.total, RETRIES, 12);
+        assert_eq!(
+            s.throttle.share(),
+            1e-3,
+            "nothing owned before the first assignment"
+        );
+        s.set(&s.owned, EVENTS, 2);
+        s.set(&s.owned, RETRIES, 4);
+        assert!((s.throttle.share() - 6.0 / 18.0).abs() < 1e-9);
+        // A worker left with retry partitions only still has its part.
+        s.set(&s.owned, EVENTS, 0);
+        assert!((s.throttle.share() - 4.0 / 18.0).abs() < 1e-9);
+        // The events topic gains partitions: every share shrinks.
+        s.set(&s.total, EVENTS, 12);
+        assert!((s.throttle.share() - 4.0 / 24.0).abs() < 1e-9);
+    }
 }

@@ -171,3 +171,61 @@ async fn readyz_waits_until_the_config_log_is_replayed() {
     worker.kill().unwrap();
     worker.wait().unwrap();
 }
+
+/// A record whose delivery never ends holds its partition's commit point:
+/// with `worker.stall_after = 1s`, `/healthz` answers 503 naming the
+/// partition while a destination hangs, and 200 again once the delivery
+/// timed out and the commit point moved on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_reports_a_stalled_partition() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    receiver.set_mode(common::Mode::Hang);
+    let s = settings(&broker);
+    create_topics(&broker, &s, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let hook = json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")});
+    std::fs::write(dir.path().join("h.json"), hook.to_string()).unwrap();
+    let port = free_port();
+    let config = dir.path().join("hookd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}[integrations]\nsource = \"file\"\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
+             [worker]\nstall_after = \"1s\"\n[delivery]\ntimeout = \"6s\"\n",
+            common::config_sections(&s),
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut worker = spawn_worker(&config);
+    wait_until("/readyz", Duration::from_secs(30), || {
+        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+    })
+    .await;
+    assert_eq!(get(port, "/healthz").map(|(s, _)| s), Some(200));
+    let event = json!({"name": "temp", "data": "1", "coreid": "d", "productID": 5}).to_string();
+    produce(&broker, &s.kafka.events_topic, &[("d".into(), event)]).await;
+    let stalled = format!("stalled: {}/0 at offset 0", s.kafka.events_topic);
+    wait_until(
+        "/healthz names the stalled partition",
+        Duration::from_secs(30),
+        || {
+            get(port, "/healthz")
+                .is_some_and(|(status, body)| status == 503 && body.contains(&stalled))
+        },
+    )
+    .await;
+    wait_until("the gauge", Duration::from_secs(10), || {
+        get(port, "/metrics").is_some_and(|(_, body)| body.contains("hookd_partitions_stalled 1"))
+    })
+    .await;
+    // The hung request times out, the failure goes to the retry topic, the
+    // commit point moves: healthy again.
+    wait_until("/healthz healthy again", Duration::from_secs(30), || {
+        get(port, "/healthz").is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+}

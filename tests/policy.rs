@@ -285,3 +285,70 @@ async fn a_slow_rate_limited_destination_does_not_hold_up_the_others() {
         "deferrals happened:\n{text}"
     );
 }
+
+/// Head of line: thousands of events for a host limited to a low rate,
+/// interleaved with a few hundred for another host, on one worker. The
+/// limited host's deliveries wait in its own queue (a long `max_wait`, so
+/// they wait rather than defer), not on the worker's intake: the other
+/// host's events are all delivered while the limited host has received only
+/// a small part of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_limited_to_a_low_rate_never_holds_the_intake_for_others() {
+    let broker = Broker::start();
+    let limited = Receiver::start().await;
+    let other = Receiver::start().await;
+    let mut s = settings(&broker);
+    // A small intake, so records parked behind the limit would fill it at once.
+    s.worker.max_inflight_events = 64;
+    s.limits.max_wait = Duration::from_secs(600);
+    s.limits.hosts.insert(
+        "localhost".into(),
+        HostLimit {
+            rate: 50.0,
+            burst: 1,
+        },
+    );
+    create_topics(&broker, &s, 2).await;
+    let limited_url = format!("http://localhost:{}/limited", limited.addr.port());
+    let worker = start_worker(
+        &s,
+        vec![
+            json!({"id": "limited", "product_id": 1, "event": "temp", "url": limited_url}),
+            json!({"id": "other", "product_id": 2, "event": "temp", "url": other.url("/other")}),
+        ],
+    );
+    // Ten limited events before each other one: 3000 and 300.
+    let a = events("a", 3000, 1);
+    let b = events("b", 300, 2);
+    let mut mixed = Vec::with_capacity(a.len() + b.len());
+    for (i, e) in a.into_iter().enumerate() {
+        mixed.push(e);
+        if i % 10 == 9 {
+            mixed.push(b[i / 10].clone());
+        }
+    }
+    produce(&broker, &s.kafka.events_topic, &mixed).await;
+    wait_until(
+        "every event of the other host",
+        Duration::from_secs(120),
+        || other.delivered().len() >= 300,
+    )
+    .await;
+    let limited_so_far = limited.arrived();
+    // At 50 per second the limited host takes a minute for its 3000; had the
+    // other host's events waited behind them in the intake, nearly all of
+    // the limited ones would have gone first.
+    assert!(
+        limited_so_far < 1500,
+        "{limited_so_far} of 3000 limited requests went before the other host's 300"
+    );
+    assert_eq!(other.delivered(), keys("b", 300, "other"));
+    // The limited host still drains, at its rate.
+    wait_until(
+        "the limited host drains on",
+        Duration::from_secs(60),
+        || limited.arrived() >= limited_so_far + 100,
+    )
+    .await;
+    worker.stop().await;
+}

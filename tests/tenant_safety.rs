@@ -302,3 +302,61 @@ async fn the_api_validates_under_its_configured_template_limits() {
     );
     api.stop().await;
 }
+
+/// Per-tenant bounds at the api: a tenant at `api.max_integrations_per_tenant`
+/// cannot create (or separate into) one more, while another tenant can; and
+/// `test`, which sends a real request per call, answers 429 past
+/// `api.test_calls_per_minute` for the caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_per_tenant_and_test_calls_are_capped() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    let mut s = with_api(settings(&broker));
+    s.api.max_integrations_per_tenant = 2;
+    s.api.test_calls_per_minute = 2;
+    create_topics(&broker, &s, 1).await;
+    let api = start_api(&s).await;
+    catalog(&api.client).await;
+    let acme = api.as_token(ACME);
+    let hook = json!({"event": "temp", "url": receiver.url("/t")});
+
+    let first = acme
+        .call(Method::POST, "/v1/products/1/integrations", Some(&hook))
+        .await
+        .expect("first");
+    acme.call(Method::POST, "/v1/products/1/integrations", Some(&hook))
+        .await
+        .expect("second");
+    let (status, message, _) = refused(
+        &acme,
+        Method::POST,
+        "/v1/products/1/integrations",
+        hook.clone(),
+    )
+    .await;
+    assert_eq!(status, 403, "{message}");
+    assert!(
+        message.contains("product:1 already has 2 integrations")
+            && message.contains("api.max_integrations_per_tenant"),
+        "{message}"
+    );
+    // Another tenant (product 2's integrations) is not held by product 1's.
+    acme.call(Method::POST, "/v1/products/2/integrations", Some(&hook))
+        .await
+        .expect("another tenant creates");
+
+    let id = first["id"].as_str().expect("an id").to_owned();
+    let test = format!("/v1/products/1/integrations/{id}/test");
+    for n in 0..2 {
+        let outcome = acme
+            .call(Method::POST, &test, None)
+            .await
+            .unwrap_or_else(|e| panic!("test call {n}: {e}"));
+        assert_eq!(outcome["outcome"], "success", "{outcome}");
+    }
+    let (status, message, _) = refused(&acme, Method::POST, &test, Value::Null).await;
+    assert_eq!(status, 429, "{message}");
+    assert!(message.contains("api.test_calls_per_minute"), "{message}");
+    assert_eq!(receiver.count(), 2, "the refused call sent nothing");
+    api.stop().await;
+}

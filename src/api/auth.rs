@@ -25,6 +25,17 @@ pub enum Principal {
     Operator,
 }
 
+impl Principal {
+    /// A stable key for per-caller limits (`org:acme`, `user:u`, `operator`).
+    pub fn key(&self) -> String {
+        match self {
+            Principal::Org(o) => format!("org:{o}"),
+            Principal::User(u) => format!("user:{u}"),
+            Principal::Operator => "operator".to_owned(),
+        }
+    }
+}
+
 /// What a path addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -27,6 +28,7 @@ use crate::config_log::state::{ConfigState, Org, Plan, Product};
 use crate::event::{DeviceEvent, Origin};
 use crate::integration::{Integration, InvalidIntegration, Scope};
 use crate::render::{render, EventContext, SecretMode};
+use crate::throttle::Decision;
 use crate::traffic::book::mask;
 
 type Params = Path<HashMap<String, String>>;
@@ -201,7 +203,21 @@ fn placed(
 fn checked(api: &Api, record: &Value) -> Result<Integration, ApiError> {
     let limits = *api.log.state().limits();
     let i = Integration::from_value_with(record.clone(), &limits)?;
-    api.log.state().check_references(&i)?;
+    let state = api.log.state();
+    state.check_references(&i)?;
+    if state.integration(&i.id).is_none() {
+        let owned = state
+            .integrations()
+            .filter(|other| other.tenant == i.tenant)
+            .count();
+        if owned >= api.max_per_tenant {
+            return Err(ApiError::forbidden(format!(
+                "{} already has {owned} integrations, the most allowed (api.max_integrations_per_tenant); delete one first",
+                i.tenant
+            )));
+        }
+    }
+    drop(state);
     if let Some(name) = api.secrets.forbidden_in(&i) {
         return Err(ApiError::invalid(
             "secrets",
@@ -449,6 +465,16 @@ pub async fn log(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): 
 pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params): Params) -> Reply {
     let e = api.enter(&headers, &params)?;
     let i = api.find(&e, &params["id"])?;
+    // Each call sends a real request: bounded per caller.
+    if let Decision::Defer(wait) = api.test_calls.reserve(&e.who.key(), Duration::ZERO) {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many test calls (api.test_calls_per_minute); try again in {}s",
+                wait.as_secs().max(1)
+            ),
+        ));
+    }
     let (product, user) = match (&e.place, &i.scope) {
         (Place::Product(p), _) => (Some(*p), None),
         (_, Scope::Org { products, .. }) => (products.ids().first().copied(), None),

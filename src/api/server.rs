@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -17,6 +18,7 @@ use crate::config_log::follower::{ConfigLog, ConfigLogError};
 use crate::config_log::writer::ConfigWriter;
 use crate::deliver::Deliverer;
 use crate::secrets::SecretPolicy;
+use crate::throttle::{LimitSettings, Throttle};
 use crate::traffic::history::History;
 
 /// What every handler shares.
@@ -28,6 +30,11 @@ pub struct Api {
     /// For `test` sends: the workers' delivery client and outbound policy.
     pub(super) deliverer: Deliverer,
     pub(super) secrets: SecretPolicy,
+    /// `api.max_integrations_per_tenant`.
+    pub(super) max_per_tenant: usize,
+    /// `test` calls per scope (`api.test_calls_per_minute`), keyed by the
+    /// caller's scope.
+    pub(super) test_calls: Throttle,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +48,18 @@ pub enum ApiStartError {
         addr: SocketAddr,
         error: std::io::Error,
     },
+}
+
+/// A limiter of `per_minute` calls per key, all of them at once at most.
+pub(super) fn test_call_limit(per_minute: u32) -> Throttle {
+    Throttle::new(LimitSettings {
+        rate: f64::from(per_minute) / 60.0,
+        burst: per_minute,
+        max_wait: Duration::ZERO,
+        max_deferrals: 0,
+        max_waiting: 1,
+        hosts: Default::default(),
+    })
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -106,6 +125,8 @@ pub async fn start(
         tokens: Tokens::new(&settings.api.tokens),
         deliverer: Deliverer::new(&settings.delivery, &settings.outbound),
         secrets: SecretPolicy::scoped(&settings.secrets, &settings.secret_scopes),
+        max_per_tenant: settings.api.max_integrations_per_tenant,
+        test_calls: test_call_limit(settings.api.test_calls_per_minute),
     });
     let addr = settings.api.listen;
     let listener = TcpListener::bind(addr)
