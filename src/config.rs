@@ -386,6 +386,8 @@ impl Settings {
             ("templates.max_section_depth", t.max_section_depth),
             ("templates.max_output_bytes", t.max_output_bytes),
             ("templates.max_render_steps", t.max_render_steps),
+            ("templates.max_event_render_steps", t.max_event_render_steps),
+            ("templates.max_event_output_bytes", t.max_event_output_bytes),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1, got 0".into()));

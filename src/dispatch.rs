@@ -135,7 +135,8 @@ impl Dispatcher {
                 // Deterministic: retrying would fail the same way.
                 self.recorder
                     .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
-                let message = format!("error rendering the request: {e}");
+                // Capped: a render error may quote what was rendered.
+                let message = crate::dead_letter::cap(&format!("error rendering the request: {e}"));
                 self.sample_failure(ctx, &a, &message);
                 self.respond(ctx, error_event(&i, ctx, message));
                 return Box::pin(self.dead_letter(
@@ -167,22 +168,29 @@ impl Dispatcher {
             (Some(_), true) => Duration::MAX,
             (Some(_), false) => self.throttle.max_wait(),
         };
-        match self.throttle.reserve(&host, max_wait) {
-            Decision::Go => self.meters.throttle_wait.record(0.0),
+        // What bounds this delivery in memory until it is sent: the intake
+        // permit, or, once it has waited, its place.
+        let held = match self.throttle.reserve(&host, max_wait) {
+            Decision::Go => {
+                self.meters.throttle_wait.record(0.0);
+                None
+            }
             Decision::Wait(d) => {
                 // Waits in the host's queue, holding a place there, not the
                 // worker's intake: the consumer goes on taking events for
-                // every other host meanwhile.
+                // every other host meanwhile. The place is kept until the
+                // request is sent, so records out of the intake stay
+                // bounded by `limits.max_waiting`.
                 intake.release();
                 tokio::time::sleep(d).await;
                 self.meters.throttle_wait.record(d.as_secs_f64());
+                place
             }
             Decision::Defer(d) => {
                 drop(place);
                 return Box::pin(self.defer(ctx, a, &host, d, shutdown)).await;
             }
-        }
-        drop(place);
+        };
 
         if let Err(e) = Signer::sign_for(&i, ctx, &mut request) {
             self.recorder
@@ -207,6 +215,7 @@ impl Dispatcher {
             self.meters.inflight.decrement(1.0);
             outcome
         };
+        drop(held);
         self.sleeping
             .observe(&i.tenant, &host, outcome.is_success());
         self.recorder.record(&a.matched, &outcome);
@@ -299,7 +308,8 @@ impl Dispatcher {
             .filter(|h| h.outcome == DEFERRED_OUTCOME)
             .count();
         let max = self.throttle.settings().max_deferrals as usize;
-        if deferrals >= max {
+        // Without retry topics there is nowhere to defer to.
+        if deferrals >= max || self.retry.delays.is_empty() {
             let error = format!(
                 "deferred {deferrals} times by the rate limit of {host} (limits.max_deferrals)"
             );
@@ -314,12 +324,12 @@ impl Dispatcher {
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             outcome: DEFERRED_OUTCOME.to_owned(),
         });
-        let step = (a.number as usize)
-            .saturating_sub(1)
-            .min(self.retry.delays.len() - 1);
+        // In the topic of a delay at least as long as the wait, so it never
+        // holds up records behind it there (see `RetrySettings::step_for`).
+        let wait = wait.min(Duration::from_secs(365 * 24 * 3600));
         let due = chrono::Utc::now().timestamp_millis() + wait.as_millis() as i64;
         let number = a.number;
-        let topic = self.retry.topic(step);
+        let topic = self.retry.topic(self.retry.step_for(wait));
         self.schedule(ctx, a, number, &topic, due, shutdown).await
     }
 
@@ -371,6 +381,7 @@ impl Dispatcher {
         shutdown: &CancellationToken,
     ) -> Settled {
         metrics::counter!(DELIVERIES_DEAD_LETTERED, "reason" => reason.to_owned()).increment(1);
+        let error = crate::dead_letter::cap(&error);
         tracing::warn!(integration = %a.matched.integration.id, event = %ctx.event().id, reason, error = %error, "delivery dead-lettered");
         let letter = DeadLetter::delivery(
             reason,
@@ -427,11 +438,11 @@ impl Dispatcher {
         }
     }
 
-    /// Produces and waits for the broker's acknowledgement. Transient errors
-    /// (a broker down, a full queue) are retried with a growing pause until
-    /// the record is written or shutdown; errors retrying cannot fix (a
-    /// record over the broker's size limit, a refused topic) are returned
-    /// at once, for the caller to write something smaller or drop it.
+    /// Produces and waits for the broker's acknowledgement. Errors of the
+    /// record itself (over the broker's size limit, malformed) are returned
+    /// at once, for the caller to write something smaller or drop it; every
+    /// other error (a broker down, a full queue, a refused topic) is retried
+    /// with a growing pause until the record is written or shutdown.
     pub async fn send(
         &self,
         topic: &str,
@@ -488,6 +499,9 @@ const SHRUNK_PAYLOAD_BYTES: usize = 16 * 1024;
 /// tried.
 fn is_permanent(e: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as C;
+    // Only what is wrong with the record itself. A refused topic or a
+    // missing ACL is the operator's to fix: retried (and the partition
+    // reported stalled meanwhile), never a reason to drop records.
     matches!(
         e.rdkafka_error_code(),
         Some(
@@ -497,10 +511,6 @@ fn is_permanent(e: &KafkaError) -> bool {
                 | C::BadMessage
                 | C::InvalidRecord
                 | C::MessageBatchTooLarge
-                | C::InvalidTopic
-                | C::TopicAuthorizationFailed
-                | C::ClusterAuthorizationFailed
-                | C::InvalidArgument
         )
     )
 }

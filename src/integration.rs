@@ -670,16 +670,22 @@ fn template_error(field: &str, source: &str, e: TemplateError) -> InvalidIntegra
 
 fn compile_url(t: &Templates, src: &str) -> Result<Template, InvalidIntegration> {
     let template = compile_field(t, "url", src)?;
-    let lower = src.to_ascii_lowercase();
+    // What the URL starts with once comments are gone: a template that is
+    // only text (comments aside) is checked as the literal it is.
+    let text = match &template {
+        Template::Literal(text) => text.as_str(),
+        _ => src,
+    };
+    let lower = text.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
         if template.is_literal() {
-            let parsed = url::Url::parse(src)
-                .map_err(|e| invalid("url", format!("{src:?} is not a valid URL: {e}")))?;
+            let parsed = url::Url::parse(text)
+                .map_err(|e| invalid("url", format!("{text:?} is not a valid URL: {e}")))?;
             // Normalised once here, so rendering can use it as it is.
             return Ok(Template::Literal(parsed.into()));
         }
         Ok(template)
-    } else if src.starts_with("{{") {
+    } else if !template.is_literal() && src.starts_with("{{") {
         // The scheme comes from a variable; checked on every render.
         Ok(template)
     } else {
@@ -950,6 +956,17 @@ mod tests {
         )
         .unwrap();
         assert!(one.is_org(), "one product is allowed");
+    }
+
+    #[test]
+    fn a_url_of_text_and_comments_is_checked_as_the_literal_it_is() {
+        let i = parse(product(json!({"url": "{{! c }}HTTPS://API.EXAMPLE.COM/x"}))).unwrap();
+        assert!(
+            matches!(&i.request.url, Template::Literal(u) if u == "https://api.example.com/x"),
+            "normalised like any literal URL"
+        );
+        let e = refused(product(json!({"url": "{{! c }}ftp://x"})));
+        assert_eq!(e.field, "url");
     }
 
     #[test]

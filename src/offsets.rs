@@ -115,6 +115,29 @@ impl OffsetLedger {
         (after != before).then_some(after)
     }
 
+    /// Whether `ticket` is of the partition's current assignment (its
+    /// partition was not revoked since it was begun).
+    pub fn is_current(&self, ticket: &Ticket) -> bool {
+        let topics = self.topics.lock().expect("ledger lock is never poisoned");
+        topics
+            .get(&*ticket.topic)
+            .and_then(|t| t.get(&ticket.partition))
+            .is_some_and(|o| o.generation == ticket.generation)
+    }
+
+    /// `ticket`'s record waits on purpose until `until` (a retry not yet
+    /// due): its partition is not stalled before then.
+    pub fn waiting_until(&self, ticket: &Ticket, until: Instant) {
+        let mut topics = self.topics.lock().expect("ledger lock is never poisoned");
+        if let Some(o) = topics
+            .get_mut(&*ticket.topic)
+            .and_then(|t| t.get_mut(&ticket.partition))
+            .filter(|o| o.generation == ticket.generation)
+        {
+            o.moved_at = o.moved_at.max(until);
+        }
+    }
+
     /// The commit points that moved since the last call, to store with the
     /// consumer in one batch.
     pub fn unstored(&self) -> Vec<CommitPoint> {
@@ -174,7 +197,8 @@ impl OffsetLedger {
         for (topic, partitions) in topics.iter() {
             for (partition, o) in partitions {
                 let still = now.saturating_duration_since(o.moved_at);
-                if !o.in_flight.is_empty() && still >= after {
+                // `moved_at` ahead of now: waiting on purpose until then.
+                if !o.in_flight.is_empty() && o.moved_at <= now && still >= after {
                     stalled.push((topic.clone(), *partition, o.committable(), still));
                 }
             }
@@ -286,6 +310,14 @@ mod tests {
         // New work on an idle partition starts its own clock.
         let _fresh = l.begin("t", 1, 10);
         assert!(l.stalled(Duration::from_millis(20)).is_empty());
+        // A record waiting on purpose (a retry not yet due) stalls nothing
+        // until it is due.
+        let waiting = l.begin("t", 2, 0);
+        l.waiting_until(&waiting, Instant::now() + Duration::from_secs(3600));
+        assert!(l.stalled(Duration::ZERO).iter().all(|s| s.1 != 2));
+        assert!(l.is_current(&waiting));
+        l.revoke([("t", 2)]);
+        assert!(!l.is_current(&waiting), "revoked");
     }
 
     proptest! {

@@ -69,9 +69,20 @@ impl RetrySettings {
             .map(|r| r.max(min).min(max))
             .unwrap_or(self.delays[step]);
         Next::Retry {
-            topic: self.topic(step),
+            topic: self.topic(self.step_for(delay)),
             due_at_ms: now_ms + delay.as_millis() as i64,
         }
+    }
+
+    /// The step whose topic a record due in `delay` waits in: the first whose
+    /// delay is at least as long (else the last). A retry topic is read in
+    /// order and its partition paused until the head is due, so a record
+    /// due later than its topic's delay would hold up those behind it.
+    pub fn step_for(&self, delay: Duration) -> usize {
+        self.delays
+            .iter()
+            .position(|d| *d >= delay)
+            .unwrap_or(self.delays.len().saturating_sub(1))
     }
 }
 
@@ -158,5 +169,18 @@ mod tests {
         assert_eq!(due(45), 45_000);
         assert_eq!(due(1), 30_000, "no sooner than the first delay");
         assert_eq!(due(3600), 60_000, "no later than the last");
+        // Waiting in the topic of a delay at least that long, so that the
+        // records behind it in the 30 s topic are not held up.
+        assert_eq!(
+            s.after_failure(1, Some(Duration::from_secs(45)), 0),
+            Next::Retry {
+                topic: "hookd.retry.60s".into(),
+                due_at_ms: 45_000
+            }
+        );
+        assert_eq!(s.step_for(Duration::from_secs(10)), 0);
+        assert_eq!(s.step_for(Duration::from_secs(30)), 0);
+        assert_eq!(s.step_for(Duration::from_secs(31)), 1);
+        assert_eq!(s.step_for(Duration::from_secs(600)), 1);
     }
 }

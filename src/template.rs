@@ -21,12 +21,20 @@
 //!   `max_section_depth`. Compiling is one pass over the source, linear in
 //!   its size.
 //! - render ([`RenderError`]): output over `max_output_bytes`, or more than
-//!   `max_render_steps` nodes visited (sections iterating device arrays,
-//!   nested, multiply). Missing data never fails: a missing variable renders
-//!   empty, as in mustache.
+//!   `max_render_steps` steps (a tag or text piece visited, a section's
+//!   repetition, a scope or path segment looked through, an array item
+//!   shown): the work device data can cause. The same bounds hold for all the
+//!   renders of one event together ([`Budget`], `max_event_*`), so many
+//!   fields or many integrations cannot multiply them. Missing data never
+//!   fails: a missing variable renders empty, as in mustache.
+//!
+//! Standalone lines are mustache's: a line holding only a section, inverted
+//! section, closing or comment tag (and whitespace) is left out whole, so a
+//! template laid out one tag per line renders no blank lines.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde::Deserialize;
@@ -48,9 +56,16 @@ pub struct TemplateLimits {
     pub max_section_depth: usize,
     /// Bytes one template may render to.
     pub max_output_bytes: usize,
-    /// Tags and text pieces one render may visit, counting every repetition
-    /// of a section over an array: the work a device's data can cause.
+    /// Steps one render may take: every tag and text piece visited, every
+    /// repetition of a section over an array, every scope and path segment
+    /// looked through, every array item shown. The work a device's data can
+    /// cause.
     pub max_render_steps: usize,
+    /// Steps all the renders of one event may take together (every field of
+    /// every integration it fires).
+    pub max_event_render_steps: usize,
+    /// Bytes all the renders of one event may produce together.
+    pub max_event_output_bytes: usize,
 }
 
 impl Default for TemplateLimits {
@@ -61,6 +76,8 @@ impl Default for TemplateLimits {
             max_section_depth: 16,
             max_output_bytes: 1024 * 1024,
             max_render_steps: 100_000,
+            max_event_render_steps: 1_000_000,
+            max_event_output_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -68,6 +85,9 @@ impl Default for TemplateLimits {
 /// Hard ceiling on `max_section_depth`: the renderer recurses once per level
 /// on a runtime thread's stack.
 pub const MAX_SECTION_DEPTH_CEILING: usize = 128;
+
+/// Segments one variable name may have (`a.b.0` has 3).
+pub const MAX_PATH_SEGMENTS: usize = 32;
 
 /// A template that cannot be compiled, with what was wrong. Tags are quoted
 /// cut to [`QUOTE_LIMIT`] characters.
@@ -82,7 +102,7 @@ pub enum TemplateError {
     #[error("{tag}: {feature} are not supported (templates are mustache: variables, sections, inverted sections and comments)")]
     Unsupported { tag: String, feature: &'static str },
     #[error(
-        "{tag}: {name:?} is not a variable name (letters, digits and _ - $ @ : separated by dots)"
+        "{tag}: {name:?} is not a variable name (letters, digits and _ - $ @ : separated by dots, at most 32 segments)"
     )]
     BadName { tag: String, name: String },
     #[error("sections are nested deeper than {max} levels (templates.max_section_depth)")]
@@ -96,8 +116,49 @@ pub enum TemplateError {
 pub enum RenderError {
     #[error("the output would exceed {max} bytes (templates.max_output_bytes)")]
     OutputTooLarge { max: usize },
-    #[error("the template visits more than {max} tags over the event's data (templates.max_render_steps): sections repeat too often")]
+    #[error("the template takes more than {max} steps over the event's data (templates.max_render_steps): sections repeat too often")]
     TooManySteps { max: usize },
+    #[error("the event's templates together would produce more than {max} bytes (templates.max_event_output_bytes)")]
+    EventOutputTooLarge { max: usize },
+    #[error("the event's templates together take more than {max} steps (templates.max_event_render_steps)")]
+    EventTooManySteps { max: usize },
+}
+
+/// What the renders of one event have spent together, against the event's
+/// bounds (`max_event_render_steps`, `max_event_output_bytes`). Shared by
+/// every render in one [`Scope`]; atomic, as an event's deliveries may render
+/// from different threads.
+#[derive(Debug)]
+pub struct Budget {
+    steps: AtomicUsize,
+    bytes: AtomicUsize,
+    max_steps: usize,
+    max_bytes: usize,
+}
+
+impl Budget {
+    pub fn new(limits: &TemplateLimits) -> Budget {
+        Budget {
+            steps: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            max_steps: limits.max_event_render_steps,
+            max_bytes: limits.max_event_output_bytes,
+        }
+    }
+
+    fn left(&self) -> (usize, usize) {
+        (
+            self.max_steps
+                .saturating_sub(self.steps.load(Ordering::Relaxed)),
+            self.max_bytes
+                .saturating_sub(self.bytes.load(Ordering::Relaxed)),
+        )
+    }
+
+    fn charge(&self, steps: usize, bytes: usize) {
+        self.steps.fetch_add(steps, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// Characters of a tag quoted in an error.
@@ -141,9 +202,15 @@ enum Node {
 #[derive(Debug)]
 struct VarPath(Box<[Box<str>]>);
 
-/// Where template variables come from: the value of a top-level name.
+/// Where template variables come from: the value of a top-level name, and
+/// the budget the renders in this scope share (an event's).
 pub trait Scope {
     fn lookup(&self, name: &str) -> Option<Found<'_>>;
+
+    /// `None`: only each template's own bounds apply.
+    fn budget(&self) -> Option<&Budget> {
+        None
+    }
 }
 
 /// A variable's value: text, or JSON (event data keys) to go into.
@@ -226,15 +293,35 @@ impl Template {
         match self {
             Template::Literal(s) => Ok(s.clone()),
             Template::Compiled(c) => {
+                let budget = scope.budget();
+                let (steps_left, bytes_left) =
+                    budget.map_or((usize::MAX, usize::MAX), Budget::left);
                 let mut r = Renderer {
                     scope,
                     out: String::with_capacity(c.text_len + 32),
                     steps: 0,
-                    max_steps: c.max_render_steps,
-                    max_output: c.max_output_bytes,
+                    max_steps: c.max_render_steps.min(steps_left),
+                    max_output: c.max_output_bytes.min(bytes_left),
                 };
-                r.nodes(&c.nodes, None)?;
-                Ok(r.out)
+                let rendered = r.nodes(&c.nodes, None);
+                if let Some(b) = budget {
+                    b.charge(r.steps, r.out.len());
+                }
+                match rendered {
+                    Ok(()) => Ok(r.out),
+                    // Which bound ran out: the template's or the event's.
+                    Err(RenderError::TooManySteps { .. }) if steps_left < c.max_render_steps => {
+                        Err(RenderError::EventTooManySteps {
+                            max: budget.map_or(0, |b| b.max_steps),
+                        })
+                    }
+                    Err(RenderError::OutputTooLarge { .. }) if bytes_left < c.max_output_bytes => {
+                        Err(RenderError::EventOutputTooLarge {
+                            max: budget.map_or(0, |b| b.max_bytes),
+                        })
+                    }
+                    Err(e) => Err(e),
+                }
             }
         }
     }
@@ -266,8 +353,16 @@ fn parse(source: &str, max_depth: usize) -> Result<Vec<Node>, TemplateError> {
     let mut nodes: Vec<Node> = Vec::new();
     let mut text = String::new();
     let mut rest = source;
+    // Whether the current line holds only whitespace so far: a section,
+    // closing or comment tag alone on its line is standalone.
+    let mut line_blank = true;
     while let Some(start) = rest.find("{{") {
-        text.push_str(&rest[..start]);
+        let before = &rest[..start];
+        line_blank = match before.rfind('\n') {
+            Some(nl) => is_blank(&before[nl + 1..]),
+            None => line_blank && is_blank(before),
+        };
+        text.push_str(before);
         let tag_and_rest = &rest[start..];
         let (tag, inner, raw) = if tag_and_rest.starts_with("{{{{") {
             return Err(unsupported(tag_and_rest, "raw blocks"));
@@ -284,6 +379,19 @@ fn parse(source: &str, max_depth: usize) -> Result<Vec<Node>, TemplateError> {
             (&tag_and_rest[..2 + end + 2], &body[..end], false)
         };
         rest = &tag_and_rest[tag.len()..];
+        let sigil = inner.chars().next();
+        let standalone = !raw
+            && matches!(sigil, Some('!' | '#' | '^' | '/'))
+            && line_blank
+            && line_end(rest).is_some();
+        if standalone {
+            // The line goes whole: its indentation and its line break.
+            let indent = text.trim_end_matches([' ', '\t']).len();
+            text.truncate(indent);
+            let after = rest.trim_start_matches([' ', '\t']);
+            rest = &after[line_end(rest).unwrap_or(0)..];
+        }
+        line_blank = standalone;
         if raw {
             flush(&mut text, &mut nodes);
             nodes.push(Node::Variable {
@@ -292,7 +400,6 @@ fn parse(source: &str, max_depth: usize) -> Result<Vec<Node>, TemplateError> {
             });
             continue;
         }
-        let sigil = inner.chars().next();
         let after = inner.get(1..).unwrap_or("");
         match sigil {
             Some('!') => {} // A comment renders nothing.
@@ -363,6 +470,26 @@ fn parse(source: &str, max_depth: usize) -> Result<Vec<Node>, TemplateError> {
     Ok(nodes)
 }
 
+/// Only spaces and tabs.
+fn is_blank(s: &str) -> bool {
+    s.bytes().all(|b| b == b' ' || b == b'\t')
+}
+
+/// When `rest` (what follows a tag) is blank up to the end of its line: the
+/// length of the line break after the blanks (0 at the end of the template).
+fn line_end(rest: &str) -> Option<usize> {
+    let after = rest.trim_start_matches([' ', '\t']);
+    if after.is_empty() {
+        Some(0)
+    } else if after.starts_with("\r\n") {
+        Some(2)
+    } else if after.starts_with('\n') {
+        Some(1)
+    } else {
+        None
+    }
+}
+
 /// Ends the text run so far as a node.
 fn flush(text: &mut String, nodes: &mut Vec<Node>) {
     if !text.is_empty() {
@@ -412,6 +539,12 @@ fn var_path(tag: &str, inner: &str) -> Result<VarPath, TemplateError> {
         tag: quote(tag),
         name: quote(name),
     };
+    // Handlebars' `this.x` is the current scope's `x`: mustache's lookup
+    // finds it there first.
+    let name = name.strip_prefix("this.").unwrap_or(name);
+    if name.split('.').count() > MAX_PATH_SEGMENTS {
+        return Err(bad());
+    }
     let segments: Vec<Box<str>> = name.split('.').map(Box::from).collect();
     let plain = |s: &str| {
         !s.is_empty()
@@ -457,6 +590,13 @@ impl<'s, S: Scope + ?Sized> Renderer<'s, S> {
     }
 
     fn write(&mut self, text: &str, escape: bool) -> Result<(), RenderError> {
+        // Checked before escaping too: escaping at most sextuples the text,
+        // so a huge value is refused before it is copied.
+        if self.out.len() + text.len() > self.max_output {
+            return Err(RenderError::OutputTooLarge {
+                max: self.max_output,
+            });
+        }
         if escape {
             escape_html_into(&mut self.out, text);
         } else {
@@ -470,6 +610,32 @@ impl<'s, S: Scope + ?Sized> Renderer<'s, S> {
         Ok(())
     }
 
+    /// A JSON value as a variable shows it: strings as they are, numbers
+    /// and booleans as JSON writes them, null as nothing, arrays as
+    /// `[a, b]`, objects as `[object]`. Each array item is a step, and the
+    /// output bound is checked as it grows. Recursion follows the value's
+    /// nesting, which JSON parsing bounds (128 levels).
+    fn write_value(&mut self, v: &Value, escape: bool) -> Result<(), RenderError> {
+        match v {
+            Value::String(s) => self.write(s, escape),
+            Value::Null => Ok(()),
+            Value::Bool(b) => self.write(if *b { "true" } else { "false" }, escape),
+            Value::Number(n) => self.write(&n.to_string(), escape),
+            Value::Object(_) => self.write("[object]", escape),
+            Value::Array(items) => {
+                self.write("[", escape)?;
+                for (i, item) in items.iter().enumerate() {
+                    self.step()?;
+                    if i > 0 {
+                        self.write(", ", escape)?;
+                    }
+                    self.write_value(item, escape)?;
+                }
+                self.write("]", escape)
+            }
+        }
+    }
+
     fn nodes<'v>(&mut self, nodes: &[Node], stack: Option<&Stack<'v>>) -> Result<(), RenderError>
     where
         's: 'v,
@@ -478,20 +644,17 @@ impl<'s, S: Scope + ?Sized> Renderer<'s, S> {
             self.step()?;
             match node {
                 Node::Text(t) => self.write(t, false)?,
-                Node::Variable { path, escape } => match self.lookup(path, stack) {
+                Node::Variable { path, escape } => match self.lookup(path, stack)? {
                     None => {}
                     Some(Found::Text(s)) => self.write(&s, *escape)?,
-                    Some(Found::Json(v)) => {
-                        let text = display(v);
-                        self.write(&text, *escape)?;
-                    }
+                    Some(Found::Json(v)) => self.write_value(v, *escape)?,
                 },
                 Node::Section {
                     path,
                     inverted,
                     body,
                 } => {
-                    let found = self.lookup(path, stack);
+                    let found = self.lookup(path, stack)?;
                     let truthy = match &found {
                         None => false,
                         Some(Found::Text(s)) => !s.is_empty(),
@@ -539,68 +702,62 @@ impl<'s, S: Scope + ?Sized> Renderer<'s, S> {
     }
 
     /// Mustache's lookup: the whole path is tried in the innermost section's
-    /// value first, then outwards, and last in the scope's variables.
-    fn lookup<'v>(&self, path: &VarPath, stack: Option<&Stack<'v>>) -> Option<Found<'v>>
+    /// value first, then outwards, and last in the scope's variables. Every
+    /// scope tried and every segment followed is a step: a deep path inside
+    /// deep sections costs what it does.
+    fn lookup<'v>(
+        &mut self,
+        path: &VarPath,
+        stack: Option<&Stack<'v>>,
+    ) -> Result<Option<Found<'v>>, RenderError>
     where
         's: 'v,
     {
         let segments = &path.0[..];
         if segments.is_empty() {
-            return match stack?.frame {
-                Frame::Json(v) => Some(Found::Json(v)),
-                Frame::Text(s) => Some(Found::Text(Cow::Borrowed(s))),
-            };
+            return Ok(stack.map(|s| match s.frame {
+                Frame::Json(v) => Found::Json(v),
+                Frame::Text(t) => Found::Text(Cow::Borrowed(t)),
+            }));
         }
         let mut at = stack;
         while let Some(s) = at {
+            self.step()?;
             if let Frame::Json(v) = s.frame {
-                if let Some(found) = navigate(v, segments) {
-                    return Some(Found::Json(found));
+                if let Some(found) = self.navigate(v, segments)? {
+                    return Ok(Some(Found::Json(found)));
                 }
             }
             at = s.parent;
         }
-        match self.scope.lookup(&segments[0])? {
-            Found::Text(t) if segments.len() == 1 => Some(Found::Text(t)),
+        let scope: &'s S = self.scope;
+        Ok(match scope.lookup(&segments[0]) {
+            None => None,
+            Some(Found::Text(t)) if segments.len() == 1 => Some(Found::Text(t)),
             // There is nothing inside a string.
-            Found::Text(_) => None,
-            Found::Json(v) => navigate(v, &segments[1..]).map(Found::Json),
-        }
+            Some(Found::Text(_)) => None,
+            Some(Found::Json(v)) => self.navigate(v, &segments[1..])?.map(Found::Json),
+        })
     }
-}
 
-fn navigate<'v>(mut at: &'v Value, path: &[Box<str>]) -> Option<&'v Value> {
-    for segment in path {
-        at = match at {
-            Value::Object(map) => map.get(&**segment)?,
-            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
-            _ => return None,
-        };
-    }
-    Some(at)
-}
-
-/// A JSON value as a variable shows it: strings as they are, numbers and
-/// booleans as JSON writes them, null as nothing, arrays as `[a, b]`, objects
-/// as `[object]`.
-fn display(v: &Value) -> Cow<'_, str> {
-    match v {
-        Value::String(s) => Cow::Borrowed(s),
-        Value::Null => Cow::Borrowed(""),
-        Value::Bool(b) => Cow::Borrowed(if *b { "true" } else { "false" }),
-        Value::Number(n) => Cow::Owned(n.to_string()),
-        Value::Object(_) => Cow::Borrowed("[object]"),
-        Value::Array(items) => {
-            let mut s = String::from("[");
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    s.push_str(", ");
-                }
-                s.push_str(&display(item));
+    fn navigate<'v>(
+        &mut self,
+        mut at: &'v Value,
+        path: &[Box<str>],
+    ) -> Result<Option<&'v Value>, RenderError> {
+        for segment in path {
+            self.step()?;
+            let next = match at {
+                Value::Object(map) => map.get(&**segment),
+                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            };
+            match next {
+                Some(v) => at = v,
+                None => return Ok(None),
             }
-            s.push(']');
-            Cow::Owned(s)
         }
+        Ok(Some(at))
     }
 }
 
@@ -932,6 +1089,112 @@ mod tests {
         assert_eq!(
             t.render(&too_much).unwrap_err(),
             RenderError::OutputTooLarge { max: 1000 }
+        );
+    }
+
+    /// A scope with an event's budget over `data`.
+    struct Event(Value, Budget);
+
+    impl Scope for Event {
+        fn lookup(&self, name: &str) -> Option<Found<'_>> {
+            self.0.lookup(name)
+        }
+        fn budget(&self) -> Option<&Budget> {
+            Some(&self.1)
+        }
+    }
+
+    #[test]
+    fn the_renders_of_one_event_share_its_budget() {
+        let limits = TemplateLimits {
+            max_output_bytes: 1000,
+            max_event_output_bytes: 2500,
+            ..TemplateLimits::default()
+        };
+        let t = Template::compile_with("{{{v}}}", &limits).unwrap();
+        let event = Event(json!({"v": "x".repeat(900)}), Budget::new(&limits));
+        // Each render fits its own bound; the third passes the event's.
+        assert!(t.render(&event).is_ok());
+        assert!(t.render(&event).is_ok());
+        assert_eq!(
+            t.render(&event).unwrap_err(),
+            RenderError::EventOutputTooLarge { max: 2500 }
+        );
+        let limits = TemplateLimits {
+            max_render_steps: 1000,
+            max_event_render_steps: 1500,
+            ..TemplateLimits::default()
+        };
+        let t = Template::compile_with("{{#a}}.{{/a}}", &limits).unwrap();
+        let event = Event(json!({"a": vec![1; 300]}), Budget::new(&limits));
+        assert!(t.render(&event).is_ok(), "about 600 steps");
+        assert!(t.render(&event).is_ok(), "about 1200 steps in all");
+        assert_eq!(
+            t.render(&event).unwrap_err(),
+            RenderError::EventTooManySteps { max: 1500 }
+        );
+    }
+
+    #[test]
+    fn lookups_and_shown_arrays_are_charged_as_steps() {
+        let limits = TemplateLimits {
+            max_render_steps: 1000,
+            ..TemplateLimits::default()
+        };
+        // A 30-segment path inside 10 sections: a few lookups cost the lot.
+        let mut nested = json!({"z": 1});
+        for _ in 0..30 {
+            nested = json!({ "a": nested });
+        }
+        let path = vec!["a"; 30].join(".");
+        let source = format!(
+            "{}{{{{{path}.q}}}}{}",
+            "{{#r}}".repeat(3),
+            "{{/r}}".repeat(3)
+        );
+        let t = Template::compile_with(&source, &limits).unwrap();
+        let data = json!({"r": [{"r": [{"r": vec![1; 100]}]}], "a": nested["a"].clone()});
+        assert_eq!(
+            t.render(&data).unwrap_err(),
+            RenderError::TooManySteps { max: 1000 }
+        );
+        // An array shown whole: an item a step.
+        let t = Template::compile_with("{{a}}", &limits).unwrap();
+        assert!(t.render(&json!({"a": vec![0; 900]})).is_ok());
+        assert_eq!(
+            t.render(&json!({"a": vec![0; 1100]})).unwrap_err(),
+            RenderError::TooManySteps { max: 1000 }
+        );
+        assert!(refusal(&format!("{{{{{}}}}}", vec!["a"; 33].join(".")))
+            .contains("at most 32 segments"));
+    }
+
+    #[test]
+    fn standalone_tag_lines_are_left_out() {
+        let data = json!({"r": [{"t": 1, "v": "a"}, {"t": 2, "v": "b"}]});
+        assert_eq!(
+            render(
+                "head\n{{#r}}\n  {{t}},{{v}}\n{{/r}}\n{{! end }}\ntail\n",
+                data.clone()
+            ),
+            "head\n  1,a\n  2,b\ntail\n"
+        );
+        // Indented, and with CRLF line breaks.
+        assert_eq!(
+            render("  {{#r}}\r\n{{t}}\r\n  {{/r}}\r\n", data.clone()),
+            "1\r\n2\r\n"
+        );
+        // Not alone on its line: kept as it is.
+        assert_eq!(render("a {{#r}}{{t}}{{/r}}\n", data.clone()), "a 12\n");
+        assert_eq!(render("{{#r}}{{/r}}\n", json!({})), "\n");
+        assert_eq!(render("x{{! c }}\ny", json!({})), "x\ny");
+    }
+
+    #[test]
+    fn this_dot_names_the_current_scope() {
+        assert_eq!(
+            render("{{#c}}{{this.ca}};{{/c}}", particle_data()),
+            "first;second;"
         );
     }
 

@@ -61,10 +61,19 @@ impl LimitSettings {
     /// Names the key and value of the first invalid limit.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let check = |key: String, l: HostLimit| {
-            if !(l.rate >= 0.0 && l.rate.is_finite()) {
+            if !(l.rate == 0.0 || (l.rate >= MIN_RATE && l.rate <= 1e9)) {
                 return Err((
                     format!("{key}.rate"),
-                    format!("must be 0 (no limit) or a positive number, got {}", l.rate),
+                    format!(
+                        "must be 0 (no limit) or between {MIN_RATE} and 1e9 requests per second, got {}",
+                        l.rate
+                    ),
+                ));
+            }
+            if l.burst > MAX_BURST {
+                return Err((
+                    format!("{key}.burst"),
+                    format!("must be at most {MAX_BURST}, got {}", l.burst),
                 ));
             }
             if l.rate > 0.0 && l.burst == 0 {
@@ -116,6 +125,17 @@ struct HostState {
 /// revoked, or not yet assigned) still lets its in-flight work trickle.
 const MIN_SHARE: f64 = 1e-3;
 
+/// The smallest rate a limit may have, per second: one request in about 17
+/// minutes. Below it (with the least share) periods would not fit a
+/// `Duration`'s arithmetic comfortably.
+pub const MIN_RATE: f64 = 1e-3;
+
+/// The largest burst a limit may have.
+pub const MAX_BURST: u32 = 1_000_000;
+
+/// How far ahead a host's queue is ever kept: one day.
+const MAX_AHEAD: Duration = Duration::from_secs(24 * 3600);
+
 pub struct Throttle<C: Clock = MonotonicClock> {
     settings: LimitSettings,
     clock: C,
@@ -154,9 +174,11 @@ impl<C: Clock> Throttle<C> {
             return None;
         }
         let share = self.share();
-        let period = Duration::from_secs_f64(1.0 / (l.rate * share));
+        // Validated rates and bursts keep these finite and small; saturate
+        // anyway rather than panic on a delivery's path.
+        let period = Duration::try_from_secs_f64(1.0 / (l.rate * share)).unwrap_or(MAX_AHEAD);
         let burst = ((l.burst as f64 * share).round() as u32).max(1);
-        Some((period, period * (burst - 1)))
+        Some((period, period.saturating_mul(burst - 1)))
     }
 
     /// Reserves a slot for one request to `host` if it can go within
@@ -178,7 +200,7 @@ impl<C: Clock> Throttle<C> {
         if wait > max_wait {
             return Decision::Defer(wait);
         }
-        state.tat = tat + period;
+        state.tat = tat.saturating_add(period);
         if wait.is_zero() {
             Decision::Go
         } else {
@@ -196,7 +218,23 @@ impl<C: Clock> Throttle<C> {
         } else {
             (owned as f64 / total as f64).clamp(MIN_SHARE, 1.0)
         };
-        self.share.store(share.to_bits(), Ordering::Relaxed);
+        let before = f64::from_bits(self.share.swap(share.to_bits(), Ordering::Relaxed));
+        if before == share {
+            return;
+        }
+        // Reservations made under the old share are rescaled: the queue
+        // ahead of a host drains at the new rate. Otherwise a moment at the
+        // least share (between a revocation and the next assignment) would
+        // push every host's queue far out.
+        let now = self.clock.now();
+        let factor = before / share;
+        for mut state in self.hosts.iter_mut() {
+            let ahead = state.tat.saturating_sub(now).as_secs_f64() * factor;
+            state.tat = now
+                + Duration::try_from_secs_f64(ahead)
+                    .unwrap_or(MAX_AHEAD)
+                    .min(MAX_AHEAD);
+        }
     }
 
     pub fn share(&self) -> f64 {
@@ -362,6 +400,32 @@ mod tests {
     }
 
     #[test]
+    fn queued_reservations_follow_a_change_of_share() {
+        let clock = Arc::new(ManualClock::default());
+        let t = Throttle::with_clock(settings(10.0, 1), clock.clone());
+        for _ in 0..11 {
+            t.reserve("h", FOREVER);
+        }
+        let next = |t: &Throttle<Arc<ManualClock>>| match t.reserve("h", NOW) {
+            Decision::Defer(d) => d,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(next(&t), Duration::from_millis(1100));
+        t.set_share(1, 2);
+        assert_eq!(
+            next(&t),
+            Duration::from_millis(2200),
+            "half the rate: twice the wait"
+        );
+        // Revoked, then assigned again: the queue is back to what it was, not
+        // a thousand times longer.
+        t.set_share(0, 2);
+        t.set_share(2, 2);
+        let wait = next(&t).as_secs_f64();
+        assert!((wait - 1.1).abs() < 1e-6, "{wait}");
+    }
+
+    #[test]
     fn a_worker_without_partitions_keeps_a_trickle_not_the_whole_rate() {
         let t = Throttle::with_clock(settings(100.0, 40), Arc::new(ManualClock::default()));
         t.set_share(0, 0);
@@ -399,6 +463,11 @@ mod tests {
                 "limits.burst".into(),
                 "must be at least 1 when a rate is set, got 0".into()
             )
+        );
+        assert_eq!(settings(1e-6, 1).validate().unwrap_err().0, "limits.rate");
+        assert_eq!(
+            settings(5.0, 2_000_000).validate().unwrap_err().0,
+            "limits.burst"
         );
         let mut s = settings(5.0, 1);
         s.max_waiting = 0;

@@ -56,6 +56,7 @@ use crate::telemetry::{
     EVENTS_CONSUMED, EVENTS_FAILED, EVENTS_INVALID, EVENTS_UNMATCHED, PARTITIONS_STALLED,
     RECORDS_DROPPED, RETRIES_DROPPED,
 };
+use crate::template::TemplateLimits;
 use crate::throttle::Throttle;
 
 /// Why the worker could not run.
@@ -120,6 +121,7 @@ struct Share {
     owned: [AtomicUsize; 2],
     /// Per consumer: partitions of its topics.
     total: [AtomicUsize; 2],
+    updating: std::sync::Mutex<()>,
 }
 
 const EVENTS: usize = 0;
@@ -127,6 +129,10 @@ const RETRIES: usize = 1;
 
 impl Share {
     fn set(&self, counts: &[AtomicUsize; 2], consumer: usize, n: usize) {
+        // The two consumers' rebalance callbacks run on their own threads:
+        // one at a time, so the share stored is computed from the latest
+        // counts of both.
+        let _one_at_a_time = self.updating.lock().unwrap_or_else(|p| p.into_inner());
         if counts[consumer].swap(n, Ordering::Relaxed) != n {
             let owned: usize = self.owned.iter().map(|c| c.load(Ordering::Relaxed)).sum();
             let total: usize = self.total.iter().map(|c| c.load(Ordering::Relaxed)).sum();
@@ -250,6 +256,8 @@ struct Pipeline {
     unmatched: metrics::Counter,
     /// `worker.max_event_bytes`.
     max_event_bytes: usize,
+    /// `[templates]`: an event's render budget.
+    templates: TemplateLimits,
 }
 
 /// A configured worker, ready to [`run`](Worker::run).
@@ -303,6 +311,7 @@ impl Worker {
             throttle: throttle.clone(),
             owned: Default::default(),
             total: Default::default(),
+            updating: Default::default(),
         });
         // Until the first assignment this worker owns nothing: the least share.
         throttle.set_share(0, 0);
@@ -354,6 +363,7 @@ impl Worker {
             consumed: metrics::counter!(EVENTS_CONSUMED),
             unmatched: metrics::counter!(EVENTS_UNMATCHED),
             max_event_bytes: s.worker.max_event_bytes,
+            templates: s.templates,
         };
         let tasks = TaskTracker::new();
         tasks.spawn(prune_periodically(throttle, sleeping, shutdown.clone()));
@@ -634,33 +644,37 @@ async fn consume(
             Work::Retry(r) => time_until(r.due_at_ms),
             _ => None,
         };
-        if due_in.is_some() {
+        if let Some(wait) = due_in {
             set_paused(&source.consumer, &origin, true);
+            source
+                .ledger
+                .waiting_until(&ticket, std::time::Instant::now() + wait);
         }
         let (pipeline, source, shutdown) = (pipeline.clone(), source.clone(), shutdown.clone());
-        let permits = permits.clone();
         tasks.spawn(async move {
             let mut permit = Some(permit);
             if let Some(wait) = due_in {
                 // The paused partition bounds what waits (one record per
                 // partition), so the wait holds no intake permit: the loop
-                // never stops taking records of other partitions for it.
+                // never stops taking records of other partitions for it,
+                // and the record, once due, is handled without one.
                 drop(permit.take());
                 let due = tokio::select! {
                     _ = shutdown.cancelled() => false,
                     _ = tokio::time::sleep(wait) => true,
                 };
                 set_paused(&source.consumer, &origin, false);
-                if !due {
-                    // Not committed: the next owner of the partition waits.
+                // Shutdown, or the partition was revoked meanwhile: its next
+                // owner reads the record again, so it is not handled here
+                // (that would deliver it twice).
+                if !due || !source.ledger.is_current(&ticket) {
                     return;
                 }
-                permit = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    p = permits.acquire_owned() => Some(p.expect("the semaphore is never closed")),
-                };
             }
-            let intake = Intake::new(permit.expect("taken above"));
+            let intake = match permit {
+                Some(p) => Intake::new(p),
+                None => Intake::none(),
+            };
             let handled = AssertUnwindSafe(pipeline.handle(&origin, &work, &intake, &shutdown))
                 .catch_unwind()
                 .await;
@@ -760,6 +774,7 @@ fn panicked(origin: &Origin, payload: &[u8], panic: &(dyn std::any::Any + Send))
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic without a message");
     metrics::counter!(EVENTS_FAILED, "reason" => "panic").increment(1);
+    let message = crate::dead_letter::cap(message);
     tracing::error!(topic = %origin.topic, partition = origin.partition, offset = origin.offset, panic = %message, "handling a record panicked; dead-lettering it");
     let invalid = InvalidEvent {
         reason: InvalidReason::Panicked,
@@ -812,7 +827,8 @@ impl Pipeline {
                                 event.clone(),
                                 secrets.clone(),
                                 SecretMode::Reveal,
-                            );
+                            )
+                            .with_limits(&self.templates);
                             contexts.push(if whole_event {
                                 ctx
                             } else {
@@ -898,7 +914,8 @@ impl Pipeline {
             }
         };
         let secrets = self.secrets.for_integration(&integration).clone();
-        let mut ctx = EventContext::new(event, secrets, SecretMode::Reveal);
+        let mut ctx =
+            EventContext::new(event, secrets, SecretMode::Reveal).with_limits(&self.templates);
         if !integration.uses_whole_event {
             ctx = ctx.without_whole_event();
         }
@@ -963,6 +980,7 @@ mod tests {
             throttle: Arc::new(Throttle::new(limits)),
             owned: Default::default(),
             total: Default::default(),
+            updating: Default::default(),
         }
     }
 

@@ -130,6 +130,8 @@ fn limits() -> TemplateLimits {
         max_section_depth: 8,
         max_output_bytes: 64 * 1024,
         max_render_steps: 20_000,
+        max_event_render_steps: 50_000,
+        max_event_output_bytes: 128 * 1024,
     }
 }
 
@@ -181,8 +183,12 @@ proptest! {
             spec["event"] = Value::from(event.name.chars().next().map(String::from).unwrap_or_default());
             let Ok(i) = Integration::from_value_with(spec, &limits) else { continue };
             let ctx = EventContext::new(event.clone(), Arc::default(), SecretMode::Reveal);
+            let ctx = ctx.with_limits(&limits);
             if let Ok(request) = render(&i, &ctx) {
-                prop_assert!(request.body.len() <= 4 * limits.max_output_bytes);
+                // The event's bound, plus what the integration holds
+                // literally and the defaults (the data, 16 KiB at most,
+                // escaped).
+                prop_assert!(request.body.len() <= limits.max_event_output_bytes + 3 * 16384 + 1024);
             }
         }
     }

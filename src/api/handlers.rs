@@ -499,9 +499,11 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
     };
     let event = DeviceEvent::decode(event.to_string().as_bytes(), &origin, chrono::Utc::now())
         .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let limits = *api.log.state().limits();
     let shown = render(
         &i,
-        &EventContext::new(event.clone(), api.secrets.all().clone(), SecretMode::Mask),
+        &EventContext::new(event.clone(), api.secrets.all().clone(), SecretMode::Mask)
+            .with_limits(&limits),
     )
     .ok()
     .map(|r| r.to_json());
@@ -509,7 +511,8 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
         event.clone(),
         api.secrets.for_integration(&i).clone(),
         SecretMode::Reveal,
-    );
+    )
+    .with_limits(&limits);
     let mut request = match render(&i, &ctx) {
         Ok(r) => r,
         Err(err) => {

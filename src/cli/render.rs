@@ -53,7 +53,8 @@ pub fn dry_run(integration: &Integration, event: DeviceEvent, settings: &Setting
         event,
         std::sync::Arc::new(settings.secrets.0.clone()),
         SecretMode::Mask,
-    );
+    )
+    .with_limits(&settings.templates);
     match render(integration, &ctx) {
         Ok(request) => json!({"fires": true, "request": request.to_json()}),
         Err(e) => json!({"fires": true, "error": e.to_string()}),
