@@ -1,5 +1,6 @@
 //! The worker's own HTTP endpoints: `/metrics` (Prometheus text), `/healthz`
-//! (the process answers) and `/readyz` (integrations loaded and consuming).
+//! (503 naming any partition whose commit point is stuck), `/livez` (the
+//! process answers) and `/readyz` (integrations loaded and consuming).
 
 use std::time::Duration;
 
@@ -42,6 +43,9 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(health))
+        // The process answers: for a liveness probe, which should not
+        // restart a worker whose partition waits for a broker to come back.
+        .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(Endpoints { metrics, readiness });
     axum::serve(listener, app)

@@ -216,6 +216,11 @@ async fn healthz_reports_a_stalled_partition() {
         },
     )
     .await;
+    assert_eq!(
+        get(port, "/livez").map(|(s, _)| s),
+        Some(200),
+        "alive all the same"
+    );
     wait_until("the gauge", Duration::from_secs(10), || {
         get(port, "/metrics").is_some_and(|(_, body)| body.contains("hookd_partitions_stalled 1"))
     })

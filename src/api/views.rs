@@ -120,7 +120,7 @@ pub fn history_view(
         while day <= last {
             let c = daily
                 .iter()
-                .filter(|(d, p, _)| *d == day && want.is_none() || want == Some(*p))
+                .filter(|(d, p, _)| *d == day && (want.is_none() || want == Some(*p)))
                 .fold(Counts::default(), |mut acc, (_, _, c)| {
                     acc += *c;
                     acc
@@ -164,4 +164,64 @@ pub fn history_view(
 
 fn day_counts(day: NaiveDate, c: Counts) -> Value {
     json!({"date": day.to_string(), "success": c.success, "error": c.error, "skipped": c.skipped})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::traffic::book::StatsDelta;
+    use crate::traffic::history::minute_of;
+
+    /// Every day of every series, with traffic on several past days: each
+    /// day shows that day's counts, per product and summed, not another
+    /// day's.
+    #[test]
+    fn every_day_of_every_series_shows_its_own_counts() {
+        let i = Integration::from_value(json!({"id": "o", "org": "acme", "products": [1, 2],
+            "event": "temp", "url": "https://example.com/in"}))
+        .unwrap();
+        let h = History::new(30);
+        let now = minute_of(chrono::Utc::now());
+        // (days ago, product, successes)
+        let traffic = [(0, 1, 5), (0, 2, 3), (2, 1, 4), (10, 2, 7), (29, 1, 1)];
+        for (ago, product, success) in traffic {
+            h.add_delta(&StatsDelta {
+                integration: "o".into(),
+                product: Some(product),
+                minute: now - chrono::Days::new(ago),
+                success,
+                error: 0,
+                skipped: 0,
+            });
+        }
+        let expect = |product: Option<u32>, day: NaiveDate| -> u64 {
+            traffic
+                .iter()
+                .filter(|(ago, p, _)| {
+                    today() - chrono::Days::new(*ago) == day
+                        && product.is_none_or(|want| want == *p)
+                })
+                .map(|(_, _, s)| *s)
+                .sum()
+        };
+        let state = ConfigState::default();
+        let check = |series: &Value, product: Option<u32>| {
+            let days = series.as_array().unwrap();
+            assert_eq!(days.len(), 30);
+            for d in days {
+                let day: NaiveDate = d["date"].as_str().unwrap().parse().unwrap();
+                assert_eq!(d["success"], expect(product, day), "{product:?} on {day}");
+            }
+        };
+        let org = history_view(&i, &Place::Org("acme".into()), &h, &state, 30);
+        check(&org["aggregate"], None);
+        for p in &org["per_product"].as_array().unwrap()[..] {
+            check(&p["days"], Some(p["product"].as_u64().unwrap() as u32));
+        }
+        // Viewed under product 2, the shared integration's aggregate is
+        // product 2's.
+        let under = history_view(&i, &Place::Product(2), &h, &state, 30);
+        check(&under["aggregate"], Some(2));
+        check(&under["per_product"][0]["days"], Some(2));
+    }
 }
