@@ -22,7 +22,7 @@ use crate::dead_letter::DeadLetter;
 use crate::deliver::{Deliverer, DeliveryError, Outcome};
 use crate::event::Origin;
 use crate::record::{OutcomeKind, Recorder};
-use crate::render::{render, url_host, EventContext};
+use crate::render::{render, url_host, EventContext, RenderFailure};
 use crate::resolve::Match;
 use crate::responses::{
     error_event, error_message, hook_sent, response_chunks, ResponseEvent, ResponseReports,
@@ -132,13 +132,19 @@ impl Dispatcher {
         let mut request = match render(&i, ctx) {
             Ok(r) => r,
             Err(e) => {
-                // Deterministic: retrying would fail the same way.
                 self.recorder
                     .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
                 // Capped: a render error may quote what was rendered.
                 let message = crate::dead_letter::cap(&format!("error rendering the request: {e}"));
                 self.sample_failure(ctx, &a, &message);
                 self.respond(ctx, error_event(&i, ctx, message));
+                if let RenderFailure::EventBudget { .. } = e {
+                    // Other integrations of the event spent its budget; the
+                    // retry renders with one of its own.
+                    return Box::pin(self.after_failure(ctx, a, e.to_string(), None, shutdown))
+                        .await;
+                }
+                // Otherwise deterministic: retrying would fail the same way.
                 return Box::pin(self.dead_letter(
                     ctx,
                     a,
@@ -172,6 +178,8 @@ impl Dispatcher {
         // permit, or, once it has waited, its place.
         let held = match self.throttle.reserve(&host, max_wait) {
             Decision::Go => {
+                // The intake permit bounds it; the place is for waiters.
+                drop(place);
                 self.meters.throttle_wait.record(0.0);
                 None
             }
@@ -326,10 +334,14 @@ impl Dispatcher {
         });
         // In the topic of a delay at least as long as the wait, so it never
         // holds up records behind it there (see `RetrySettings::step_for`).
-        let wait = wait.min(Duration::from_secs(365 * 24 * 3600));
+        // Due no later than its topic's delay: a longer wait (a limit at the
+        // least share, just after a revocation) would pause that topic's
+        // partition for as long. Deferred again then if still limited.
+        let step = self.retry.step_for(wait);
+        let wait = wait.min(self.retry.delays[step]);
         let due = chrono::Utc::now().timestamp_millis() + wait.as_millis() as i64;
         let number = a.number;
-        let topic = self.retry.topic(self.retry.step_for(wait));
+        let topic = self.retry.topic(step);
         self.schedule(ctx, a, number, &topic, due, shutdown).await
     }
 

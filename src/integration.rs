@@ -685,7 +685,7 @@ fn compile_url(t: &Templates, src: &str) -> Result<Template, InvalidIntegration>
             return Ok(Template::Literal(parsed.into()));
         }
         Ok(template)
-    } else if !template.is_literal() && src.starts_with("{{") {
+    } else if !template.is_literal() && scheme_may_follow(template.leading_text().unwrap_or("")) {
         // The scheme comes from a variable; checked on every render.
         Ok(template)
     } else {
@@ -694,6 +694,14 @@ fn compile_url(t: &Templates, src: &str) -> Result<Template, InvalidIntegration>
             format!("{src:?} must start with http:// or https://"),
         ))
     }
+}
+
+/// Whether a templated URL's text before its first tag can still become
+/// `http://` or `https://` (nothing, `ht`, `https:/`, …): the rest of the
+/// scheme comes from variables, checked on every render.
+fn scheme_may_follow(leading: &str) -> bool {
+    let lower = leading.to_ascii_lowercase();
+    "http://".starts_with(&lower) || "https://".starts_with(&lower)
 }
 
 /// The length of a templated URL's leading text when that text is the start
@@ -967,6 +975,10 @@ mod tests {
         );
         let e = refused(product(json!({"url": "{{! c }}ftp://x"})));
         assert_eq!(e.field, "url");
+        let e = refused(product(json!({"url": "{{! c }}ftp://h/{{p}}"})));
+        assert_eq!(e.field, "url", "text before the first variable checked too");
+        assert!(parse(product(json!({"url": "{{{scheme}}}://h/x"}))).is_ok());
+        assert!(parse(product(json!({"url": "http{{s}}://h/x"}))).is_ok());
     }
 
     #[test]

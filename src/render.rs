@@ -21,7 +21,7 @@ use serde_json::{Map, Value};
 
 use crate::event::DeviceEvent;
 use crate::integration::{BodyTemplate, Integration, JsonTemplate, Method, RequestTemplate};
-use crate::template::{Budget, Found, Scope, Template, TemplateLimits};
+use crate::template::{Budget, Found, RenderError, Scope, Template, TemplateLimits};
 
 /// What `{{{SECRET}}}` shows wherever a request is displayed.
 pub const SENSITIVE: &str = "[[SENSITIVE]]";
@@ -193,10 +193,15 @@ impl EventContext {
         extra: &Map<String, Value>,
     ) -> Result<String, RenderFailure> {
         let scope = Overlay { extra, base: self };
-        t.render(&scope).map_err(|e| RenderFailure::Template {
-            field: field.to_owned(),
-            message: e.to_string(),
-        })
+        t.render(&scope).map_err(|e| RenderFailure::of(field, e))
+    }
+
+    /// Renders `t` outside the event's budget (its own bounds still hold):
+    /// for the response and error topics, small, which must render even when
+    /// the request's templates used the budget up.
+    pub fn render_unbudgeted(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
+        t.render(&Unbudgeted(self))
+            .map_err(|e| RenderFailure::of(field, e))
     }
 
     /// A secret's value as this context shows it.
@@ -218,10 +223,16 @@ impl EventContext {
     }
 
     pub(crate) fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
-        t.render(self).map_err(|e| RenderFailure::Template {
-            field: field.to_owned(),
-            message: e.to_string(),
-        })
+        t.render(self).map_err(|e| RenderFailure::of(field, e))
+    }
+}
+
+/// An event's variables without its budget.
+struct Unbudgeted<'a>(&'a EventContext);
+
+impl Scope for Unbudgeted<'_> {
+    fn lookup(&self, name: &str) -> Option<Found<'_>> {
+        self.0.lookup(name)
     }
 }
 
@@ -406,6 +417,23 @@ pub enum RenderFailure {
     Url(String),
     #[error("headers: rendered header {0:?} has an invalid name or value")]
     Header(String),
+    /// The event's templates together used up its render budget: another
+    /// integration of the same event may have spent it, so a retry (with a
+    /// budget of its own) can succeed.
+    #[error("{field}: template failed to render: {message}")]
+    EventBudget { field: String, message: String },
+}
+
+impl RenderFailure {
+    fn of(field: &str, e: RenderError) -> RenderFailure {
+        let (field, message) = (field.to_owned(), e.to_string());
+        match e {
+            RenderError::EventOutputTooLarge { .. } | RenderError::EventTooManySteps { .. } => {
+                RenderFailure::EventBudget { field, message }
+            }
+            _ => RenderFailure::Template { field, message },
+        }
+    }
 }
 
 /// Renders `integration`'s request for the event in `ctx`.

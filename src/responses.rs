@@ -110,7 +110,7 @@ pub fn response_chunks<'a>(
     if body.is_empty() {
         return Ok(Vec::new());
     }
-    let topic = ctx.render("responseTopic", &i.response_topic)?;
+    let topic = ctx.render_unbudgeted("responseTopic", &i.response_topic)?;
     // The body is parsed only for a template to read.
     let text: Cow<'a, str> = match &i.response_template {
         Some(t) => match serde_json::from_slice::<Value>(body) {
@@ -152,7 +152,7 @@ pub fn error_event<'a>(
     message: String,
 ) -> ResponseEvent<'a> {
     let topic = ctx
-        .render("errorResponseTopic", &i.error_response_topic)
+        .render_unbudgeted("errorResponseTopic", &i.error_response_topic)
         .unwrap_or_else(|_| format!("hook-error/{}", ctx.event().name));
     ResponseEvent {
         name: format!("{topic}/0"),

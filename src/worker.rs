@@ -569,6 +569,9 @@ async fn consume(
     accept: fn(&Pipeline, &BorrowedMessage<'_>, &Origin) -> Work,
 ) {
     let permits = Arc::new(Semaphore::new(max_inflight));
+    // Permits for records that waited for their due time (retries), taken
+    // when they are due: as many again as the intake's.
+    let resumed = Arc::new(Semaphore::new(max_inflight));
     // Permits are taken a batch at a time and handed out one per record: a
     // loop woken by every finished record costs a wake-up (often a futex
     // call) per record at the limit; by a batch of them, one per batch.
@@ -651,18 +654,22 @@ async fn consume(
                 .waiting_until(&ticket, std::time::Instant::now() + wait);
         }
         let (pipeline, source, shutdown) = (pipeline.clone(), source.clone(), shutdown.clone());
+        let resumed = resumed.clone();
         tasks.spawn(async move {
             let mut permit = Some(permit);
             if let Some(wait) = due_in {
                 // The paused partition bounds what waits (one record per
                 // partition), so the wait holds no intake permit: the loop
-                // never stops taking records of other partitions for it,
-                // and the record, once due, is handled without one.
+                // never stops taking records of other partitions for it.
                 drop(permit.take());
                 let due = tokio::select! {
                     _ = shutdown.cancelled() => false,
                     _ = tokio::time::sleep(wait) => true,
                 };
+                // Resumed even when the partition was revoked meanwhile:
+                // librdkafka may keep a partition's pause across a
+                // reassignment to this worker, and then nothing else would
+                // resume it.
                 set_paused(&source.consumer, &origin, false);
                 // Shutdown, or the partition was revoked meanwhile: its next
                 // owner reads the record again, so it is not handled here
@@ -670,11 +677,16 @@ async fn consume(
                 if !due || !source.ledger.is_current(&ticket) {
                     return;
                 }
+                // Handled under a permit of its own kind, so retries being
+                // handled stay bounded without waiting on the intake loop,
+                // which may hold the intake's permits while every partition
+                // is paused.
+                permit = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    p = resumed.acquire_owned() => Some(p.expect("the semaphore is never closed")),
+                };
             }
-            let intake = match permit {
-                Some(p) => Intake::new(p),
-                None => Intake::none(),
-            };
+            let intake = Intake::new(permit.expect("held, or taken above"));
             let handled = AssertUnwindSafe(pipeline.handle(&origin, &work, &intake, &shutdown))
                 .catch_unwind()
                 .await;

@@ -261,7 +261,15 @@ impl TrafficBook {
 /// secrets masked, and any secret value echoed in the response or the error
 /// replaced.
 fn shown(s: Sample, secrets: &Secrets) -> LogEntry {
-    let ctx = EventContext::new(s.event.clone(), secrets.clone(), SecretMode::Mask);
+    // No event-wide bound here: the request rendered within the configured
+    // one when it was sent; each template's own bounds still hold.
+    let unbounded = crate::template::TemplateLimits {
+        max_event_render_steps: usize::MAX,
+        max_event_output_bytes: usize::MAX,
+        ..Default::default()
+    };
+    let ctx = EventContext::new(s.event.clone(), secrets.clone(), SecretMode::Mask)
+        .with_limits(&unbounded);
     let request = render(&s.integration, &ctx).ok().map(|r| r.to_json());
     let outcome = if s.status.is_some_and(|st| (200..300).contains(&st)) {
         "success"
