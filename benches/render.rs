@@ -114,8 +114,8 @@ fn bench_compile(c: &mut Criterion) {
         b.iter(|| {
             n += 1;
             let v = json!({"id": "big", "product_id": 1, "event": "temp", "url": "https://example.com/in",
-                           "json": {"a": format!("{field}{n}"), "b": format!("{field}{n}"), "c": format!("{field}{n}")},
-                           "headers": {"X": format!("{field}{n}")}});
+                           "json": {"a": format!("{field}a{n}"), "b": format!("{field}b{n}"), "c": format!("{field}c{n}")},
+                           "headers": {"X": format!("{field}x{n}")}});
             Integration::from_value(v).unwrap()
         })
     });

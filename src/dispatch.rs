@@ -165,38 +165,20 @@ impl Dispatcher {
             return Box::pin(self.after_failure(ctx, a, "skipped".into(), None, shutdown)).await;
         }
 
-        // A place among the deliveries waiting for their hosts, taken
-        // before reserving: with none left, only an immediate slot will do.
-        let place = self.waiting.clone().try_acquire_owned().ok();
-        let max_wait = match (&place, self.retry.delays.is_empty()) {
-            (None, _) => Duration::ZERO,
-            // Without retry topics there is nowhere to defer to.
-            (Some(_), true) => Duration::MAX,
-            (Some(_), false) => self.throttle.max_wait(),
-        };
         // What bounds this delivery in memory until it is sent: the intake
-        // permit, or, once it has waited, its place.
-        let held = match self.throttle.reserve(&host, max_wait) {
+        // permit, or, once it has waited, its place among the deliveries
+        // waiting for their hosts.
+        let (a, held) = match self.throttle.reserve(&host, Duration::ZERO) {
+            // Most deliveries: a host without a limit, or under it.
             Decision::Go => {
-                // The intake permit bounds it; the place is for waiters.
-                drop(place);
                 self.meters.throttle_wait.record(0.0);
-                None
+                (a, None)
             }
-            Decision::Wait(d) => {
-                // Waits in the host's queue, holding a place there, not the
-                // worker's intake: the consumer goes on taking events for
-                // every other host meanwhile. The place is kept until the
-                // request is sent, so records out of the intake stay
-                // bounded by `limits.max_waiting`.
-                intake.release();
-                tokio::time::sleep(d).await;
-                self.meters.throttle_wait.record(d.as_secs_f64());
-                place
-            }
-            Decision::Defer(d) => {
-                drop(place);
-                return Box::pin(self.defer(ctx, a, &host, d, shutdown)).await;
+            Decision::Wait(_) | Decision::Defer(_) => {
+                match Box::pin(self.wait_for_host(ctx, a, &host, intake, shutdown)).await {
+                    Ok(waited) => waited,
+                    Err(deferred) => return deferred,
+                }
             }
         };
 
@@ -253,6 +235,49 @@ impl Dispatcher {
                     e => e.to_string(),
                 };
                 Box::pin(self.after_failure(ctx, a, label, outcome.retry_after, shutdown)).await
+            }
+        }
+    }
+
+    /// An attempt over its host's quota: it takes a place among the
+    /// deliveries waiting for their hosts and waits in the host's queue,
+    /// giving back the worker's intake, and comes back with the place (kept
+    /// until its request is sent, so records out of the intake stay bounded
+    /// by `limits.max_waiting`); or it is deferred (`Err`), when no place is
+    /// left or the whole queue's wait is over `limits.max_wait`.
+    async fn wait_for_host(
+        &self,
+        ctx: &EventContext,
+        a: Attempt,
+        host: &str,
+        intake: &Intake,
+        shutdown: &CancellationToken,
+    ) -> Result<(Attempt, Option<OwnedSemaphorePermit>), Settled> {
+        let place = self.waiting.clone().try_acquire_owned().ok();
+        let max_wait = match (&place, self.retry.delays.is_empty()) {
+            // No place left: only an immediate slot will do.
+            (None, _) => Duration::ZERO,
+            // Without retry topics there is nowhere to defer to.
+            (Some(_), true) => Duration::MAX,
+            (Some(_), false) => self.throttle.max_wait(),
+        };
+        match self.throttle.reserve(host, max_wait) {
+            // The slot came free meanwhile; the intake permit bounds it.
+            Decision::Go => {
+                self.meters.throttle_wait.record(0.0);
+                Ok((a, None))
+            }
+            Decision::Wait(d) => {
+                // The consumer goes on taking events for every other host
+                // meanwhile.
+                intake.release();
+                tokio::time::sleep(d).await;
+                self.meters.throttle_wait.record(d.as_secs_f64());
+                Ok((a, place))
+            }
+            Decision::Defer(d) => {
+                drop(place);
+                Err(self.defer(ctx, a, host, d, shutdown).await)
             }
         }
     }
