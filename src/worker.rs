@@ -996,6 +996,62 @@ mod tests {
         }
     }
 
+    /// What a caught panic leaves: the record whole in a dead letter with
+    /// reason `panic` and the panic's message; a retry's integration and
+    /// history kept; nothing when writing a dead letter itself panicked.
+    #[test]
+    fn a_panic_dead_letters_the_record_it_was_handling() {
+        let origin = Origin {
+            topic: "device-events".into(),
+            partition: 3,
+            offset: 42,
+        };
+        let raw = r#"{"name":"temp","data":"1","coreid":"e00fce68aaaaaaaaaaaaaaaa"}"#;
+        let event = DeviceEvent::decode(raw.as_bytes(), &origin, Utc::now()).unwrap();
+        let panic: Box<dyn std::any::Any + Send> = Box::new(String::from("index out of bounds"));
+        let (letter, key) =
+            panic_letter(&origin, Work::Deliver(event, Vec::new()), &*panic).expect("a letter");
+        assert_eq!(letter.reason, "panic");
+        assert_eq!(letter.payload.as_deref(), Some(raw));
+        assert!(
+            letter.error.contains("index out of bounds"),
+            "{}",
+            letter.error
+        );
+        assert_eq!((letter.partition, letter.offset), (3, 42));
+        assert_eq!(key, "e00fce68aaaaaaaaaaaaaaaa");
+
+        let retry = RetryRecord {
+            event: raw.into(),
+            origin: origin.clone(),
+            integration: "i1".into(),
+            product: None,
+            attempt: 2,
+            due_at_ms: 0,
+            history: vec![crate::retry::AttemptLog {
+                attempt: 1,
+                at: "2026-12-03T00:00:00.000Z".into(),
+                outcome: "error".into(),
+            }],
+        };
+        let panic: Box<dyn std::any::Any + Send> = Box::new("boom");
+        let (letter, _) =
+            panic_letter(&origin, Work::Retry(Box::new(retry)), &*panic).expect("a letter");
+        assert_eq!(letter.integration.as_deref(), Some("i1"));
+        assert_eq!(letter.history.len(), 1);
+        assert!(letter.error.contains("boom"));
+
+        let letter = DeadLetter::invalid_event(
+            &InvalidEvent {
+                reason: InvalidReason::NotJson,
+                message: "x".into(),
+            },
+            &origin,
+            b"x",
+        );
+        assert!(panic_letter(&origin, Work::DeadLetter(Box::new(letter), None), &*panic).is_none());
+    }
+
     #[test]
     fn the_share_counts_event_and_retry_partitions_together() {
         let s = share();

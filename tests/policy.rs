@@ -352,3 +352,48 @@ async fn a_host_limited_to_a_low_rate_never_holds_the_intake_for_others() {
     .await;
     worker.stop().await;
 }
+
+/// A retry waiting for its due time holds up nothing: with one retry permit
+/// (`retry.max_waiting = 1`), a retry due in 20 s is read first, and one due
+/// in 1 s after it on another topic is still attempted when due, long before
+/// the first. (Holding the permit for the wait, as a task sleeping per
+/// record did, made the second wait the first's 20 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_waiting_for_its_due_time_holds_up_no_other() {
+    let broker = Broker::start();
+    let a = Receiver::start().await;
+    a.set_mode(Mode::Status(503));
+    let b = Receiver::start().await;
+    b.set_mode(Mode::Status(503));
+    let mut s = settings(&broker);
+    s.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(20)];
+    s.retry.max_waiting = 1;
+    create_topics(&broker, &s, 2).await;
+    let worker = start_worker(
+        &s,
+        vec![
+            json!({"id": "a", "product_id": 1, "event": "temp", "url": a.url("/a")}),
+            json!({"id": "b", "product_id": 2, "event": "temp", "url": b.url("/b")}),
+        ],
+    );
+    produce(&broker, &s.kafka.events_topic, &events("a", 1, 1)).await;
+    // The first attempt and the 1 s retry fail: a 20 s retry is scheduled.
+    wait_until("a's first retry", Duration::from_secs(60), || {
+        a.count() >= 2
+    })
+    .await;
+    // Time for the retry consumer to read that 20 s retry first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    produce(&broker, &s.kafka.events_topic, &events("b", 1, 2)).await;
+    wait_until("b's first attempt", Duration::from_secs(30), || {
+        b.count() >= 1
+    })
+    .await;
+    b.set_mode(Mode::Status(200));
+    wait_until("b's retry, due 1 s later", Duration::from_secs(15), || {
+        b.count() >= 2
+    })
+    .await;
+    assert_eq!(a.count(), 2, "a's 20 s retry is still waiting");
+    worker.stop().await;
+}
