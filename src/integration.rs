@@ -33,6 +33,8 @@ pub struct IntegrationSpec {
     /// Kept as raw JSON so that a wildcard (`"*"`) gets its own error message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub products: Option<Value>,
+    /// `eventName` is its older name, in Particle's CLI examples.
+    #[serde(alias = "eventName")]
     pub event: Option<String>,
     pub url: Option<String>,
     #[serde(
@@ -103,6 +105,9 @@ pub struct IntegrationSpec {
     pub mydevices: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
+    /// `"webhook"` in exports from Particle's console.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -423,6 +428,14 @@ impl Integration {
                 return Err(invalid(
                     "integration_type",
                     format!("{t:?} is not supported; only \"Webhook\""),
+                ));
+            }
+        }
+        if let Some(t) = &spec.template {
+            if t != "webhook" {
+                return Err(invalid(
+                    "template",
+                    format!("{t:?} is not supported; only \"webhook\" (a plain webhook)"),
                 ));
             }
         }
@@ -918,6 +931,24 @@ mod tests {
         assert!(i.request.no_defaults);
         assert!(!i.reject_unauthorized);
         assert_eq!(i.name, "My hook");
+    }
+
+    /// Particle console exports carry `"template": "webhook"`; older CLI
+    /// examples name the prefix `eventName`.
+    #[test]
+    fn console_exports_and_older_examples_load() {
+        let i = parse(json!({"id": "x", "product_id": 1, "eventName": "temp",
+            "url": "https://example.com/in", "template": "webhook"}))
+        .unwrap();
+        assert_eq!(i.trigger.as_str(), "temp");
+        let e = refused(json!({"id": "x", "product_id": 1, "event": "temp",
+            "url": "https://example.com/in", "template": "google-maps"}));
+        assert_eq!(e.field, "template");
+        let e = refused(
+            json!({"id": "x", "product_id": 1, "event": "a", "eventName": "b",
+            "url": "https://example.com/in"}),
+        );
+        assert!(e.reason.contains("duplicate field `event`"), "{e}");
     }
 
     #[test]
