@@ -387,6 +387,7 @@ impl Dispatcher {
             attempt: number,
             due_at_ms,
             history: a.history,
+            published_at: Some(ctx.event().published_at.clone()),
         };
         let key = &ctx.event().device_id;
         match self.send(topic, key, &record.to_json(), shutdown).await {

@@ -118,6 +118,10 @@ pub struct RetryRecord {
     pub attempt: u32,
     pub due_at_ms: i64,
     pub history: Vec<AttemptLog>,
+    /// The event's `published_at` as the first attempt rendered it, for
+    /// events that carried none (they take their record's time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published_at: Option<String>,
 }
 
 impl RetryRecord {

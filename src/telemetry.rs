@@ -42,7 +42,8 @@ pub const EVENTS_FAILED: &str = "hookd_events_failed_total";
 /// while records of them are in flight.
 pub const PARTITIONS_STALLED: &str = "hookd_partitions_stalled";
 /// Retries not attempted because their integration no longer applies, by
-/// `reason` (`deleted`, `disabled`).
+/// `reason` (`deleted`, `disabled`, `out_of_scope`: no longer executing on
+/// the event's product, owner or device, e.g. after a separation; `invalid`).
 pub const RETRIES_DROPPED: &str = "hookd_retries_dropped_total";
 /// Config-log records applied (created, updated, deleted or restated).
 pub const CONFIG_APPLIED: &str = "hookd_config_records_applied_total";
@@ -120,7 +121,7 @@ fn describe() {
     describe_counter!(
         RETRIES_DROPPED,
         Unit::Count,
-        "Retries dropped because their integration was deleted or disabled, by reason."
+        "Retries dropped because their integration was deleted, disabled or no longer executes on the event, by reason."
     );
     describe_counter!(CONFIG_APPLIED, Unit::Count, "Config-log records applied.");
     describe_counter!(

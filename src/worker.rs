@@ -917,7 +917,14 @@ impl Pipeline {
             tracing::info!(integration = %r.integration, "retry dropped: the integration is disabled");
             return Settled::Done;
         }
-        let event = match DeviceEvent::decode(r.event.as_bytes(), &r.origin, Utc::now()) {
+        // The first attempt's `published_at` for an event that had none
+        // (it took the record's time then), so the retry sends the same body.
+        let first_seen = r
+            .published_at
+            .as_deref()
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+        let event = match DeviceEvent::decode(r.event.as_bytes(), &r.origin, first_seen) {
             Ok(e) => e,
             Err(e) => {
                 metrics::counter!(RETRIES_DROPPED, "reason" => "invalid").increment(1);
@@ -925,6 +932,14 @@ impl Pipeline {
                 return Settled::Done;
             }
         };
+        // Sent only while the integration still executes on this event: not
+        // after its product was separated from it or taken off its list,
+        // its owner or device changed, or its prefix no longer matches.
+        if let Err(miss) = crate::resolve::check(&integration, &event) {
+            metrics::counter!(RETRIES_DROPPED, "reason" => "out_of_scope").increment(1);
+            tracing::info!(integration = %r.integration, reason = %miss, "retry dropped: the integration no longer executes on this event");
+            return Settled::Done;
+        }
         let secrets = self.secrets.for_integration(&integration).clone();
         let mut ctx =
             EventContext::new(event, secrets, SecretMode::Reveal).with_limits(&self.templates);
@@ -1028,6 +1043,7 @@ mod tests {
             product: None,
             attempt: 2,
             due_at_ms: 0,
+            published_at: None,
             history: vec![crate::retry::AttemptLog {
                 attempt: 1,
                 at: "2026-12-03T00:00:00.000Z".into(),

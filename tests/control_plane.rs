@@ -1360,3 +1360,68 @@ async fn a_tenant_never_gets_another_tenants_secret() {
     worker.stop().await;
     api.stop().await;
 }
+
+/// A retry goes only where its integration still executes: product 2 is
+/// separated from an org integration while product 2's failed delivery
+/// waits for its retry; the retry never reaches the org integration's URL
+/// (nor its secrets), and its drop is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retry_pending_when_its_product_is_separated_is_dropped_and_counted() {
+    let metrics = hookd::telemetry::metrics_handle();
+    let broker = Broker::start();
+    let mut s = with_api(settings(&broker));
+    s.retry.delays = vec![Duration::from_secs(4), Duration::from_secs(8)];
+    create_topics(&broker, &s, 1).await;
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Status(503));
+    let api = start_api(&s).await;
+    catalog(&api.client).await;
+    let worker = start_log_worker(&s).await;
+    let acme = api.as_token(ACME);
+    let shared = acme
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/integrations",
+            Some(&json!({"event": "temp", "url": receiver.url("/org"), "products": [1, 2]})),
+        )
+        .await
+        .unwrap();
+    let id = shared["id"].as_str().unwrap().to_owned();
+    // Config reaches the worker through the log: wait until it fires.
+    let topic = &s.kafka.events_topic;
+    for n in 0.. {
+        produce(&broker, topic, &[event(1, &format!("ready-{n}"))]).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if receiver.count() > 0 {
+            break;
+        }
+        assert!(n < 100, "the integration never reached the worker");
+    }
+    produce(&broker, topic, &[event(2, "pending")]).await;
+    wait_until("product 2's first attempt", Duration::from_secs(30), || {
+        routes(&receiver).contains_key("pending")
+    })
+    .await;
+    acme.call(
+        Method::POST,
+        &format!("/v1/products/2/integrations/{id}/separate"),
+        Some(&json!({"event": "temp", "url": receiver.url("/own"), "name": "2's own"})),
+    )
+    .await
+    .unwrap();
+    receiver.set_mode(Mode::Status(200));
+    let dropped = "hookd_retries_dropped_total{reason=\"out_of_scope\"}";
+    wait_until(
+        "the retry dropped and counted",
+        Duration::from_secs(30),
+        || metrics.render().contains(dropped),
+    )
+    .await;
+    assert_eq!(
+        routes(&receiver)["pending"],
+        ["/org"],
+        "only the first attempt reached the org integration"
+    );
+    worker.stop().await;
+    api.stop().await;
+}

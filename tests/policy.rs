@@ -397,3 +397,38 @@ async fn a_retry_waiting_for_its_due_time_holds_up_no_other() {
     assert_eq!(a.count(), 2, "a's 20 s retry is still waiting");
     worker.stop().await;
 }
+
+/// A retried request is the first one again: an event without
+/// `published_at` takes its record's time on the first attempt, and the
+/// retry renders that same time, so the bodies are byte for byte equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_sends_the_same_body_as_the_first_attempt() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    receiver.set_mode(Mode::Status(503));
+    let s = settings(&broker);
+    create_topics(&broker, &s, 1).await;
+    let worker = start_worker(
+        &s,
+        vec![json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")})],
+    );
+    // `events` carry no published_at.
+    produce(&broker, &s.kafka.events_topic, &events("p", 1, 5)).await;
+    wait_until("the first attempt", Duration::from_secs(30), || {
+        receiver.count() >= 1
+    })
+    .await;
+    receiver.set_mode(Mode::Status(200));
+    wait_until("the retry", Duration::from_secs(30), || {
+        receiver.count() >= 2
+    })
+    .await;
+    worker.stop().await;
+    let seen = receiver.seen();
+    assert_eq!(
+        seen[0].headers["idempotency-key"],
+        seen[1].headers["idempotency-key"]
+    );
+    assert!(seen[0].body.contains("published_at="), "{}", seen[0].body);
+    assert_eq!(seen[0].body, seen[1].body, "the same request, retried");
+}
