@@ -234,6 +234,7 @@ impl Dispatcher {
                     DeliveryError::Render(m) => m.clone(),
                     e => e.to_string(),
                 };
+                let label = ctx.mask(label.into()).into_owned();
                 Box::pin(self.after_failure(ctx, a, label, outcome.retry_after, shutdown)).await
             }
         }
@@ -419,7 +420,9 @@ impl Dispatcher {
         shutdown: &CancellationToken,
     ) -> Settled {
         metrics::counter!(DELIVERIES_DEAD_LETTERED, "reason" => reason.to_owned()).increment(1);
-        let error = crate::dead_letter::cap(&error);
+        // Masked before it reaches the log and the dead letter: a render
+        // error may quote what was rendered.
+        let error = crate::dead_letter::cap(&ctx.mask(error.into()));
         tracing::warn!(integration = %a.matched.integration.id, event = %ctx.event().id, reason, error = %error, "delivery dead-lettered");
         let letter = DeadLetter::delivery(
             reason,

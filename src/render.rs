@@ -81,6 +81,9 @@ pub struct EventContext {
     /// What every render from this context spends together: one event's
     /// templates cannot multiply the per-template bounds.
     budget: Budget,
+    /// Each secret value as it may appear in text the device or a person
+    /// sees: raw, base64 and form-encoded; made on first use.
+    masks: OnceLock<Vec<String>>,
 }
 
 /// The predefined variables of PARTICLE.md ("Templates").
@@ -108,7 +111,37 @@ impl EventContext {
             whole_event: true,
             data: OnceLock::new(),
             budget: Budget::new(&TemplateLimits::default()),
+            masks: OnceLock::new(),
         }
+    }
+
+    /// `text` with every secret value this context reveals replaced by
+    /// `[[SENSITIVE]]`: raw, base64-encoded or form-encoded (a destination
+    /// echoing a key, an error quoting a host built from one). Values under
+    /// 4 bytes are left alone: they would mask innocent text.
+    pub fn mask<'t>(&self, text: Cow<'t, str>) -> Cow<'t, str> {
+        if self.mode == SecretMode::Mask || self.secrets.is_empty() {
+            return text;
+        }
+        let masks = self.masks.get_or_init(|| {
+            let mut forms = Vec::new();
+            for value in self.secrets.values().filter(|v| v.len() >= 4) {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+                let form: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+                forms.extend([value.clone(), b64.trim_end_matches('=').to_owned(), form]);
+            }
+            // Longest first, so a form containing another is masked whole.
+            forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+            forms.dedup();
+            forms
+        });
+        let mut text = text;
+        for form in masks {
+            if text.contains(form.as_str()) {
+                text = Cow::Owned(text.replace(form.as_str(), SENSITIVE));
+            }
+        }
+        text
     }
 
     /// The event-wide render bounds of `limits` (`max_event_*`) instead of
@@ -518,11 +551,18 @@ pub fn render(
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         headers.push(("Authorization".into(), format!("Basic {token}")));
     }
-    for (name, value) in &req.headers {
-        let name = ctx.render("headers", name)?;
+    for (n, (name_template, value)) in req.headers.iter().enumerate() {
+        // Errors name the header as configured, never as rendered: a name
+        // built from a secret would otherwise carry it into logs, dead
+        // letters and the device's error event.
+        let label = match name_template {
+            Template::Literal(s) => s.clone(),
+            _ => format!("#{} (a templated name)", n + 1),
+        };
+        let name = ctx.render("headers", name_template)?;
         let value = ctx.render("headers", value).map_err(|e| match e {
             RenderFailure::Template { message, .. } => RenderFailure::Template {
-                field: format!("headers.{name}"),
+                field: format!("headers.{label}"),
                 message,
             },
             other => other,
@@ -530,7 +570,7 @@ pub fn render(
         if http::HeaderName::try_from(name.as_str()).is_err()
             || http::HeaderValue::try_from(value.as_str()).is_err()
         {
-            return Err(RenderFailure::Header(name));
+            return Err(RenderFailure::Header(label));
         }
         // A configured header replaces a generated one of the same name.
         headers.retain(|(n, _)| !n.eq_ignore_ascii_case(&name));
@@ -796,10 +836,10 @@ fn build_url(
     let mut url =
         url::Url::parse(rendered.trim()).map_err(|e| RenderFailure::Url(e.to_string()))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(RenderFailure::Url(format!(
-            "scheme {:?} is not http or https",
-            url.scheme()
-        )));
+        // The scheme is not quoted: it may come from a variable.
+        return Err(RenderFailure::Url(
+            "the scheme is not http or https, or there is no host".to_owned(),
+        ));
     }
     if !query.is_empty() {
         let mut q = url.query_pairs_mut();
@@ -1233,6 +1273,45 @@ mod tests {
         );
         let err = render(&integration(json!({"headers": {"X-V": "{{{v}}}"}})), &ctx).unwrap_err();
         assert_eq!(err, RenderFailure::Header("X-V".into()));
+    }
+
+    /// Text bound for a device or a person loses every secret value this
+    /// context reveals, raw or in the encodings destinations echo it in.
+    #[test]
+    fn secrets_are_masked_raw_base64_and_form_encoded() {
+        let secrets: Secrets = Arc::new(BTreeMap::from([
+            ("API_KEY".to_owned(), "s3cr3t".to_owned()),
+            ("PASS".to_owned(), "p@ss w/rd!".to_owned()),
+            ("PIN".to_owned(), "123".to_owned()),
+        ]));
+        let ctx = EventContext::new(event("{}"), secrets.clone(), SecretMode::Reveal);
+        let b64 = base64::engine::general_purpose::STANDARD.encode("s3cr3t");
+        let text = format!("key=s3cr3t b64={b64} form=p%40ss+w%2Frd%21 raw=p@ss w/rd! pin=123");
+        let masked = ctx.mask(text.into());
+        assert_eq!(
+            masked,
+            "key=[[SENSITIVE]] b64=[[SENSITIVE]] form=[[SENSITIVE]] raw=[[SENSITIVE]] pin=123",
+            "values under 4 bytes are left alone"
+        );
+        let clean = ctx.mask(Cow::Borrowed("nothing secret"));
+        assert!(
+            matches!(clean, Cow::Borrowed(_)),
+            "no copy when nothing matches"
+        );
+    }
+
+    /// A header name built from a secret that renders invalid is named by
+    /// its place, not by what it rendered to.
+    #[test]
+    fn an_invalid_header_name_never_quotes_a_secret() {
+        let ctx = EventContext::new(event("{}"), secrets(), SecretMode::Reveal);
+        let err = render(
+            &integration(json!({"headers": {"X-A": "1", "{{{API_KEY}}}/": "v"}})),
+            &ctx,
+        )
+        .unwrap_err();
+        assert_eq!(err, RenderFailure::Header("#2 (a templated name)".into()));
+        assert!(!err.to_string().contains("s3cr3t"), "{err}");
     }
 
     proptest::proptest! {

@@ -126,6 +126,10 @@ pub fn response_chunks<'a>(
         },
         None => String::from_utf8_lossy(body),
     };
+    // No secret reaches the device, whether the topic was built from one
+    // or the destination echoed one.
+    let topic = ctx.mask(Cow::Owned(topic)).into_owned();
+    let text = ctx.mask(text);
     let device = ctx.event().device_id.as_str();
     let event = |n: usize, data: Cow<'a, str>| ResponseEvent {
         name: format!("{topic}/{n}"),
@@ -155,8 +159,8 @@ pub fn error_event<'a>(
         .render_unbudgeted("errorResponseTopic", &i.error_response_topic)
         .unwrap_or_else(|_| format!("hook-error/{}", ctx.event().name));
     ResponseEvent {
-        name: format!("{topic}/0"),
-        data: Cow::Owned(message),
+        name: ctx.mask(Cow::Owned(format!("{topic}/0"))).into_owned(),
+        data: Cow::Owned(ctx.mask(Cow::Owned(message)).into_owned()),
         device: Cow::Borrowed(&ctx.event().device_id),
     }
 }

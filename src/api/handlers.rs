@@ -517,7 +517,7 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
         Ok(r) => r,
         Err(err) => {
             return Ok(Json(
-                json!({"outcome": "error", "request": shown, "error": err.to_string()}),
+                json!({"outcome": "error", "request": shown, "error": ctx.mask(err.to_string().into())}),
             ))
         }
     };
