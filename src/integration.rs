@@ -130,7 +130,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidIntegr
     }
 }
 
-/// Where an integration fires (PARTICLE.md, "Scopes").
+/// Where an integration fires (README, "Integrations": scopes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Events of devices claimed by this user.
@@ -232,7 +232,7 @@ impl EventPrefix {
         Ok(EventPrefix(prefix.to_owned()))
     }
 
-    /// Case-sensitive prefix match (PARTICLE.md, "Trigger matching").
+    /// Case-sensitive prefix match (README, "Integrations": trigger).
     pub fn matches(&self, event_name: &str) -> bool {
         event_name.starts_with(&self.0)
     }

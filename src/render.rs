@@ -35,7 +35,7 @@ pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 /// Named secret values from config, usable as `{{{NAME}}}` in any field.
 pub type Secrets = Arc<BTreeMap<String, String>>;
 
-/// Secret names are `[A-Z_][A-Z0-9_]*` (PARTICLE.md, "Templates").
+/// Secret names are `[A-Z_][A-Z0-9_]*` (README, "Integrations": variables).
 pub fn is_secret_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -86,7 +86,7 @@ pub struct EventContext {
     masks: OnceLock<Vec<String>>,
 }
 
-/// The predefined variables of PARTICLE.md ("Templates").
+/// The predefined variables (README, "Integrations": variables).
 const PREDEFINED: [&str; 12] = [
     "PARTICLE_DEVICE_ID",
     "PARTICLE_EVENT_NAME",

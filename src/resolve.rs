@@ -102,8 +102,8 @@ impl Index {
         self.by_id.values()
     }
 
-    /// Every integration `event` fires (PARTICLE.md, "Scopes" and "Trigger
-    /// matching"). A claimed product device fires both its product's and its
+    /// Every integration `event` fires (README, "Integrations": scopes and
+    /// trigger). A claimed product device fires both its product's and its
     /// user's integrations.
     pub fn resolve(&self, event: &DeviceEvent) -> Vec<Match> {
         let mut out = Vec::new();

@@ -88,7 +88,7 @@ impl Broker {
     pub fn consumer_client(&self) -> ClientConfig {
         let mut c = self.client();
         if self.is_real() {
-            // tansu's fetch waits needlessly otherwise (DESIGN.md).
+            // tansu's fetch waits needlessly otherwise (README, "Brokers").
             c.set("fetch.wait.max.ms", "10");
         }
         c
@@ -174,7 +174,7 @@ pub fn settings(broker: &Broker) -> Settings {
     s.kafka.group_id = unique("hookd");
     s.kafka.create_topics = false;
     if broker.is_real() {
-        // tansu's fetch waits needlessly otherwise (DESIGN.md).
+        // tansu's fetch waits needlessly otherwise (README, "Brokers").
         s.kafka
             .consumer
             .insert("fetch.wait.max.ms".into(), "10".into());
