@@ -12,35 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hookd::api::client::{ApiClient, ClientError};
+use hookd::api::client::ApiClient;
 use hyper::Method;
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
-
-/// Orgs acme (enterprise) and other (basic); products 1, 2, 3 of acme and 9
-/// of other.
-async fn catalog(operator: &ApiClient) {
-    for (org, plan) in [("acme", "enterprise"), ("other", "basic")] {
-        operator
-            .call(
-                Method::PUT,
-                &format!("/v1/orgs/{org}"),
-                Some(&json!({"name": org, "plan": plan})),
-            )
-            .await
-            .expect("org saved");
-    }
-    for (p, org) in [(1, "acme"), (2, "acme"), (3, "acme"), (9, "other")] {
-        operator
-            .call(
-                Method::PUT,
-                &format!("/v1/orgs/{org}/products/{p}"),
-                Some(&json!({"name": format!("Product {p}")})),
-            )
-            .await
-            .expect("product saved");
-    }
-}
 
 fn event(product: u32, data: &str) -> (String, String) {
     let device = format!(
@@ -50,19 +25,6 @@ fn event(product: u32, data: &str) -> (String, String) {
     let e = json!({"name": "temp/x", "data": data, "published_at": "2024-05-13T10:55:40.306Z",
                    "coreid": device, "userid": "", "productID": product});
     (device, e.to_string())
-}
-
-/// Which paths each event's data reached.
-fn routes(receiver: &Receiver) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for s in receiver.seen() {
-        let data = form_urlencoded::parse(s.body.as_bytes())
-            .find(|(k, _)| k == "data")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default();
-        out.entry(data).or_default().push(s.target.clone());
-    }
-    out
 }
 
 /// Publishes events of `products` in order, one after another, until
@@ -523,26 +485,6 @@ async fn traffic_of_two_workers_adds_up_per_product_and_survives_an_api_restart(
     let again = start_api(&s).await;
     check(again.as_token(ACME)).await;
     again.stop().await;
-}
-
-async fn refused(
-    client: &ApiClient,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (u16, String, Option<String>) {
-    match client.call(method, path, Some(&body)).await {
-        Err(ClientError::Api {
-            status,
-            message,
-            body,
-        }) => (
-            status,
-            message,
-            body.get("field").and_then(Value::as_str).map(str::to_owned),
-        ),
-        other => panic!("{path} {body}: expected a refusal, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,38 +7,11 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use hookd::api::client::{ApiClient, ClientError};
 use hyper::Method;
 use serde_json::{json, Value};
-
-/// Orgs acme (enterprise) and other (basic); products 1, 2, 3 of acme and 9
-/// of other.
-async fn catalog(operator: &ApiClient) {
-    for (org, plan) in [("acme", "enterprise"), ("other", "basic")] {
-        operator
-            .call(
-                Method::PUT,
-                &format!("/v1/orgs/{org}"),
-                Some(&json!({"name": org, "plan": plan})),
-            )
-            .await
-            .expect("org saved");
-    }
-    for (p, org) in [(1, "acme"), (2, "acme"), (3, "acme"), (9, "other")] {
-        operator
-            .call(
-                Method::PUT,
-                &format!("/v1/orgs/{org}/products/{p}"),
-                Some(&json!({"name": format!("Product {p}")})),
-            )
-            .await
-            .expect("product saved");
-    }
-}
 
 /// An event `name` of a device of `product` carrying `data`: (key, payload).
 fn event(product: u32, name: &str, data: &str) -> (String, String) {
@@ -49,40 +22,6 @@ fn event(product: u32, name: &str, data: &str) -> (String, String) {
     let e = json!({"name": name, "data": data, "published_at": "2024-05-13T10:55:40.306Z",
                    "coreid": device, "userid": "", "productID": product});
     (device, e.to_string())
-}
-
-/// Which paths each event's data reached (the default form body carries it).
-fn routes(receiver: &Receiver) -> BTreeMap<String, Vec<String>> {
-    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for s in receiver.seen() {
-        let data = form_urlencoded::parse(s.body.as_bytes())
-            .find(|(k, _)| k == "data")
-            .map(|(_, v)| v.into_owned())
-            .unwrap_or_default();
-        out.entry(data).or_default().push(s.target.clone());
-    }
-    out
-}
-
-/// The status, message and field of a request the api must refuse.
-async fn refused(
-    client: &ApiClient,
-    method: Method,
-    path: &str,
-    body: Value,
-) -> (u16, String, Option<String>) {
-    match client.call(method, path, Some(&body)).await {
-        Err(ClientError::Api {
-            status,
-            message,
-            body,
-        }) => (
-            status,
-            message,
-            body.get("field").and_then(Value::as_str).map(str::to_owned),
-        ),
-        other => panic!("{path} {body}: expected a refusal, got {other:?}"),
-    }
 }
 
 /// A tenant cannot get a template past the api that recurses or calls out

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use hookd::api::client::{ApiClient, ClientError};
 use hookd::config::Settings;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::Method;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -21,6 +23,7 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Message};
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 /// The broker a test runs against. `E2E_BROKERS` set: that real broker
@@ -573,5 +576,64 @@ pub async fn start_log_worker(s: &Settings) -> RunningWorker {
         tally,
         shutdown,
         run,
+    }
+}
+
+/// Orgs acme (enterprise) and other (basic); products 1, 2, 3 of acme and 9
+/// of other.
+pub async fn catalog(operator: &ApiClient) {
+    for (org, plan) in [("acme", "enterprise"), ("other", "basic")] {
+        operator
+            .call(
+                Method::PUT,
+                &format!("/v1/orgs/{org}"),
+                Some(&json!({"name": org, "plan": plan})),
+            )
+            .await
+            .expect("org saved");
+    }
+    for (p, org) in [(1, "acme"), (2, "acme"), (3, "acme"), (9, "other")] {
+        operator
+            .call(
+                Method::PUT,
+                &format!("/v1/orgs/{org}/products/{p}"),
+                Some(&json!({"name": format!("Product {p}")})),
+            )
+            .await
+            .expect("product saved");
+    }
+}
+
+/// Which paths each event's data reached.
+pub fn routes(receiver: &Receiver) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in receiver.seen() {
+        let data = form_urlencoded::parse(s.body.as_bytes())
+            .find(|(k, _)| k == "data")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        out.entry(data).or_default().push(s.target.clone());
+    }
+    out
+}
+
+/// The status, message and field of a request the api must refuse.
+pub async fn refused(
+    client: &ApiClient,
+    method: Method,
+    path: &str,
+    body: Value,
+) -> (u16, String, Option<String>) {
+    match client.call(method, path, Some(&body)).await {
+        Err(ClientError::Api {
+            status,
+            message,
+            body,
+        }) => (
+            status,
+            message,
+            body.get("field").and_then(Value::as_str).map(str::to_owned),
+        ),
+        other => panic!("{path} {body}: expected a refusal, got {other:?}"),
     }
 }
