@@ -123,25 +123,8 @@ impl EventContext {
         if self.mode == SecretMode::Mask || self.secrets.is_empty() {
             return text;
         }
-        let masks = self.masks.get_or_init(|| {
-            let mut forms = Vec::new();
-            for value in self.secrets.values().filter(|v| v.len() >= 4) {
-                let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-                let form: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
-                forms.extend([value.clone(), b64.trim_end_matches('=').to_owned(), form]);
-            }
-            // Longest first, so a form containing another is masked whole.
-            forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
-            forms.dedup();
-            forms
-        });
-        let mut text = text;
-        for form in masks {
-            if text.contains(form.as_str()) {
-                text = Cow::Owned(text.replace(form.as_str(), SENSITIVE));
-            }
-        }
-        text
+        let forms = self.masks.get_or_init(|| secret_forms(&self.secrets));
+        mask_forms(text, forms)
     }
 
     /// The event-wide render bounds of `limits` (`max_event_*`) instead of
@@ -258,6 +241,34 @@ impl EventContext {
     pub(crate) fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
         t.render(self).map_err(|e| RenderFailure::of(field, e))
     }
+}
+
+/// Every form a secret value may appear in, in text a device or a person
+/// sees: raw, base64 (unpadded) and form-encoded; longest first, so a form
+/// containing another is masked whole. Values under 4 bytes are left out:
+/// they would mask innocent text.
+pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
+    let mut forms = Vec::new();
+    for value in secrets.values().filter(|v| v.len() >= 4) {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(value);
+        let form: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
+        forms.extend([value.clone(), b64.trim_end_matches('=').to_owned(), form]);
+    }
+    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.dedup();
+    forms
+}
+
+/// `text` with each of `forms` replaced by `[[SENSITIVE]]`; borrowed back
+/// when none occurs.
+pub fn mask_forms<'t>(text: Cow<'t, str>, forms: &[String]) -> Cow<'t, str> {
+    let mut text = text;
+    for form in forms {
+        if text.contains(form.as_str()) {
+            text = Cow::Owned(text.replace(form.as_str(), SENSITIVE));
+        }
+    }
+    text
 }
 
 /// An event's variables without its budget.

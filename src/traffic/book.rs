@@ -294,17 +294,10 @@ fn shown(s: Sample, secrets: &Secrets) -> LogEntry {
     }
 }
 
-/// Replaces every configured secret's value in `text`.
+/// Replaces every configured secret's value in `text`, raw or in the
+/// encodings destinations echo it in ([`crate::render::secret_forms`]).
 pub fn mask(text: &str, secrets: &Secrets) -> String {
-    let mut out = text.to_owned();
-    for value in secrets.values() {
-        // A very short value would mask innocent text; such a secret is
-        // not one anyway.
-        if value.len() >= 4 && out.contains(value.as_str()) {
-            out = out.replace(value.as_str(), SENSITIVE);
-        }
-    }
-    out
+    crate::render::mask_forms(text.into(), &crate::render::secret_forms(secrets)).into_owned()
 }
 
 #[cfg(test)]
