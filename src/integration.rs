@@ -55,7 +55,13 @@ pub struct IntegrationSpec {
     pub headers: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Value>,
-    #[serde(rename = "deviceID", default, skip_serializing_if = "Option::is_none")]
+    /// `deviceid` is how Particle's CLI and SDK send it.
+    #[serde(
+        rename = "deviceID",
+        alias = "deviceid",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub device_id: Option<String>,
     #[serde(
         rename = "noDefaults",
@@ -81,12 +87,23 @@ pub struct IntegrationSpec {
         skip_serializing_if = "Option::is_none"
     )]
     pub error_response_topic: Option<String>,
+    /// A template, or a JSON object (or array) of templates.
     #[serde(
         rename = "responseTemplate",
         default,
         skip_serializing_if = "Option::is_none"
     )]
-    pub response_template: Option<String>,
+    pub response_template: Option<Value>,
+    /// Publish the response as one event rather than 512-byte chunks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unchunked: Option<bool>,
+    /// Publish the response body as a `data:` URL.
+    #[serde(
+        rename = "dataUrlResponseEvent",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_url_response_event: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -287,6 +304,24 @@ pub enum BodyTemplate {
     Raw(Template),
 }
 
+/// `responseTemplate`: what a JSON response is turned into for the device.
+#[derive(Debug, Clone)]
+pub enum ResponseTemplate {
+    /// A template string: its text.
+    Text(Template),
+    /// A JSON object or array of templates: the rendered JSON, as text.
+    Json(JsonTemplate),
+}
+
+/// How a response body is published (`unchunked`, `dataUrlResponseEvent`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ResponseFormat {
+    /// One event of up to 100 KB rather than 512-byte chunks.
+    pub unchunked: bool,
+    /// The body as `data:<content-type>;base64,…`.
+    pub data_url: bool,
+}
+
 /// The compiled request an integration sends.
 #[derive(Debug, Clone)]
 pub struct RequestTemplate {
@@ -323,7 +358,9 @@ pub struct Integration {
     pub request: RequestTemplate,
     pub response_topic: Template,
     pub error_response_topic: Template,
-    pub response_template: Option<Template>,
+    pub response_template: Option<ResponseTemplate>,
+    /// How the response body is published to the device.
+    pub response_format: ResponseFormat,
     /// The secret name to sign with, if any.
     pub signing_secret: Option<String>,
     /// Whether a template names `PARTICLE_EVENT_JSON` or
@@ -493,11 +530,23 @@ impl Integration {
                 .as_deref()
                 .unwrap_or("hook-error/{{PARTICLE_EVENT_NAME}}"),
         )?;
-        let response_template = spec
-            .response_template
-            .as_deref()
-            .map(|r| compile_field(t, "responseTemplate", r))
-            .transpose()?;
+        let response_template = match &spec.response_template {
+            None => None,
+            Some(Value::String(r)) => Some(ResponseTemplate::Text(compile_field(
+                t,
+                "responseTemplate",
+                r,
+            )?)),
+            Some(r @ (Value::Object(_) | Value::Array(_))) => Some(ResponseTemplate::Json(
+                compile_json(t, "responseTemplate", r)?,
+            )),
+            Some(other) => {
+                return Err(invalid(
+                    "responseTemplate",
+                    format!("must be a template string or a JSON object of templates, got {other}"),
+                ))
+            }
+        };
         if let Some(secret) = &spec.signing_secret {
             if !crate::render::is_secret_name(secret) {
                 return Err(invalid("signingSecret", format!("{secret:?} must name a configured secret ([A-Z_][A-Z0-9_]*), not hold the key")));
@@ -525,6 +574,10 @@ impl Integration {
             response_topic,
             error_response_topic,
             response_template,
+            response_format: ResponseFormat {
+                unchunked: spec.unchunked.unwrap_or(false),
+                data_url: spec.data_url_response_event.unwrap_or(false),
+            },
             signing_secret: spec.signing_secret.clone(),
             uses_whole_event: names_whole_event(&spec),
             spec: Box::new(spec),
@@ -554,7 +607,6 @@ impl IntegrationSpec {
             &self.body,
             &self.response_topic,
             &self.error_response_topic,
-            &self.response_template,
             &self.signing_secret,
         ]
         .into_iter()
@@ -562,6 +614,7 @@ impl IntegrationSpec {
         .any(|s| found(s))
             || [
                 &self.json,
+                &self.response_template,
                 &self.form,
                 &self.query,
                 &self.headers,

@@ -212,6 +212,17 @@ impl EventContext {
         t.render(&scope).map_err(|e| RenderFailure::of(field, e))
     }
 
+    /// Renders a JSON template over the event and `extra` (the fields of a
+    /// JSON response) to JSON text.
+    pub fn render_json_with(
+        &self,
+        field: &str,
+        t: &JsonTemplate,
+        extra: &Map<String, Value>,
+    ) -> Result<String, RenderFailure> {
+        Ok(json_value(t, &|s| self.render_with(field, s, extra))?.to_string())
+    }
+
     /// Renders `t` outside the event's budget (its own bounds still hold):
     /// for the response and error topics, small, which must render even when
     /// the request's templates used the budget up.
@@ -244,19 +255,56 @@ impl EventContext {
 }
 
 /// Every form a secret value may appear in, in text a device or a person
-/// sees: raw, base64 (unpadded) and form-encoded; longest first, so a form
-/// containing another is masked whole. Values under 4 bytes are left out:
-/// they would mask innocent text.
+/// sees: raw, form-encoded, percent-encoded, JSON-escaped, and inside
+/// base64 (standard or URL-safe) at any offset, as a Basic `Authorization`
+/// header or a data URL carries it; longest first, so a form containing
+/// another is masked whole. Values under 4 bytes are left out: they would
+/// mask innocent text.
 pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
     let mut forms = Vec::new();
     for value in secrets.values().filter(|v| v.len() >= 4) {
-        let b64 = base64::engine::general_purpose::STANDARD.encode(value);
-        let form: String = form_urlencoded::byte_serialize(value.as_bytes()).collect();
-        forms.extend([value.clone(), b64.trim_end_matches('=').to_owned(), form]);
+        forms.push(value.clone());
+        forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
+        forms.push(percent_encoded(value));
+        let json = serde_json::to_string(value).expect("a string always serializes");
+        forms.push(json[1..json.len() - 1].to_owned());
+        for engine in [&STANDARD, &URL_SAFE] {
+            forms.extend((0..3).map(|offset| base64_core(engine, value.as_bytes(), offset)));
+        }
     }
-    forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+    forms.retain(|f| f.len() >= 4);
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     forms.dedup();
     forms
+}
+
+/// The base64 characters that depend only on `value` when it starts
+/// `offset` bytes (0-2) into a 3-byte group of a longer encoded text: the
+/// same wherever in that text it sits, whatever surrounds it.
+fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], offset: usize) -> String {
+    let mut padded = vec![0u8; offset];
+    padded.extend_from_slice(value);
+    let encoded = engine.encode(&padded);
+    // A character holds 6 bits: the first whose bits are all the value's
+    // follows the offset's 8 bits each; the last ends at the value's end.
+    let first = (8 * offset).div_ceil(6);
+    let end = 8 * padded.len() / 6;
+    encoded[first..end].to_owned()
+}
+
+/// `value` percent-encoded as `encodeURIComponent` does (only
+/// `A-Z a-z 0-9 - _ . ! ~ * ' ( )` kept).
+fn percent_encoded(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// `text` with each of `forms` replaced by `[[SENSITIVE]]`; borrowed back
@@ -774,18 +822,26 @@ pub(crate) fn write_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn render_json(ctx: &EventContext, field: &str, t: &JsonTemplate) -> Result<Value, RenderFailure> {
+    json_value(t, &|s| ctx.render(field, s))
+}
+
+/// `t` as a JSON value, each template rendered by `render`.
+fn json_value(
+    t: &JsonTemplate,
+    render: &dyn Fn(&Template) -> Result<String, RenderFailure>,
+) -> Result<Value, RenderFailure> {
     Ok(match t {
-        JsonTemplate::Str(s) => Value::String(ctx.render(field, s)?),
+        JsonTemplate::Str(s) => Value::String(render(s)?),
         JsonTemplate::Array(items) => Value::Array(
             items
                 .iter()
-                .map(|i| render_json(ctx, field, i))
+                .map(|i| json_value(i, render))
                 .collect::<Result<_, _>>()?,
         ),
         JsonTemplate::Object(entries) => Value::Object(
             entries
                 .iter()
-                .map(|(k, v)| Ok((ctx.render(field, k)?, render_json(ctx, field, v)?)))
+                .map(|(k, v)| Ok((render(k)?, json_value(v, render)?)))
                 .collect::<Result<_, RenderFailure>>()?,
         ),
         JsonTemplate::Other(v) => v.clone(),
@@ -1309,6 +1365,30 @@ mod tests {
             matches!(clean, Cow::Borrowed(_)),
             "no copy when nothing matches"
         );
+    }
+
+    /// A secret inside a longer encoded text (a Basic `Authorization`
+    /// header, a data URL, a URL's path or a JSON string echoed back) is
+    /// masked wherever it sits in it.
+    #[test]
+    fn secrets_inside_encoded_text_are_masked() {
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+        let secret = "p@ss\"w/rd?~1";
+        let secrets: Secrets = Arc::new(BTreeMap::from([("PASS".to_owned(), secret.to_owned())]));
+        let ctx = EventContext::new(event("{}"), secrets, SecretMode::Reveal);
+        let mut echoes = vec![
+            format!("path=/a/p%40ss%22w%2Frd%3F~1/b"),
+            serde_json::to_string(&json!({"echo": secret})).unwrap(),
+        ];
+        for user in ["", "u", "us", "user", "a-longer-user"] {
+            let pair = format!("{user}:{secret}");
+            echoes.push(format!("Authorization: Basic {}", STANDARD.encode(&pair)));
+            echoes.push(format!("token={}", URL_SAFE.encode(format!("{pair}&tail"))));
+        }
+        for text in echoes {
+            let masked = ctx.mask(Cow::Borrowed(&text));
+            assert!(masked.contains(SENSITIVE), "{text} was not masked");
+        }
     }
 
     /// A header name built from a secret that renders invalid is named by

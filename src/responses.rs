@@ -4,17 +4,21 @@
 //! In: the integration, the event's template context and the attempt's
 //! outcome. Out: device events: `hook-sent/<event>` for each request sent,
 //! the response body on `<responseTopic>/<n>` in 512-byte chunks (at most
-//! 100 KB, `responseTemplate` applied to a JSON response), or
+//! 100 KB, `responseTemplate` applied to a JSON response; one event with
+//! `unchunked`; a `data:` URL with `dataUrlResponseEvent`), or
 //! `<errorResponseTopic>/0` with what went wrong. Their names never trigger
-//! integrations.
+//! integrations; their device (`coreid`) is `particle-internal`, as
+//! Particle's own are, and their Kafka key the device told.
 
 use std::borrow::Cow;
 use std::cell::RefCell;
 
 use serde_json::Value;
 
+use base64::Engine as _;
+
 use crate::deliver::DeliveryError;
-use crate::integration::Integration;
+use crate::integration::{Integration, ResponseTemplate};
 use crate::render::{write_str, EventContext, RenderFailure};
 
 /// Data of the error event of a skipped attempt.
@@ -101,52 +105,91 @@ pub fn hook_sent(ctx: &EventContext) -> ResponseEvent<'static> {
     }
 }
 
-/// The response body as `<responseTopic>/<n>` chunks; none for an empty body.
+/// The media type of a data URL whose response had none.
+pub const DEFAULT_MEDIA_TYPE: &str = "application/octet-stream";
+/// The media type of a data URL carrying `responseTemplate`'s text.
+pub const TEMPLATE_MEDIA_TYPE: &str = "text/plain;charset=utf-8";
+
+/// The response body as `<responseTopic>/<n>` events: 512-byte chunks, or
+/// one event when `unchunked`; none for an empty body. `content_type` is
+/// the response's, for a data URL.
 pub fn response_chunks<'a>(
     i: &Integration,
     ctx: &'a EventContext,
     body: &'a [u8],
+    content_type: Option<&str>,
 ) -> Result<Vec<ResponseEvent<'a>>, RenderFailure> {
     if body.is_empty() {
         return Ok(Vec::new());
     }
     let topic = ctx.render_unbudgeted("responseTopic", &i.response_topic)?;
-    // The body is parsed only for a template to read.
-    let text: Cow<'a, str> = match &i.response_template {
-        Some(t) => match serde_json::from_slice::<Value>(body) {
-            Ok(Value::Object(fields)) => ctx.render_with("responseTemplate", t, &fields)?.into(),
-            Ok(other) => ctx
-                .render_with(
-                    "responseTemplate",
-                    t,
-                    &serde_json::Map::from_iter([("body".to_owned(), other)]),
-                )?
-                .into(),
-            Err(_) => String::from_utf8_lossy(body),
-        },
-        None => String::from_utf8_lossy(body),
+    let rendered = match &i.response_template {
+        Some(t) => apply_template(t, ctx, body)?,
+        None => None,
+    };
+    let text: Cow<'a, str> = match (rendered, i.response_format.data_url) {
+        (Some(text), false) => Cow::Owned(text),
+        (None, false) => String::from_utf8_lossy(body),
+        (Some(text), true) => Cow::Owned(data_url(TEMPLATE_MEDIA_TYPE, text.as_bytes())),
+        (None, true) => Cow::Owned(data_url(content_type.unwrap_or(DEFAULT_MEDIA_TYPE), body)),
     };
     // No secret reaches the device, whether the topic was built from one
-    // or the destination echoed one.
+    // or the destination echoed one (raw, encoded, or inside a data URL's
+    // base64).
     let topic = ctx.mask(Cow::Owned(topic)).into_owned();
     let text = ctx.mask(text);
-    let device = ctx.event().device_id.as_str();
     let event = |n: usize, data: Cow<'a, str>| ResponseEvent {
         name: format!("{topic}/{n}"),
         data,
-        device: Cow::Borrowed(device),
+        device: Cow::Borrowed(INTERNAL_DEVICE),
+    };
+    let size = if i.response_format.unchunked {
+        MAX_RESPONSE_BYTES
+    } else {
+        CHUNK_BYTES
     };
     Ok(match text {
         // The body as it came: chunks borrow it.
-        Cow::Borrowed(text) => chunks(truncate(text, MAX_RESPONSE_BYTES), CHUNK_BYTES)
+        Cow::Borrowed(text) => chunks(truncate(text, MAX_RESPONSE_BYTES), size)
             .enumerate()
             .map(|(n, data)| event(n, Cow::Borrowed(data)))
             .collect(),
-        Cow::Owned(text) => chunks(truncate(&text, MAX_RESPONSE_BYTES), CHUNK_BYTES)
+        Cow::Owned(text) => chunks(truncate(&text, MAX_RESPONSE_BYTES), size)
             .enumerate()
             .map(|(n, data)| event(n, Cow::Owned(data.to_owned())))
             .collect(),
     })
+}
+
+/// `responseTemplate` over a JSON response: an object's fields are its
+/// variables, any other JSON value is `body`. `None` for a response that is
+/// not JSON, published as it came.
+fn apply_template(
+    t: &ResponseTemplate,
+    ctx: &EventContext,
+    body: &[u8],
+) -> Result<Option<String>, RenderFailure> {
+    // The body is parsed only for a template to read.
+    let fields = match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(fields)) => fields,
+        Ok(other) => serde_json::Map::from_iter([("body".to_owned(), other)]),
+        Err(_) => return Ok(None),
+    };
+    Ok(Some(match t {
+        ResponseTemplate::Text(t) => ctx.render_with("responseTemplate", t, &fields)?,
+        ResponseTemplate::Json(t) => ctx.render_json_with("responseTemplate", t, &fields)?,
+    }))
+}
+
+/// `data:<media type>;base64,<body>`, of at most [`MAX_RESPONSE_BYTES`]: a
+/// longer body is cut to what fits whole, so the URL always decodes.
+fn data_url(media_type: &str, body: &[u8]) -> String {
+    let head = format!("data:{media_type};base64,");
+    let room = MAX_RESPONSE_BYTES.saturating_sub(head.len()) / 4 * 3;
+    let body = &body[..body.len().min(room)];
+    let mut url = head;
+    base64::engine::general_purpose::STANDARD.encode_string(body, &mut url);
+    url
 }
 
 /// `<errorResponseTopic>/0` carrying `message`.
@@ -161,7 +204,7 @@ pub fn error_event<'a>(
     ResponseEvent {
         name: ctx.mask(Cow::Owned(format!("{topic}/0"))).into_owned(),
         data: Cow::Owned(ctx.mask(Cow::Owned(message)).into_owned()),
-        device: Cow::Borrowed(&ctx.event().device_id),
+        device: Cow::Borrowed(INTERNAL_DEVICE),
     }
 }
 
@@ -307,7 +350,7 @@ mod tests {
     #[test]
     fn bodies_are_chunked_at_512_bytes_on_the_default_topics() {
         let ctx = ctx();
-        let product = response_chunks(&integration(json!({})), &ctx, &[b'x'; 1100]).unwrap();
+        let product = response_chunks(&integration(json!({})), &ctx, &[b'x'; 1100], None).unwrap();
         let names: Vec<_> = product.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
@@ -326,18 +369,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            response_chunks(&sandbox, &ctx, b"ok").unwrap()[0].name,
+            response_chunks(&sandbox, &ctx, b"ok", None).unwrap()[0].name,
             "hook-response/temp/0"
         );
-        assert!(response_chunks(&sandbox, &ctx, b"").unwrap().is_empty());
+        assert!(response_chunks(&sandbox, &ctx, b"", None)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn bodies_are_capped_at_100_kb() {
         let ctx = ctx();
         let body = vec![b'y'; 300 * 1024];
-        let events =
-            response_chunks(&integration(json!({"responseTopic": "r"})), &ctx, &body).unwrap();
+        let events = response_chunks(
+            &integration(json!({"responseTopic": "r"})),
+            &ctx,
+            &body,
+            None,
+        )
+        .unwrap();
         assert_eq!(events.len(), 200);
         assert_eq!(
             events.iter().map(|e| e.data.len()).sum::<usize>(),
@@ -350,7 +400,7 @@ mod tests {
     fn chunks_never_split_a_character() {
         let ctx = ctx();
         let body = "é".repeat(600); // 1200 bytes
-        let events = response_chunks(&integration(json!({})), &ctx, body.as_bytes()).unwrap();
+        let events = response_chunks(&integration(json!({})), &ctx, body.as_bytes(), None).unwrap();
         assert_eq!(
             events.iter().map(|e| e.data.len()).collect::<Vec<_>>(),
             [512, 512, 176]
@@ -364,16 +414,16 @@ mod tests {
         let i = integration(
             json!({"responseTemplate": "{{{reading.value}}} for {{{PARTICLE_DEVICE_ID}}}", "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/r"}),
         );
-        let events = response_chunks(&i, &ctx, br#"{"reading": {"value": 42}}"#).unwrap();
+        let events = response_chunks(&i, &ctx, br#"{"reading": {"value": 42}}"#, None).unwrap();
         assert_eq!(
             events,
             [ResponseEvent {
                 name: "e00fce68aaaaaaaaaaaaaaaa/r/0".into(),
                 data: "42 for e00fce68aaaaaaaaaaaaaaaa".into(),
-                device: "e00fce68aaaaaaaaaaaaaaaa".into()
+                device: "particle-internal".into()
             }]
         );
-        let verbatim = response_chunks(&i, &ctx, b"not json").unwrap();
+        let verbatim = response_chunks(&i, &ctx, b"not json", None).unwrap();
         assert_eq!(verbatim[0].data, "not json");
     }
 
@@ -399,5 +449,119 @@ mod tests {
                 "Sleeping, too many errors, please wait and try again"
             )
         );
+    }
+
+    #[test]
+    fn unchunked_responses_are_one_event_of_up_to_100_kb() {
+        let ctx = ctx();
+        let i = integration(json!({"unchunked": true, "responseTopic": "r"}));
+        let body = format!("{{\"v\":\"{}\"}}", "z".repeat(3000));
+        let events = response_chunks(&i, &ctx, body.as_bytes(), None).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].name.as_str(), &*events[0].data),
+            ("r/0", body.as_str())
+        );
+        let big = vec![b'y'; 300 * 1024];
+        let events = response_chunks(&i, &ctx, &big, None).unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].data.len(), MAX_RESPONSE_BYTES);
+    }
+
+    #[test]
+    fn data_url_responses_carry_the_bytes_and_their_media_type() {
+        let ctx = ctx();
+        let binary: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let i = integration(json!({"dataUrlResponseEvent": true, "unchunked": true}));
+        let decode = |url: &str, media: &str| -> Vec<u8> {
+            let rest = url
+                .strip_prefix(&format!("data:{media};base64,"))
+                .unwrap_or_else(|| panic!("{url}"));
+            base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .unwrap()
+        };
+        let events = response_chunks(&i, &ctx, &binary, Some("image/png")).unwrap();
+        assert_eq!(decode(&events[0].data, "image/png"), binary);
+        let events = response_chunks(&i, &ctx, &binary, None).unwrap();
+        assert_eq!(decode(&events[0].data, DEFAULT_MEDIA_TYPE), binary);
+        // Chunked, the URL is cut at 512 bytes like any text.
+        let chunked = integration(json!({"dataUrlResponseEvent": true}));
+        let events = response_chunks(&chunked, &ctx, &binary, None).unwrap();
+        assert!(events.len() > 1 && events[0].data.len() == CHUNK_BYTES);
+        let whole: String = events.iter().map(|e| &*e.data).collect();
+        assert_eq!(decode(&whole, DEFAULT_MEDIA_TYPE), binary);
+        // A body too large for 100 KB of URL is cut so that it still decodes.
+        let huge = vec![7u8; 100 * 1024];
+        let events = response_chunks(&i, &ctx, &huge, None).unwrap();
+        assert!(events[0].data.len() <= MAX_RESPONSE_BYTES);
+        let got = decode(&events[0].data, DEFAULT_MEDIA_TYPE);
+        assert!(got.len() > 70 * 1024 && huge.starts_with(&got));
+    }
+
+    #[test]
+    fn response_templates_may_be_json_objects() {
+        let ctx = ctx();
+        let i = integration(json!({"responseTemplate": {
+            "lat": "{{{results.0.location.lat}}}",
+            "device": "{{{PARTICLE_DEVICE_ID}}}",
+            "fixed": 3
+        }}));
+        let events = response_chunks(
+            &i,
+            &ctx,
+            br#"{"results": [{"location": {"lat": 51.5, "lng": -0.1}}]}"#,
+            None,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_str(&events[0].data).unwrap();
+        assert_eq!(
+            v,
+            json!({"lat": "51.5", "device": "e00fce68aaaaaaaaaaaaaaaa", "fixed": 3})
+        );
+        for bad in [json!(5), json!(true)] {
+            let mut v =
+                json!({"id": "i", "product_id": 7, "event": "temp", "url": "https://example.com/"});
+            v["responseTemplate"] = bad;
+            let e = Integration::from_value(v).unwrap_err();
+            assert_eq!(e.field, "responseTemplate", "{e}");
+        }
+    }
+
+    #[test]
+    fn a_secret_echoed_in_a_data_url_is_masked() {
+        let raw = json!({"name": "temp", "data": "21", "coreid": "e00fce68aaaaaaaaaaaaaaaa", "productID": 7}).to_string();
+        let origin = Origin {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+        };
+        let e = DeviceEvent::decode(raw.as_bytes(), &origin, chrono::DateTime::UNIX_EPOCH).unwrap();
+        let secret = "hunter2-very-secret";
+        let secrets = Arc::new(std::collections::BTreeMap::from([(
+            "KEY".to_owned(),
+            secret.to_owned(),
+        )]));
+        let ctx = EventContext::new(e, secrets, SecretMode::Reveal);
+        let i = integration(json!({"dataUrlResponseEvent": true, "unchunked": true}));
+        for prefix in ["", "a", "ab", "abc:"] {
+            let body = format!("{prefix}{secret} and more");
+            let events = response_chunks(&i, &ctx, body.as_bytes(), Some("text/plain")).unwrap();
+            let url = &events[0].data;
+            assert!(url.contains(crate::render::SENSITIVE), "{prefix:?}: {url}");
+            // What is left of the base64, read at every alignment, holds
+            // no secret.
+            let b64 = url.trim_start_matches("data:text/plain;base64,");
+            for piece in b64.split(crate::render::SENSITIVE) {
+                for start in 0..4.min(piece.len()) {
+                    let s = &piece[start..];
+                    if let Ok(b) =
+                        base64::engine::general_purpose::STANDARD.decode(&s[..s.len() / 4 * 4])
+                    {
+                        assert!(!String::from_utf8_lossy(&b).contains(secret), "{url}");
+                    }
+                }
+            }
+        }
     }
 }

@@ -152,12 +152,12 @@ async fn response_events_for_devices() {
             "particle-internal".to_owned(),
             "undefined".to_owned(),
         ),
-        (r(0), device.to_owned(), x(512)),
-        (r(1), device.to_owned(), x(512)),
-        (r(2), device.to_owned(), x(76)),
+        (r(0), "particle-internal".to_owned(), x(512)),
+        (r(1), "particle-internal".to_owned(), x(512)),
+        (r(2), "particle-internal".to_owned(), x(76)),
         (
             format!("{device}/failed/0"),
-            device.to_owned(),
+            "particle-internal".to_owned(),
             "error status 404 from 127.0.0.1".to_owned(),
         ),
     ];

@@ -145,7 +145,14 @@ pub fn history_view(
     let per_product: Vec<Value> = products
         .iter()
         .map(|p| {
-            let (name, link) = match state.product(*p) {
+            // A sandbox's devices may belong to any organization's products:
+            // their owner sees the ids the traffic came under, never the
+            // names or organizations behind them.
+            let found = match i.scope {
+                Scope::Sandbox { .. } => None,
+                _ => state.product(*p),
+            };
+            let (name, link) = match found {
                 Some(found) => (
                     Value::from(found.name.as_str()),
                     Value::from(format!("/v1/orgs/{}/products/{p}", found.org)),

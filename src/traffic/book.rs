@@ -37,7 +37,7 @@ pub const KEPT: usize = 10;
 /// Response bodies are shown up to this many bytes.
 pub const BODY_SHOWN: usize = 4096;
 /// What secrets are replaced with wherever a delivery is shown.
-pub const SENSITIVE: &str = "[[SENSITIVE]]";
+pub use crate::render::SENSITIVE;
 
 /// One minute of one (integration, product) from one worker: a delta to add.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -332,6 +332,7 @@ mod tests {
                 body: Bytes::from(format!("n={n} echo=s3cr3t-value")),
                 elapsed: Duration::ZERO,
                 retry_after: None,
+                content_type: None,
             };
             book.sample(&hook, Some(7), &event(), &ok);
             book.count(&hook.id, Some(7), OutcomeKind::Success);
