@@ -8,7 +8,7 @@
 //! behind an `ArcSwap`: readers load it without locking, a writer builds a whole
 //! new snapshot and swaps it in while events flow.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -33,6 +33,8 @@ pub struct Index {
     by_owner: HashMap<String, Vec<Arc<Integration>>>,
     /// All integrations by id, for the control plane and the demo.
     by_id: HashMap<Arc<str>, Arc<Integration>>,
+    /// (org integration, product) pairs separated (config log only).
+    separations: HashSet<(Arc<str>, u32)>,
 }
 
 /// Two records with the same id cannot be loaded together.
@@ -84,6 +86,18 @@ impl Index {
             }
         }
         Ok(index)
+    }
+
+    /// This index, knowing which products were separated from which org
+    /// integrations.
+    pub fn with_separations(mut self, separations: HashSet<(Arc<str>, u32)>) -> Index {
+        self.separations = separations;
+        self
+    }
+
+    /// Whether `product` was separated from org integration `id`.
+    pub fn was_separated(&self, id: &str, product: Option<u32>) -> bool {
+        product.is_some_and(|p| self.separations.contains(&(Arc::from(id), p)))
     }
 
     pub fn len(&self) -> usize {

@@ -42,8 +42,9 @@ pub const EVENTS_FAILED: &str = "hookd_events_failed_total";
 /// while records of them are in flight.
 pub const PARTITIONS_STALLED: &str = "hookd_partitions_stalled";
 /// Retries not attempted because their integration no longer applies, by
-/// `reason` (`deleted`, `disabled`, `out_of_scope`: no longer executing on
-/// the event's product, owner or device, e.g. after a separation; `invalid`).
+/// `reason` (`deleted`, `disabled`, `separated`: the event's product was
+/// separated from the org integration, `out_of_scope`: no longer executing
+/// on the event's product, owner or device otherwise; `invalid`).
 pub const RETRIES_DROPPED: &str = "hookd_retries_dropped_total";
 /// Config-log records applied (created, updated, deleted or restated).
 pub const CONFIG_APPLIED: &str = "hookd_config_records_applied_total";

@@ -907,7 +907,8 @@ impl Pipeline {
                 _ = tokio::time::sleep(Duration::from_millis(wait as u64)) => {}
             }
         }
-        let Some(integration) = self.index.load().get(&r.integration).cloned() else {
+        let index = self.index.load();
+        let Some(integration) = index.get(&r.integration).cloned() else {
             metrics::counter!(RETRIES_DROPPED, "reason" => "deleted").increment(1);
             tracing::info!(integration = %r.integration, "retry dropped: the integration no longer exists");
             return Settled::Done;
@@ -936,7 +937,12 @@ impl Pipeline {
         // after its product was separated from it or taken off its list,
         // its owner or device changed, or its prefix no longer matches.
         if let Err(miss) = crate::resolve::check(&integration, &event) {
-            metrics::counter!(RETRIES_DROPPED, "reason" => "out_of_scope").increment(1);
+            let reason = if index.was_separated(&integration.id, event.product_id) {
+                "separated"
+            } else {
+                "out_of_scope"
+            };
+            metrics::counter!(RETRIES_DROPPED, "reason" => reason).increment(1);
             tracing::info!(integration = %r.integration, reason = %miss, "retry dropped: the integration no longer executes on this event");
             return Settled::Done;
         }

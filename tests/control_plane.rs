@@ -1347,7 +1347,7 @@ async fn a_retry_pending_when_its_product_is_separated_is_dropped_and_counted() 
     .await
     .unwrap();
     receiver.set_mode(Mode::Status(200));
-    let dropped = "hookd_retries_dropped_total{reason=\"out_of_scope\"}";
+    let dropped = "hookd_retries_dropped_total{reason=\"separated\"}";
     wait_until(
         "the retry dropped and counted",
         Duration::from_secs(30),

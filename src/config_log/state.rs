@@ -200,6 +200,9 @@ pub struct ConfigState {
     orgs: BTreeMap<String, Org>,
     /// Keys deleted while this reader watched: they take only version 1.
     deleted: HashSet<String>,
+    /// (org integration, product) pairs separated while this reader
+    /// watched: a retry pending there is dropped as `separated`.
+    separations: HashSet<(Arc<str>, u32)>,
     /// What every integration's templates are compiled under.
     limits: TemplateLimits,
 }
@@ -232,6 +235,9 @@ impl ConfigState {
                 separated,
             } => {
                 if let Some(s) = separated {
+                    if let Scope::Product { product } = s.scope {
+                        self.separations.insert((integration.id.clone(), product));
+                    }
                     self.integrations.insert(s.id.clone(), s);
                 }
                 self.integrations
@@ -239,6 +245,7 @@ impl ConfigState {
             }
             Change::DeleteIntegration(id) => {
                 self.integrations.remove(id.as_str());
+                self.separations.retain(|(from, _)| **from != *id);
             }
             Change::PutProduct(p) => {
                 self.products.insert(p.id, p);
@@ -287,6 +294,7 @@ impl ConfigState {
     pub fn index(&self) -> Index {
         Index::from_shared(self.integrations.values().cloned())
             .expect("ids are the keys of a map, so they are distinct")
+            .with_separations(self.separations.clone())
     }
 
     fn check(&self, key: &str, value: Option<&[u8]>) -> Result<(Change, Applied), RecordRefused> {
