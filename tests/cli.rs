@@ -115,6 +115,88 @@ fn render_refuses_an_invalid_integration_on_stderr() {
     );
 }
 
+/// A Particle webhook as Particle's console exports it, every documented
+/// field set (and none of hookd's own: no scope).
+fn particle_export() -> Value {
+    json!({
+        "id": "5f8e4a2b9c1d3e7f60a1b2c3",
+        "template": "webhook",
+        "integration_type": "Webhook",
+        "created_at": "2024-05-13T10:55:40.306Z",
+        "mydevices": true,
+        "name": "Everything",
+        "event": "temp",
+        "url": "https://example.com/in/{{{PARTICLE_DEVICE_ID}}}",
+        "requestType": "PUT",
+        "json": {"t": "{{{t}}}", "n": 3},
+        "query": {"src": "{{{PARTICLE_EVENT_NAME}}}", "v": 2},
+        "headers": {"X-Device": "{{{PARTICLE_DEVICE_ID}}}"},
+        "auth": {"username": "user", "password": "pass"},
+        "noDefaults": false,
+        "rejectUnauthorized": true,
+        "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/hook-response/{{{PARTICLE_EVENT_NAME}}}",
+        "errorResponseTopic": "hook-error/{{{PARTICLE_EVENT_NAME}}}",
+        "responseTemplate": {"lat": "{{{results.0.location.lat}}}"},
+        "unchunked": true,
+        "dataUrlResponseEvent": false,
+        "disabled": false
+    })
+}
+
+/// A Particle export loads and renders as it is: no scope needed for a dry
+/// run; the request carries every request field.
+#[test]
+fn render_takes_a_particle_export_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let integration = write(dir.path(), "export.json", &particle_export());
+    let event = write(dir.path(), "e.json", &event());
+    let out = hookd(&["render", "--integration", &integration, "--event", &event]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["fires"], true, "{answer}");
+    let request = &answer["request"];
+    assert_eq!(request["method"], "PUT");
+    assert_eq!(
+        request["url"],
+        "https://example.com/in/e00fce68aaaaaaaaaaaaaaaa?src=temperature%2Fbasement&v=2"
+    );
+    assert_eq!(request["headers"]["X-Device"], "e00fce68aaaaaaaaaaaaaaaa");
+    assert_eq!(
+        request["headers"]["Authorization"],
+        format!(
+            "Basic {}",
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "user:pass")
+        )
+    );
+    let body: Value = serde_json::from_str(request["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["t"], "21.5");
+    assert_eq!(body["n"], 3);
+    assert_eq!(body["coreid"], "e00fce68aaaaaaaaaaaaaaaa");
+
+    // The older field names of Particle's CLI and SDK load too.
+    let mut older = particle_export();
+    let fields = older.as_object_mut().unwrap();
+    fields.remove("event");
+    fields.insert("eventName".into(), "temp".into());
+    let older = write(dir.path(), "older.json", &older);
+    let out = hookd(&["render", "--integration", &older, "--event", &event]);
+    let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(answer["fires"], true, "{answer}");
+
+    // A field Particle does not have is refused, named.
+    let mut typo = particle_export();
+    typo["requesttype"] = json!("GET");
+    let typo = write(dir.path(), "typo.json", &typo);
+    let out = hookd(&["render", "--integration", &typo, "--event", &event]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("requesttype"), "{err}");
+}
+
 #[test]
 fn every_command_has_help() {
     for args in [

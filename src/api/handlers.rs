@@ -153,9 +153,19 @@ fn made_from(
 fn config_body(body: &Bytes, allow: &[&str]) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid("body", format!("the body is not JSON: {e}")))?;
-    let Value::Object(map) = value else {
+    let Value::Object(mut map) = value else {
         return Err(ApiError::invalid("body", "the body must be a JSON object"));
     };
+    // An export from Particle carries Particle's id (24 hex digits): the
+    // record is placed by the path and named by hookd, so that id is left
+    // behind and the export loads unchanged. Any other id is refused below.
+    let particle_id = |v: &Value| {
+        v.as_str()
+            .is_some_and(|s| s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+    };
+    if map.get("id").is_some_and(particle_id) {
+        map.remove("id");
+    }
     for f in PLACEMENT_FIELDS {
         if map.contains_key(*f) && !allow.contains(f) {
             return Err(ApiError::invalid(

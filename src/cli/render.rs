@@ -1,6 +1,9 @@
 //! `hookd render --integration FILE --event FILE`: a dry run. Prints, as one
 //! JSON object, the request the integration would send for the event
-//! (secrets masked), or why it would not fire.
+//! (secrets masked), or why it would not fire. The file may be a Particle
+//! export as it is, without hookd's `id` and scope: it is then tried as an
+//! integration of the event's product (or, for an event of no product, of
+//! its owner's sandbox).
 
 use std::path::PathBuf;
 
@@ -28,10 +31,6 @@ pub struct RenderArgs {
 
 pub fn run(args: RenderArgs) -> anyhow::Result<Value> {
     let settings = Settings::load(args.config.as_deref())?;
-    let raw = std::fs::read(&args.integration)
-        .with_context(|| format!("reading {}", args.integration.display()))?;
-    let integration = Integration::from_json_with(&raw, &settings.templates)
-        .with_context(|| format!("invalid integration {}", args.integration.display()))?;
     let raw =
         std::fs::read(&args.event).with_context(|| format!("reading {}", args.event.display()))?;
     let origin = Origin {
@@ -41,7 +40,32 @@ pub fn run(args: RenderArgs) -> anyhow::Result<Value> {
     };
     let event = DeviceEvent::decode(&raw, &origin, chrono::Utc::now())
         .with_context(|| format!("invalid event {}", args.event.display()))?;
+    let raw = std::fs::read(&args.integration)
+        .with_context(|| format!("reading {}", args.integration.display()))?;
+    let invalid = || format!("invalid integration {}", args.integration.display());
+    let mut record: Value = serde_json::from_slice(&raw).with_context(invalid)?;
+    if let Value::Object(fields) = &mut record {
+        placed_for(fields, &event);
+    }
+    let integration =
+        Integration::from_value_with(record, &settings.templates).with_context(invalid)?;
     Ok(dry_run(&integration, event, &settings))
+}
+
+/// A record without hookd's `id` or scope (a Particle export) given them:
+/// the event's product, or its owner's sandbox.
+fn placed_for(fields: &mut serde_json::Map<String, Value>, event: &DeviceEvent) {
+    fields.entry("id").or_insert_with(|| "render".into());
+    let scoped = ["owner", "product_id", "org", "products"]
+        .iter()
+        .any(|f| fields.contains_key(*f));
+    if !scoped {
+        match (event.product_id, &event.user_id) {
+            (Some(p), _) => fields.insert("product_id".into(), p.into()),
+            (None, Some(u)) => fields.insert("owner".into(), u.as_str().into()),
+            (None, None) => fields.insert("owner".into(), "render".into()),
+        };
+    }
 }
 
 /// The answer for one integration and one event.
