@@ -228,13 +228,14 @@ impl Dispatcher {
                 Settled::Done
             }
             Err(e) => {
-                tracing::debug!(integration = %i.id, event = %ctx.event().id, attempt = a.number, error = %e, "webhook failed");
                 self.respond(ctx, error_event(&i, ctx, error_message(e, &host)));
                 let label = match e {
                     DeliveryError::Render(m) => m.clone(),
                     e => e.to_string(),
                 };
+                // A connection error may name a host built from a secret.
                 let label = ctx.mask(label.into()).into_owned();
+                tracing::debug!(integration = %i.id, event = %ctx.event().id, attempt = a.number, error = %label, "webhook failed");
                 Box::pin(self.after_failure(ctx, a, label, outcome.retry_after, shutdown)).await
             }
         }

@@ -266,7 +266,16 @@ pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
     for value in secrets.values().filter(|v| v.len() >= 4) {
         forms.push(value.clone());
         forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
-        forms.push(percent_encoded(value));
+        forms.push(percent_encoded(value, |b| {
+            b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
+        }));
+        // As a URL's path and query carry it (the `url` crate's sets).
+        forms.push(percent_encoded(value, |b| {
+            b.is_ascii_graphic() && !b"\"#<>?`{}".contains(&b)
+        }));
+        forms.push(percent_encoded(value, |b| {
+            b.is_ascii_graphic() && !b"\"#<>'".contains(&b)
+        }));
         let json = serde_json::to_string(value).expect("a string always serializes");
         forms.push(json[1..json.len() - 1].to_owned());
         for engine in [&STANDARD, &URL_SAFE] {
@@ -293,12 +302,12 @@ fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], offset: us
     encoded[first..end].to_owned()
 }
 
-/// `value` percent-encoded as `encodeURIComponent` does (only
-/// `A-Z a-z 0-9 - _ . ! ~ * ' ( )` kept).
-fn percent_encoded(value: &str) -> String {
+/// `value` percent-encoded, the bytes `kept` left as they are
+/// (`encodeURIComponent` keeps `A-Z a-z 0-9 - _ . ! ~ * ' ( )`).
+fn percent_encoded(value: &str, kept: impl Fn(u8) -> bool) -> String {
     let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b) {
+        if kept(b) {
             out.push(char::from(b));
         } else {
             out.push_str(&format!("%{b:02X}"));
