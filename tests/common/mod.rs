@@ -303,6 +303,8 @@ pub enum Mode {
     Hang,
     /// 200 with a body of this many bytes.
     Big(usize),
+    /// 200 with this body and `Content-Type`.
+    Body(&'static [u8], &'static str),
 }
 
 /// A real HTTP/1.1 + HTTP/2 server on 127.0.0.1, recording every request
@@ -431,14 +433,16 @@ impl Receiver {
             version: format!("{:?}", parts.version),
             status: 0,
         };
-        let (status, body) = match mode {
-            Mode::Status(s) => (s, Bytes::from_static(b"ok")),
-            Mode::Big(n) => (200, Bytes::from(vec![b'x'; n])),
-            _ => (200, Bytes::from_static(b"ok")),
+        let (status, body, kind) = match mode {
+            Mode::Status(s) => (s, Bytes::from_static(b"ok"), "text/plain"),
+            Mode::Big(n) => (200, Bytes::from(vec![b'x'; n]), "text/plain"),
+            Mode::Body(body, kind) => (200, Bytes::from_static(body), kind),
+            _ => (200, Bytes::from_static(b"ok"), "text/plain"),
         };
         self.seen.lock().unwrap().push(Seen { status, ..seen });
         Ok(hyper::Response::builder()
             .status(status)
+            .header("content-type", kind)
             .body(Full::new(body))
             .unwrap())
     }
