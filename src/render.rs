@@ -127,6 +127,32 @@ impl EventContext {
         mask_forms(text, forms)
     }
 
+    /// [`EventContext::mask`] over bytes that need not be text (a binary
+    /// response about to become a data URL).
+    pub fn mask_bytes<'t>(&self, bytes: &'t [u8]) -> Cow<'t, [u8]> {
+        if self.mode == SecretMode::Mask || self.secrets.is_empty() {
+            return Cow::Borrowed(bytes);
+        }
+        let forms = self.masks.get_or_init(|| secret_forms(&self.secrets));
+        let mut out = Cow::Borrowed(bytes);
+        for form in forms {
+            let form = form.as_bytes();
+            if !out.windows(form.len()).any(|w| w == form) {
+                continue;
+            }
+            let mut replaced = Vec::with_capacity(out.len());
+            let mut rest: &[u8] = &out;
+            while let Some(at) = rest.windows(form.len()).position(|w| w == form) {
+                replaced.extend_from_slice(&rest[..at]);
+                replaced.extend_from_slice(SENSITIVE.as_bytes());
+                rest = &rest[at + form.len()..];
+            }
+            replaced.extend_from_slice(rest);
+            out = Cow::Owned(replaced);
+        }
+        out
+    }
+
     /// The event-wide render bounds of `limits` (`max_event_*`) instead of
     /// the defaults.
     pub fn with_limits(mut self, limits: &TemplateLimits) -> EventContext {
@@ -213,14 +239,30 @@ impl EventContext {
     }
 
     /// Renders a JSON template over the event and `extra` (the fields of a
-    /// JSON response) to JSON text.
+    /// JSON response) to JSON text of at most `max` bytes: its strings
+    /// together, and the text they make, stop at that bound.
     pub fn render_json_with(
         &self,
         field: &str,
         t: &JsonTemplate,
         extra: &Map<String, Value>,
+        max: usize,
     ) -> Result<String, RenderFailure> {
-        Ok(json_value(t, &|s| self.render_with(field, s, extra))?.to_string())
+        let too_large = || RenderFailure::of(field, RenderError::OutputTooLarge { max });
+        let total = std::cell::Cell::new(0usize);
+        let value = json_value(t, &|s| {
+            let text = self.render_with(field, s, extra)?;
+            total.set(total.get() + text.len());
+            if total.get() > max {
+                return Err(too_large());
+            }
+            Ok(text)
+        })?;
+        let text = value.to_string();
+        if text.len() > max {
+            return Err(too_large());
+        }
+        Ok(text)
     }
 
     /// Renders `t` outside the event's budget (its own bounds still hold):
@@ -265,6 +307,8 @@ pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
     let mut forms = Vec::new();
     for value in secrets.values().filter(|v| v.len() >= 4) {
         forms.push(value.clone());
+        // As a URL's host carries it: hosts are lowercased.
+        forms.push(value.to_ascii_lowercase());
         forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
         forms.push(percent_encoded(value, |b| {
             b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)

@@ -130,8 +130,17 @@ pub fn response_chunks<'a>(
     let text: Cow<'a, str> = match (rendered, i.response_format.data_url) {
         (Some(text), false) => Cow::Owned(text),
         (None, false) => String::from_utf8_lossy(body),
-        (Some(text), true) => Cow::Owned(data_url(TEMPLATE_MEDIA_TYPE, text.as_bytes())),
-        (None, true) => Cow::Owned(data_url(content_type.unwrap_or(DEFAULT_MEDIA_TYPE), body)),
+        // Masked before encoding, so a secret echoed in any form is found;
+        // the URL is masked again below, for one the destination sent in
+        // base64 itself.
+        (Some(text), true) => Cow::Owned(data_url(
+            TEMPLATE_MEDIA_TYPE,
+            ctx.mask(Cow::Owned(text)).as_bytes(),
+        )),
+        (None, true) => Cow::Owned(data_url(
+            content_type.unwrap_or(DEFAULT_MEDIA_TYPE),
+            &ctx.mask_bytes(body),
+        )),
     };
     // No secret reaches the device, whether the topic was built from one
     // or the destination echoed one (raw, encoded, or inside a data URL's
@@ -177,7 +186,9 @@ fn apply_template(
     };
     Ok(Some(match t {
         ResponseTemplate::Text(t) => ctx.render_with("responseTemplate", t, &fields)?,
-        ResponseTemplate::Json(t) => ctx.render_json_with("responseTemplate", t, &fields)?,
+        ResponseTemplate::Json(t) => {
+            ctx.render_json_with("responseTemplate", t, &fields, MAX_RESPONSE_BYTES)?
+        }
     }))
 }
 
@@ -544,11 +555,27 @@ mod tests {
         )]));
         let ctx = EventContext::new(e, secrets, SecretMode::Reveal);
         let i = integration(json!({"dataUrlResponseEvent": true, "unchunked": true}));
-        for prefix in ["", "a", "ab", "abc:"] {
-            let body = format!("{prefix}{secret} and more");
-            let events = response_chunks(&i, &ctx, body.as_bytes(), Some("text/plain")).unwrap();
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(format!("u:{secret}"));
+        for echoed in [
+            secret.to_owned(),
+            format!("a{secret}"),
+            format!("ab{secret}"),
+            encoded,
+            b64,
+        ] {
+            let mut body = format!("echo {echoed} and more").into_bytes();
+            body.extend_from_slice(&[0xff, 0xfe, 0]); // not text
+            let events = response_chunks(&i, &ctx, &body, Some("text/plain")).unwrap();
             let url = &events[0].data;
-            assert!(url.contains(crate::render::SENSITIVE), "{prefix:?}: {url}");
+            let decoded = base64::engine::general_purpose::STANDARD
+                .decode(url.trim_start_matches("data:text/plain;base64,"))
+                .unwrap();
+            let decoded = String::from_utf8_lossy(&decoded);
+            assert!(
+                decoded.contains(crate::render::SENSITIVE) && !decoded.contains(secret),
+                "{echoed:?}: {decoded}"
+            );
             // What is left of the base64, read at every alignment, holds
             // no secret.
             let b64 = url.trim_start_matches("data:text/plain;base64,");

@@ -383,7 +383,7 @@ impl Worker {
             tokio::spawn(book.run(
                 pipeline.dispatcher.producer.clone(),
                 (k.stats_topic.clone(), k.log_topic.clone()),
-                pipeline.secrets.all().clone(),
+                pipeline.secrets.clone(),
                 s.traffic.flush_interval,
                 traffic_stop.clone(),
             ))

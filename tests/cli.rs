@@ -187,6 +187,23 @@ fn render_takes_a_particle_export_unchanged() {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["fires"], true, "{answer}");
 
+    // A sandbox export (one device) and a bare event of no product and no
+    // user: tried as that sandbox's.
+    let mut sandbox = particle_export();
+    sandbox["deviceid"] = json!("E00FCE68AAAAAAAAAAAAAAAA");
+    let sandbox = write(dir.path(), "sandbox.json", &sandbox);
+    let bare = write(
+        dir.path(),
+        "bare.json",
+        &json!({"name": "temp", "data": "{\"t\": 1}", "coreid": "e00fce68aaaaaaaaaaaaaaaa"}),
+    );
+    for e in [&event, &bare] {
+        let out = hookd(&["render", "--integration", &sandbox, "--event", e]);
+        let answer: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(answer["fires"], true, "{answer}");
+    }
+
     // A field Particle does not have is refused, named.
     let mut typo = particle_export();
     typo["requesttype"] = json!("GET");

@@ -238,10 +238,11 @@ async fn every_day_of_every_series_shows_what_was_counted() {
             .map(|c| c.3 + c.4 + c.5)
             .sum()
     };
-    let want_total = kept(&counted);
-    // The api reads the stats topic as it goes: wait until it has it all.
-    let mut shown = 0;
+    // The api reads the stats topic as it goes: wait until it has it all
+    // (what is kept recomputed each time: midnight may pass meanwhile).
+    let (mut shown, mut want_total) = (0, 0);
     for _ in 0..200 {
+        want_total = kept(&counted);
         shown = 0;
         for (client, path) in [
             (&acme, format!("/v1/orgs/acme/integrations/{org}/history")),

@@ -41,7 +41,7 @@ use tokio::net::TcpListener;
 /// Changed by form-, percent- and JSON-encoding alike.
 const SECRET: &str = r#"Sup3r$ecret/Va"lue+42=ok"#;
 /// Valid in a hostname, so a URL can be built on it.
-const HOST_SECRET: &str = "hostkey7secret";
+const HOST_SECRET: &str = "HostKey7Secret";
 const S: &str = "{{{LEAKY_KEY}}}";
 const H: &str = "{{{HOST_KEY}}}";
 /// `templates.max_output_bytes`: ten secrets (240 bytes) are over it, ten
@@ -119,7 +119,9 @@ fn findings(text: &str) -> Vec<String> {
         look(&mut found, how, &reading);
     }
     for decoded in base64_decodings(text) {
-        look(&mut found, "base64-decoded", &decoded);
+        for (how, reading) in readings(&decoded) {
+            look(&mut found, &format!("base64-decoded, {how}"), &reading);
+        }
     }
     found
 }

@@ -150,20 +150,25 @@ fn made_from(
 }
 
 /// A JSON object body; the placement fields are set by the path, never by it.
-fn config_body(body: &Bytes, allow: &[&str]) -> Result<Map<String, Value>, ApiError> {
+fn config_body(
+    body: &Bytes,
+    allow: &[&str],
+    creating: bool,
+) -> Result<Map<String, Value>, ApiError> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid("body", format!("the body is not JSON: {e}")))?;
     let Value::Object(mut map) = value else {
         return Err(ApiError::invalid("body", "the body must be a JSON object"));
     };
-    // An export from Particle carries Particle's id (24 hex digits): the
+    // An export from Particle carries Particle's id (24 hex digits): a new
     // record is placed by the path and named by hookd, so that id is left
-    // behind and the export loads unchanged. Any other id is refused below.
+    // behind and the export loads unchanged. Any other id, and any id of an
+    // edit, is refused below.
     let particle_id = |v: &Value| {
         v.as_str()
             .is_some_and(|s| s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()))
     };
-    if map.get("id").is_some_and(particle_id) {
+    if creating && map.get("id").is_some_and(particle_id) {
         map.remove("id");
     }
     for f in PLACEMENT_FIELDS {
@@ -269,7 +274,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let e = api.enter(&headers, &params)?;
     let is_org = matches!(e.place, Place::Org(_));
-    let mut config = config_body(&body, if is_org { &["products"] } else { &[] })?;
+    let mut config = config_body(&body, if is_org { &["products"] } else { &[] }, true)?;
     let products = config.remove("products");
     if is_org && products.is_none() {
         return Err(ApiError::invalid(
@@ -303,6 +308,7 @@ pub async fn edit(
         } else {
             &["version"]
         },
+        false,
     )?;
     let given = match config.remove("version") {
         None => None,
@@ -393,7 +399,7 @@ pub async fn separate(
             format!("product {p} is the last product of integration {id:?}; edit or delete the integration instead"),
         ));
     }
-    let config = config_body(&body, &[])?;
+    let config = config_body(&body, &[], true)?;
     let new_id = new_id();
     let record = placed(config, &e, &new_id, 1, None);
     let new = checked(&api, &record)?;
@@ -539,21 +545,20 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
         ));
     }
     let outcome = api.deliverer.send(&request, i.reject_unauthorized).await;
-    let body = String::from_utf8_lossy(
-        &outcome.body[..outcome.body.len().min(crate::traffic::book::BODY_SHOWN)],
-    )
-    .into_owned();
+    // Masked with the integration's own secrets only: masking another
+    // tenant's would confirm a guess echoed back.
+    let visible = api.secrets.for_integration(&i);
     Ok(Json(match &outcome.result {
         Ok(status) => json!({
             "outcome": if outcome.is_success() { "success" } else { "error" },
             "request": shown,
-            "response": {"status": status, "body": mask(&body, api.secrets.all())},
+            "response": {"status": status, "body": crate::traffic::book::shown_body(&outcome.body, visible)},
             "elapsed_ms": outcome.elapsed.as_millis() as u64,
         }),
         Err(err) => json!({
             "outcome": "error",
             "request": shown,
-            "error": mask(&err.to_string(), api.secrets.all()),
+            "error": mask(&err.to_string(), visible),
             "elapsed_ms": outcome.elapsed.as_millis() as u64,
         }),
     }))

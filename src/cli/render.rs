@@ -2,8 +2,9 @@
 //! JSON object, the request the integration would send for the event
 //! (secrets masked), or why it would not fire. The file may be a Particle
 //! export as it is, without hookd's `id` and scope: it is then tried as an
-//! integration of the event's product (or, for an event of no product, of
-//! its owner's sandbox).
+//! integration of the event's product, or of its owner's sandbox when it
+//! names a `deviceID` or the event has no product (an event without a
+//! `userid` is then taken as that sandbox's owner's).
 
 use std::path::PathBuf;
 
@@ -44,8 +45,15 @@ pub fn run(args: RenderArgs) -> anyhow::Result<Value> {
         .with_context(|| format!("reading {}", args.integration.display()))?;
     let invalid = || format!("invalid integration {}", args.integration.display());
     let mut record: Value = serde_json::from_slice(&raw).with_context(invalid)?;
+    let mut event = event;
     if let Value::Object(fields) = &mut record {
-        placed_for(fields, &event);
+        if let Some(owner) = placed_for(fields, &event) {
+            // A bare event of nobody's: the sandbox's owner published it.
+            let mut raw: Value = serde_json::from_str(&event.raw)?;
+            raw["userid"] = owner.into();
+            event = DeviceEvent::decode(raw.to_string().as_bytes(), &origin, chrono::Utc::now())
+                .with_context(|| format!("invalid event {}", args.event.display()))?;
+        }
     }
     let integration =
         Integration::from_value_with(record, &settings.templates).with_context(invalid)?;
@@ -53,18 +61,30 @@ pub fn run(args: RenderArgs) -> anyhow::Result<Value> {
 }
 
 /// A record without hookd's `id` or scope (a Particle export) given them:
-/// the event's product, or its owner's sandbox.
-fn placed_for(fields: &mut serde_json::Map<String, Value>, event: &DeviceEvent) {
+/// the event's product, or its owner's sandbox. Returns the owner to give an
+/// event that has none.
+fn placed_for(fields: &mut serde_json::Map<String, Value>, event: &DeviceEvent) -> Option<String> {
     fields.entry("id").or_insert_with(|| "render".into());
     let scoped = ["owner", "product_id", "org", "products"]
         .iter()
         .any(|f| fields.contains_key(*f));
-    if !scoped {
-        match (event.product_id, &event.user_id) {
-            (Some(p), _) => fields.insert("product_id".into(), p.into()),
-            (None, Some(u)) => fields.insert("owner".into(), u.as_str().into()),
-            (None, None) => fields.insert("owner".into(), "render".into()),
-        };
+    if scoped {
+        return None;
+    }
+    let for_device = fields.contains_key("deviceID") || fields.contains_key("deviceid");
+    match (event.product_id, &event.user_id) {
+        (Some(p), _) if !for_device => {
+            fields.insert("product_id".into(), p.into());
+            None
+        }
+        (_, Some(owner)) => {
+            fields.insert("owner".into(), owner.as_str().into());
+            None
+        }
+        (_, None) => {
+            fields.insert("owner".into(), "render".into());
+            Some("render".into())
+        }
     }
 }
 

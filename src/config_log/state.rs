@@ -234,6 +234,11 @@ impl ConfigState {
                 integration,
                 separated,
             } => {
+                // A product listed again is no longer separated.
+                if let Scope::Org { products, .. } = &integration.scope {
+                    self.separations
+                        .retain(|(from, p)| *from != integration.id || !products.ids().contains(p));
+                }
                 if let Some(s) = separated {
                     if let Scope::Product { product } = s.scope {
                         self.separations.insert((integration.id.clone(), product));
@@ -890,6 +895,28 @@ mod tests {
             "id": new_id, "version": 1, "product_id": product, "name": "mine",
             "event": "t", "url": "http://h.example/x"}});
         v
+    }
+
+    /// The index knows which product left which org integration by a
+    /// separation (a pending retry there is dropped as `separated`) until
+    /// the product is listed again or the integration deleted.
+    #[test]
+    fn the_index_remembers_separations_until_the_product_returns() {
+        let mut s = catalog();
+        put(&mut s, "integration/shared", org_hook(1, json!([1, 2, 3]))).unwrap();
+        assert!(!s.index().was_separated("shared", Some(2)));
+        put(
+            &mut s,
+            "integration/shared",
+            separation(2, json!([1, 3]), 2, "own2"),
+        )
+        .unwrap();
+        let index = s.index();
+        assert!(index.was_separated("shared", Some(2)));
+        assert!(!index.was_separated("shared", Some(1)));
+        assert!(!index.was_separated("own2", Some(2)));
+        put(&mut s, "integration/shared", org_hook(3, json!([1, 2, 3]))).unwrap();
+        assert!(!s.index().was_separated("shared", Some(2)));
     }
 
     #[test]

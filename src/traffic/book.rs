@@ -30,6 +30,7 @@ use crate::event::DeviceEvent;
 use crate::integration::Integration;
 use crate::record::{Counts, OutcomeKind};
 use crate::render::{render, EventContext, SecretMode, Secrets};
+use crate::secrets::SecretPolicy;
 
 /// Samples kept per (integration, product) and kind between flushes; the
 /// api keeps as many.
@@ -198,7 +199,7 @@ impl TrafficBook {
         self: Arc<Self>,
         producer: FutureProducer,
         topics: (String, String),
-        secrets: Secrets,
+        secrets: SecretPolicy,
         interval: Duration,
         stop: CancellationToken,
     ) {
@@ -220,7 +221,7 @@ impl TrafficBook {
         &self,
         producer: &FutureProducer,
         (stats, log): &(String, String),
-        secrets: &Secrets,
+        secrets: &SecretPolicy,
     ) {
         let (deltas, samples) = self.drain();
         let mut records: Vec<(&str, String, Vec<u8>)> = deltas
@@ -234,7 +235,11 @@ impl TrafficBook {
             })
             .collect();
         for s in samples {
-            let entry = shown(s, secrets);
+            // Masked with the secrets the integration's templates see, and
+            // no others: masking another tenant's values would tell a
+            // tenant echoing guesses which one is right.
+            let visible = secrets.for_integration(&s.integration).clone();
+            let entry = shown(s, &visible);
             records.push((
                 log.as_str(),
                 entry.integration.clone(),
@@ -276,7 +281,7 @@ fn shown(s: Sample, secrets: &Secrets) -> LogEntry {
     } else {
         "error"
     };
-    let body = &s.body[..s.body.len().min(BODY_SHOWN)];
+
     LogEntry {
         integration: s.integration.id.to_string(),
         product: s.event.product_id,
@@ -287,11 +292,25 @@ fn shown(s: Sample, secrets: &Secrets) -> LogEntry {
         response: s.status.map(|status| {
             serde_json::json!({
                 "status": status,
-                "body": mask(&String::from_utf8_lossy(body), secrets),
+                "body": shown_body(&s.body, secrets),
             })
         }),
         error: s.error.map(|e| mask(&e, secrets)),
     }
+}
+
+/// A response body as shown: masked whole, then cut to [`BODY_SHOWN`]
+/// bytes (cut first, a secret across the cut would show its start).
+pub fn shown_body(body: &[u8], secrets: &Secrets) -> String {
+    let mut text = mask(&String::from_utf8_lossy(body), secrets);
+    if text.len() > BODY_SHOWN {
+        let mut end = BODY_SHOWN;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// Replaces every configured secret's value in `text`, raw or in the
