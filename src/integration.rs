@@ -464,7 +464,7 @@ impl Integration {
             if t != "Webhook" {
                 return Err(invalid(
                     "integration_type",
-                    format!("{t:?} is not supported; only \"Webhook\""),
+                    format!("{t:?} is not supported: hookd runs webhooks only (\"Webhook\"); Particle's other integration types (Google Cloud, Azure, …) have no equivalent here"),
                 ));
             }
         }

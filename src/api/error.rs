@@ -1,6 +1,7 @@
 //! API errors: a status that means what it says and a JSON body
-//! `{"error": "...", "field": "..."}` naming the field at fault when there
-//! is one.
+//! `{"ok": false, "error": "...", "error_description": "...", "field": "..."}`
+//! naming the field at fault when there is one (`ok` and
+//! `error_description` are what Particle's SDK and CLI print).
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -69,10 +70,14 @@ impl From<WriteError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match &self.field {
-            Some(f) => serde_json::json!({"error": self.error, "field": f}),
-            None => serde_json::json!({"error": self.error}),
-        };
+        let mut body = serde_json::json!({
+            "ok": false,
+            "error": self.error,
+            "error_description": self.error,
+        });
+        if let Some(f) = &self.field {
+            body["field"] = f.as_str().into();
+        }
         (self.status, Json(body)).into_response()
     }
 }

@@ -26,7 +26,7 @@ use super::server::Api;
 use super::views::{config_of, detail, history_view, summary, PLACEMENT_FIELDS};
 use crate::config_log::state::{ConfigState, Org, Plan, Product};
 use crate::event::{DeviceEvent, Origin};
-use crate::integration::{Integration, InvalidIntegration, Scope};
+use crate::integration::{Integration, IntegrationSpec, InvalidIntegration, Scope};
 use crate::render::{render, EventContext, SecretMode};
 use crate::throttle::Decision;
 use crate::traffic::book::mask;
@@ -171,6 +171,28 @@ fn config_body(
     if creating && map.get("id").is_some_and(particle_id) {
         map.remove("id");
     }
+    // The older and the SDK's names of fields, under the names records use.
+    for (alias, name) in [
+        ("eventName", "event"),
+        ("deviceid", "deviceID"),
+        ("deviceId", "deviceID"),
+    ] {
+        if let Some(v) = map.remove(alias) {
+            if map
+                .get(name)
+                .is_some_and(|given| !given.is_null() && *given != v)
+            {
+                return Err(ApiError::invalid(
+                    alias,
+                    format!("{alias} is another name of {name}; give only one of them"),
+                ));
+            }
+            // `null` (an SDK's absent value) is no value.
+            if !v.is_null() {
+                map.insert(name.to_owned(), v);
+            }
+        }
+    }
     for f in PLACEMENT_FIELDS {
         if map.contains_key(*f) && !allow.contains(f) {
             return Err(ApiError::invalid(
@@ -180,6 +202,13 @@ fn config_body(
         }
     }
     Ok(map)
+}
+
+/// `created_at` of an integration made now.
+fn now_stamp() -> Value {
+    chrono::Utc::now()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        .into()
 }
 
 /// A new integration id: 24 hex digits, like Particle's.
@@ -282,6 +311,7 @@ pub async fn create(
             "products: is required for an organization integration: list the product ids it executes on",
         ));
     }
+    config.entry("created_at").or_insert_with(now_stamp);
     let id = new_id();
     let record = placed(config, &e, &id, 1, products);
     checked(&api, &record)?;
@@ -327,7 +357,17 @@ pub async fn edit(
         (None, Scope::Org { products, .. }) => Some(products.ids().into()),
         (None, _) => None,
     };
-    let record = placed(config, &e, &current.id, current.version + 1, products);
+    // An edit changes the fields it carries and keeps the others (as
+    // Particle's edits do); `null` removes a field.
+    let mut merged = config_of(&current.spec);
+    for (field, value) in config {
+        if value.is_null() {
+            merged.remove(&field);
+        } else {
+            merged.insert(field, value);
+        }
+    }
+    let record = placed(merged, &e, &current.id, current.version + 1, products);
     checked(&api, &record)?;
     api.write(&format!("integration/{}", current.id), Some(&record))
         .await?;
@@ -399,11 +439,18 @@ pub async fn separate(
             format!("product {p} is the last product of integration {id:?}; edit or delete the integration instead"),
         ));
     }
-    let config = config_body(&body, &[], true)?;
+    let mut config = config_body(&body, &[], true)?;
+    // A new integration: made now, whatever the shared one's date.
+    config.insert("created_at".into(), now_stamp());
     let new_id = new_id();
     let record = placed(config, &e, &new_id, 1, None);
     let new = checked(&api, &record)?;
-    if config_of(&new.spec) == config_of(&shared.spec) {
+    let undated = |spec: &IntegrationSpec| {
+        let mut c = config_of(spec);
+        c.remove("created_at");
+        c
+    };
+    if undated(&new.spec) == undated(&shared.spec) {
         return Err(ApiError::invalid(
             "config",
             "the separated config equals the shared one in every field; change at least one (the name is enough)",

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::Tokens;
-use super::handlers;
+use super::{handlers, particle};
 use crate::config::Settings;
 use crate::config_log::follower::{ConfigLog, ConfigLogError};
 use crate::config_log::writer::ConfigWriter;
@@ -64,6 +64,7 @@ pub(super) fn test_call_limit(per_minute: u32) -> Throttle {
 
 pub fn router(api: Arc<Api>) -> Router {
     use handlers as h;
+    use particle as p;
     let integration_routes = |base: &str| {
         Router::new()
             .route(base, get(h::list).post(h::create))
@@ -83,6 +84,21 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/products/{product}/integrations/{id}/separate",
             post(h::separate),
         )
+        // The older webhooks API of Particle's SDK and CLI, over the same
+        // integrations.
+        .route(
+            "/v1/webhooks",
+            get(p::list_webhooks).post(p::create_webhook),
+        )
+        .route("/v1/webhooks/{id}", get(h::get).delete(p::delete_webhook))
+        .route(
+            "/v1/products/{product}/webhooks",
+            get(p::list_webhooks).post(p::create_webhook),
+        )
+        .route(
+            "/v1/products/{product}/webhooks/{id}",
+            get(h::get).delete(p::delete_webhook),
+        )
         .route("/v1/orgs/{org}", get(h::get_org).put(h::put_org))
         .route("/v1/orgs/{org}/products", get(h::list_products))
         .route(
@@ -92,6 +108,7 @@ pub fn router(api: Arc<Api>) -> Router {
                 .delete(h::delete_product),
         )
         .with_state(api)
+        .layer(axum::middleware::from_fn(p::particle_clients))
 }
 
 /// A running api: where it listens and its task.

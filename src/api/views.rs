@@ -50,8 +50,11 @@ pub fn summary(i: &Integration, place: &Place, history: &History) -> Value {
         "id": &*i.id,
         "name": i.name,
         "version": i.version,
+        // Particle's tools keep only the items of this type.
+        "integration_type": "Webhook",
         "event": i.trigger.as_str(),
         "url": i.spec.url,
+        "requestType": i.request.method.as_str(),
         "disabled": i.disabled,
         "traffic": {
             "today": counts(history.total(&i.id, filter, today())),
@@ -59,6 +62,12 @@ pub fn summary(i: &Integration, place: &Place, history: &History) -> Value {
         },
     });
     let m = v.as_object_mut().expect("an object");
+    if let Some(at) = &i.spec.created_at {
+        m.insert("created_at".into(), at.as_str().into());
+    }
+    if let Some(d) = &i.device_id {
+        m.insert("deviceID".into(), d.as_str().into());
+    }
     match &i.scope {
         Scope::Sandbox { owner } => {
             m.insert("scope".into(), "sandbox".into());

@@ -114,6 +114,18 @@ pub async fn run(args: IntegrationsArgs) -> anyhow::Result<String> {
             let path = format!("{base}/{id}");
             let current = client.call(Method::GET, &path, None).await?;
             let mut config = edited(&current, file.as_ref(), sets)?;
+            // An edit keeps the fields it does not carry: a whole config
+            // from a file removes the ones it left out.
+            if file.is_some() {
+                for field in current["config"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, _)| k)
+                {
+                    config.entry(field.clone()).or_insert(Value::Null);
+                }
+            }
             config.insert("version".into(), current["version"].clone());
             if let Some(products) = current.get("products") {
                 config.entry("products").or_insert(products.clone());

@@ -1,0 +1,286 @@
+//! What Particle's own tools (the `particle-api-js` SDK, the `particle`
+//! CLI) need of the api beyond its paths: the access token also as
+//! `access_token` in the query string or a form body, form-encoded request
+//! bodies, and the older webhooks API (`/v1/webhooks`,
+//! `/v1/products/:p/webhooks`) over the same integrations.
+//!
+//! In: requests as those tools send them. Out: the same requests as the
+//! api's own handlers take them (a Bearer header, a JSON body), and the
+//! webhooks API's answers in its shapes (`{"ok": true, "id": …}`, a bare
+//! list). The tenant rules are the handlers'; nothing here decides access.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Request, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+use super::error::ApiError;
+use super::handlers;
+use super::server::Api;
+
+/// The largest form body taken (as axum's JSON bodies).
+const MAX_FORM_BYTES: usize = 2 * 1024 * 1024;
+
+/// Fields whose form values are booleans.
+const BOOLEAN_FIELDS: &[&str] = &[
+    "noDefaults",
+    "rejectUnauthorized",
+    "mydevices",
+    "disabled",
+    "unchunked",
+    "dataUrlResponseEvent",
+];
+
+/// Moves an `access_token` from the query string or a form body into the
+/// `Authorization` header (a header already there wins) and turns a form
+/// body into the JSON object it stands for. The token leaves the URI, so
+/// nothing downstream can log it.
+pub async fn particle_clients(request: Request, next: Next) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let mut token = take_query_token(&mut parts.uri);
+    let is_form = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let body = if is_form {
+        let bytes = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
+            Ok(b) => b,
+            Err(_) => {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("a form body is at most {MAX_FORM_BYTES} bytes"),
+                )
+                .into_response()
+            }
+        };
+        let (form_token, object) = match form_to_json(&bytes) {
+            Ok(found) => found,
+            Err(e) => return e.into_response(),
+        };
+        token = token.or(form_token);
+        parts
+            .headers
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        parts.headers.remove(CONTENT_LENGTH);
+        if object.is_empty() {
+            Body::empty()
+        } else {
+            Body::from(Value::Object(object).to_string())
+        }
+    } else {
+        body
+    };
+    if let Some(token) = token {
+        if !parts.headers.contains_key(AUTHORIZATION) {
+            match HeaderValue::from_str(&format!("Bearer {token}")) {
+                Ok(v) => {
+                    parts.headers.insert(AUTHORIZATION, v);
+                }
+                Err(_) => {
+                    return ApiError::new(StatusCode::UNAUTHORIZED, "unknown token").into_response()
+                }
+            }
+        }
+    }
+    next.run(Request::from_parts(parts, body)).await
+}
+
+/// Removes `access_token` from `uri`'s query, returning it.
+fn take_query_token(uri: &mut Uri) -> Option<String> {
+    let query = uri.query()?;
+    let mut token = None;
+    let kept: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .filter_map(|(k, v)| {
+            if k == "access_token" {
+                token = Some(v.into_owned());
+                None
+            } else {
+                Some((k.into_owned(), v.into_owned()))
+            }
+        })
+        .collect();
+    token.as_ref()?;
+    let mut rebuilt = uri.path().to_owned();
+    if !kept.is_empty() {
+        rebuilt.push('?');
+        rebuilt.push_str(
+            &form_urlencoded::Serializer::new(String::new())
+                .extend_pairs(kept)
+                .finish(),
+        );
+    }
+    *uri = rebuilt.parse().ok()?;
+    token
+}
+
+/// A form body as a JSON object, the way Particle's API reads one:
+/// `a=1` a field, `a[b]=1` a field of an object, `a[]=1` an item of a list;
+/// booleans for the boolean fields, numbers for `products` and `version`.
+/// Its `access_token` is returned apart.
+fn form_to_json(body: &[u8]) -> Result<(Option<String>, Map<String, Value>), ApiError> {
+    let mut token = None;
+    let mut object = Map::new();
+    for (key, value) in form_urlencoded::parse(body) {
+        if key == "access_token" {
+            token = Some(value.into_owned());
+            continue;
+        }
+        let path = key_path(&key)
+            .ok_or_else(|| ApiError::invalid(&key, format!("{key:?} is not a form field name")))?;
+        let typed = typed(&path[0], &value);
+        insert(&mut object, &path, typed)
+            .map_err(|why| ApiError::invalid(&key, format!("{key}: {why}")))?;
+    }
+    Ok((token, object))
+}
+
+/// `a[b][]` as `["a", "b", ""]`; `None` for an unbalanced name.
+fn key_path(key: &str) -> Option<Vec<String>> {
+    let (head, mut rest) = match key.find('[') {
+        Some(at) => (&key[..at], &key[at..]),
+        None => (key, ""),
+    };
+    if head.is_empty() {
+        return None;
+    }
+    let mut path = vec![head.to_owned()];
+    while !rest.is_empty() {
+        let inner = rest.strip_prefix('[')?;
+        let close = inner.find(']')?;
+        path.push(inner[..close].to_owned());
+        rest = &inner[close + 1..];
+    }
+    // As deep as any integration field goes.
+    (path.len() <= 8).then_some(path)
+}
+
+fn typed(field: &str, value: &str) -> Value {
+    if BOOLEAN_FIELDS.contains(&field) {
+        match value {
+            "true" => return Value::Bool(true),
+            "false" => return Value::Bool(false),
+            _ => {}
+        }
+    }
+    if matches!(field, "products" | "version") {
+        if let Ok(n) = value.parse::<u64>() {
+            return n.into();
+        }
+    }
+    Value::String(value.to_owned())
+}
+
+fn insert(object: &mut Map<String, Value>, path: &[String], value: Value) -> Result<(), String> {
+    let (first, rest) = path.split_first().expect("a path has a head");
+    if rest.is_empty() {
+        object.insert(first.clone(), value);
+        return Ok(());
+    }
+    if rest[0].is_empty() {
+        // `a[]=v`: an item of a list of plain values.
+        if rest.len() > 1 {
+            return Err("a list holds plain values here".into());
+        }
+        let list = object
+            .entry(first.clone())
+            .or_insert_with(|| Value::Array(Vec::new()));
+        return match list {
+            Value::Array(items) => {
+                items.push(value);
+                Ok(())
+            }
+            _ => Err("given both as a value and as a list".into()),
+        };
+    }
+    let inner = object
+        .entry(first.clone())
+        .or_insert_with(|| Value::Object(Map::new()));
+    match inner {
+        Value::Object(map) => insert(map, rest, value),
+        _ => Err("given both as a value and as an object".into()),
+    }
+}
+
+type Params = Path<HashMap<String, String>>;
+
+/// `POST /v1/webhooks`: an integration created, answered as the webhooks
+/// API does (`{"ok": true, "id": …}` and the integration).
+pub async fn create_webhook(
+    state: State<Arc<Api>>,
+    headers: HeaderMap,
+    params: Params,
+    body: Bytes,
+) -> Response {
+    match handlers::create(state, headers, params, body).await {
+        Ok((status, Json(mut created))) => {
+            created["ok"] = true.into();
+            (status, Json(created)).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v1/webhooks`: the integrations as a bare list.
+pub async fn list_webhooks(state: State<Arc<Api>>, headers: HeaderMap, params: Params) -> Response {
+    match handlers::list(state, headers, params).await {
+        Ok(Json(mut listed)) => Json(listed["integrations"].take()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `DELETE /v1/webhooks/:id`: `{"ok": true}`.
+pub async fn delete_webhook(
+    state: State<Arc<Api>>,
+    headers: HeaderMap,
+    params: Params,
+) -> Response {
+    match handlers::delete(state, headers, params).await {
+        Ok(_) => Json(serde_json::json!({"ok": true})).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn form_bodies_become_the_json_they_stand_for() {
+        let body = b"access_token=t0k&event=temp&url=https%3A%2F%2Fexample.com%2Fx&noDefaults=true\
+                     &headers[X-Key]=v&json[a][b]=1&products[]=1&products[]=2&name=a+b";
+        let (token, object) = form_to_json(body).unwrap();
+        assert_eq!(token.as_deref(), Some("t0k"));
+        assert_eq!(
+            Value::Object(object),
+            json!({"event": "temp", "url": "https://example.com/x", "noDefaults": true,
+                   "headers": {"X-Key": "v"}, "json": {"a": {"b": "1"}}, "products": [1, 2],
+                   "name": "a b"})
+        );
+        for bad in [&b"[a]=1"[..], b"a[b=1", b"a=1&a[b]=2", b"a=1&a[]=2"] {
+            let e = form_to_json(bad).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn a_query_token_leaves_the_uri() {
+        let mut uri: Uri = "/v1/webhooks?access_token=secret-t&days=3".parse().unwrap();
+        assert_eq!(take_query_token(&mut uri).as_deref(), Some("secret-t"));
+        assert_eq!(uri.to_string(), "/v1/webhooks?days=3");
+        let mut bare: Uri = "/v1/webhooks?access_token=x".parse().unwrap();
+        assert_eq!(take_query_token(&mut bare).as_deref(), Some("x"));
+        assert_eq!(bare.to_string(), "/v1/webhooks");
+        let mut none: Uri = "/v1/webhooks?days=3".parse().unwrap();
+        assert_eq!(take_query_token(&mut none), None);
+        assert_eq!(none.to_string(), "/v1/webhooks?days=3");
+    }
+}
