@@ -445,9 +445,21 @@ pub async fn separate(
     let new_id = new_id();
     let record = placed(config, &e, &new_id, 1, None);
     let new = checked(&api, &record)?;
+    // Compared as they behave: a field at its default value is the same
+    // as the field left out, and the creation date is not config.
     let undated = |spec: &IntegrationSpec| {
         let mut c = config_of(spec);
         c.remove("created_at");
+        c.retain(|k, v| {
+            let default = match k.as_str() {
+                "requestType" => v.as_str().is_some_and(|m| m.eq_ignore_ascii_case("POST")),
+                "noDefaults" | "disabled" => *v == Value::Bool(false),
+                "rejectUnauthorized" => *v == Value::Bool(true),
+                "name" => v.as_str().is_some_and(|n| n.trim().is_empty()),
+                _ => false,
+            };
+            !default
+        });
         c
     };
     if undated(&new.spec) == undated(&shared.spec) {
@@ -538,30 +550,7 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
             ),
         ));
     }
-    let (product, user) = match (&e.place, &i.scope) {
-        (Place::Product(p), _) => (Some(*p), None),
-        (_, Scope::Org { products, .. }) => (products.ids().first().copied(), None),
-        (_, Scope::Product { product }) => (Some(*product), None),
-        (_, Scope::Sandbox { owner }) => (None, Some(owner.clone())),
-    };
-    let mut event = json!({
-        "name": i.trigger.as_str(),
-        "data": "test event from hookd",
-        "published_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        "coreid": i.device_id.clone().unwrap_or_else(|| "000000000000000000000000".into()),
-        "userid": user.unwrap_or_default(),
-        "id": format!("test-{}", new_id()),
-    });
-    if let Some(p) = product {
-        event["productID"] = p.into();
-    }
-    let origin = Origin {
-        topic: "test".into(),
-        partition: 0,
-        offset: 0,
-    };
-    let event = DeviceEvent::decode(event.to_string().as_bytes(), &origin, chrono::Utc::now())
-        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))?;
+    let event = sample_event(&i, &e.place)?;
     let limits = *api.log.state().limits();
     let shown = render(
         &i,
@@ -608,6 +597,61 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
             "error": mask(&err.to_string(), visible),
             "elapsed_ms": outcome.elapsed.as_millis() as u64,
         }),
+    }))
+}
+
+/// The sample event `test` and `preview` put through an integration: its
+/// prefix as the name, on the product it is viewed under (or its first),
+/// from its owner for a sandbox.
+fn sample_event(i: &Integration, place: &Place) -> Result<DeviceEvent, ApiError> {
+    let (product, user) = match (place, &i.scope) {
+        (Place::Product(p), _) => (Some(*p), None),
+        (_, Scope::Org { products, .. }) => (products.ids().first().copied(), None),
+        (_, Scope::Product { product }) => (Some(*product), None),
+        (_, Scope::Sandbox { owner }) => (None, Some(owner.clone())),
+    };
+    let mut event = json!({
+        "name": i.trigger.as_str(),
+        "data": "test event from hookd",
+        "published_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "coreid": i.device_id.clone().unwrap_or_else(|| "000000000000000000000000".into()),
+        "userid": user.unwrap_or_default(),
+        "id": format!("test-{}", new_id()),
+    });
+    if let Some(p) = product {
+        event["productID"] = p.into();
+    }
+    let origin = Origin {
+        topic: "test".into(),
+        partition: 0,
+        offset: 0,
+    };
+    DeviceEvent::decode(event.to_string().as_bytes(), &origin, chrono::Utc::now())
+        .map_err(|err| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, err.to_string()))
+}
+
+/// `GET …/:id/preview`: the request the integration would send for the
+/// sample event (the dry run of `hookd render`), secrets masked; nothing
+/// is sent.
+pub async fn preview(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(params): Params,
+) -> Reply {
+    let e = api.enter(&headers, &params)?;
+    let i = api.find(&e, &params["id"])?;
+    let event = sample_event(&i, &e.place)?;
+    let shown_event: Value = serde_json::from_str(&event.raw).unwrap_or(Value::Null);
+    let limits = *api.log.state().limits();
+    let ctx = EventContext::new(
+        event,
+        api.secrets.for_integration(&i).clone(),
+        SecretMode::Mask,
+    )
+    .with_limits(&limits);
+    Ok(Json(match render(&i, &ctx) {
+        Ok(r) => json!({"event": shown_event, "request": r.to_json()}),
+        Err(err) => json!({"event": shown_event, "error": err.to_string()}),
     }))
 }
 

@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod console;
 pub mod error;
 pub mod handlers;
 pub mod particle;

@@ -43,6 +43,10 @@ const BOOLEAN_FIELDS: &[&str] = &[
 /// body into the JSON object it stands for. The token leaves the URI, so
 /// nothing downstream can log it.
 pub async fn particle_clients(request: Request, next: Next) -> Response {
+    // The api's paths only: the console's forms are its own.
+    if !request.uri().path().starts_with("/v1/") {
+        return next.run(request).await;
+    }
     let (mut parts, body) = request.into_parts();
     let mut token = take_query_token(&mut parts.uri);
     let is_form = parts

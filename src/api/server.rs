@@ -35,6 +35,8 @@ pub struct Api {
     /// `test` calls per scope (`api.test_calls_per_minute`), keyed by the
     /// caller's scope.
     pub(super) test_calls: Throttle,
+    /// The web console's signed-in sessions.
+    pub(super) console: super::console::Sessions,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,7 @@ pub fn router(api: Arc<Api>) -> Router {
                 get(h::get).put(h::edit).delete(h::delete),
             )
             .route(&format!("{base}/{{id}}/test"), post(h::test))
+            .route(&format!("{base}/{{id}}/preview"), get(h::preview))
             .route(&format!("{base}/{{id}}/history"), get(h::history))
             .route(&format!("{base}/{{id}}/log"), get(h::log))
     };
@@ -107,6 +110,7 @@ pub fn router(api: Arc<Api>) -> Router {
                 .put(h::put_product)
                 .delete(h::delete_product),
         )
+        .merge(super::console::routes())
         .with_state(api)
         .layer(axum::middleware::from_fn(p::particle_clients))
 }
@@ -144,6 +148,7 @@ pub async fn start(
         secrets: SecretPolicy::scoped(&settings.secrets, &settings.secret_scopes),
         max_per_tenant: settings.api.max_integrations_per_tenant,
         test_calls: test_call_limit(settings.api.test_calls_per_minute),
+        console: Default::default(),
     });
     let addr = settings.api.listen;
     let listener = TcpListener::bind(addr)

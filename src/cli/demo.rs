@@ -130,6 +130,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     for i in &samples {
         println!("  integration {:<16} {}", i.id, i.name);
     }
+    println!(
+        "  console: {api_url}/ — sign in with the org's token {} (or a user's: {})",
+        TOKENS[1].0, TOKENS[2].0
+    );
     println!("  api: {api_url}/v1 — try, while the demo runs:");
     println!(
         "    HOOKCTL_API={api_url} HOOKCTL_TOKEN={} hookd integrations --org {ORG} list",

@@ -1,0 +1,445 @@
+//! The web console in headless Chromium, driven through WebDriver: sign in,
+//! create an org integration on two products, send events, see the traffic
+//! summed in the list and per product in the view, follow a product link,
+//! edit for both products, separate on a product's page (refused unchanged,
+//! then with a new name), test, and another org's token gets 404 on the
+//! same pages; a form post without its CSRF token is refused. Each page
+//! visited is saved as a screenshot under `target/console-screenshots/`.
+//! Ignored in a plain `cargo test`: `scripts/browser` installs Chromium and
+//! its driver and runs it (CHROMEDRIVER names the driver).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn browser() -> (Driver, Client) {
+    // Both rustls providers are in the build: the one hookd uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let driver = std::env::var("CHROMEDRIVER")
+        .expect("CHROMEDRIVER: the WebDriver binary scripts/browser installs");
+    let port = free_port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver(child);
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "goog:chromeOptions": {
+            "binary": std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into()),
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,1600"]
+        }
+    }))
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    for attempt in 0.. {
+        match ClientBuilder::rustls()
+            .expect("rustls")
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(c) => return (driver, c),
+            Err(e) if attempt < 50 => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("chromedriver at {url}: {e}"),
+        }
+    }
+    unreachable!()
+}
+
+/// Saves the page as `target/console-screenshots/<n>-<name>.png`.
+struct Shots {
+    dir: PathBuf,
+    n: usize,
+}
+
+impl Shots {
+    fn new() -> Shots {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        Shots { dir, n: 0 }
+    }
+
+    async fn take(&mut self, c: &Client, name: &str) {
+        self.n += 1;
+        let png = c.screenshot().await.expect("screenshot");
+        std::fs::write(self.dir.join(format!("{:02}-{name}.png", self.n)), png).unwrap();
+    }
+}
+
+/// The whole text of the page, hidden parts (closed details) included.
+async fn text(c: &Client) -> String {
+    c.execute("return document.body.textContent;", vec![])
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn title(c: &Client) -> String {
+    c.title().await.unwrap()
+}
+
+async fn fill(c: &Client, id: &str, value: &str) {
+    let e = c
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|_| panic!("#{id}"));
+    e.clear().await.unwrap();
+    e.send_keys(value).await.unwrap();
+}
+
+async fn submit(c: &Client, label: &str) {
+    let button = c
+        .find(Locator::XPath(&format!(
+            "//button[normalize-space()='{label}']"
+        )))
+        .await
+        .unwrap_or_else(|_| panic!("button {label}"));
+    navigates(c, button).await;
+}
+
+/// Clicks `e` and waits until the next page has loaded.
+async fn navigates(c: &Client, e: fantoccini::elements::Element) {
+    c.execute("window.__hookd_old_page = true;", vec![])
+        .await
+        .unwrap();
+    e.click().await.unwrap();
+    for _ in 0..200 {
+        let loaded = c
+            .execute(
+                "return window.__hookd_old_page !== true && document.readyState === 'complete';",
+                vec![],
+            )
+            .await
+            .unwrap_or(Value::Bool(false));
+        if loaded == Value::Bool(true) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the page never changed");
+}
+
+async fn follow(c: &Client, link: &str) {
+    let e = c
+        .find(Locator::LinkText(link))
+        .await
+        .unwrap_or_else(|_| panic!("link {link}"));
+    navigates(c, e).await;
+}
+
+async fn sign_in(c: &Client, base: &str, token: &str) {
+    c.goto(&format!("{base}/sign-in")).await.unwrap();
+    fill(c, "token", token).await;
+    submit(c, "Sign in").await;
+}
+
+/// The numbers of the table whose first column is `day`, under `heading`.
+async fn day_row(c: &Client, caption: &str, day: &str) -> Vec<u64> {
+    let script = "const [caption, day] = arguments; \
+        for (const d of document.querySelectorAll('details')) { \
+          if (d.querySelector('summary').textContent.trim() === 'Numbers: ' + caption) { \
+            for (const r of d.querySelectorAll('tbody tr')) { \
+              if (r.querySelector('th').textContent.trim() === day) { \
+                return Array.from(r.querySelectorAll('td')).map(t => Number(t.textContent)); } } } } \
+        return null;";
+    let v = c
+        .execute(script, vec![json!(caption), json!(day)])
+        .await
+        .unwrap();
+    serde_json::from_value(v.clone()).unwrap_or_else(|_| panic!("no row {day} in {caption}: {v}"))
+}
+
+fn event(product: u32, n: usize) -> (String, String) {
+    let device = format!("{:024x}", u64::from(product) * 100 + n as u64);
+    (
+        device.clone(),
+        json!({"name": "temp/c", "data": format!("{product}-{n}"), "coreid": device, "productID": product})
+            .to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs Chromium and chromedriver: run scripts/browser"]
+async fn a_person_manages_org_integrations_in_the_console() {
+    let broker = Broker::start();
+    let s = with_api(settings(&broker));
+    create_topics(&broker, &s, 1).await;
+    let receiver = Receiver::start().await;
+    let api = start_api(&s).await;
+    catalog(&api.client).await;
+    let worker = start_log_worker(&s).await;
+    let base = api.client.base().to_owned();
+    let (_driver, c) = browser().await;
+    let mut shots = Shots::new();
+
+    // Signed out: to the sign-in page; a wrong token is refused.
+    c.goto(&format!("{base}/orgs/acme/integrations"))
+        .await
+        .unwrap();
+    assert!(
+        title(&c).await.starts_with("Sign in"),
+        "{}",
+        title(&c).await
+    );
+    sign_in(&c, &base, "not-a-token").await;
+    assert!(text(&c).await.contains("unknown token"));
+    sign_in(&c, &base, ACME).await;
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/orgs/acme/integrations"));
+    shots.take(&c, "list-empty").await;
+
+    // Create on two products.
+    c.goto(&format!("{base}/orgs/acme/integrations/new"))
+        .await
+        .unwrap();
+    fill(&c, "name", "Fleet telemetry").await;
+    fill(&c, "event", "temp").await;
+    fill(&c, "url", &receiver.url("/v1")).await;
+    c.execute(
+        "for (const o of document.querySelectorAll('#products option')) { o.selected = ['1','2'].includes(o.value); }",
+        vec![],
+    )
+    .await
+    .unwrap();
+    shots.take(&c, "create").await;
+    submit(&c, "Create").await;
+    let view_url = c.current_url().await.unwrap();
+    let id = view_url.path().rsplit('/').next().unwrap().to_owned();
+    let page = text(&c).await;
+    assert!(
+        page.contains("This integration is shared: it executes on Product 1 (1), Product 2 (2)"),
+        "{page}"
+    );
+    shots.take(&c, "view-new").await;
+
+    // A bad field: the api's message beside it.
+    c.goto(&format!("{base}/orgs/acme/integrations/new"))
+        .await
+        .unwrap();
+    fill(&c, "event", "temp*").await;
+    fill(&c, "url", &receiver.url("/x")).await;
+    c.execute(
+        "document.querySelector('#products option[value=\"1\"]').selected = true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    submit(&c, "Create").await;
+    let err = match c.find(Locator::Id("error-event")).await {
+        Ok(e) => e,
+        Err(_) => panic!("the event's error beside it: {}", text(&c).await),
+    };
+    assert!(err.text().await.unwrap().contains("contains a wildcard"));
+    shots.take(&c, "create-error").await;
+
+    // Traffic: 3 events of product 1 and 2 of product 2.
+    let mut events: Vec<(String, String)> = (0..3).map(|n| event(1, n)).collect();
+    events.extend((0..2).map(|n| event(2, n)));
+    produce(&broker, &s.kafka.events_topic, &events).await;
+    wait_until("five deliveries", Duration::from_secs(30), || {
+        receiver.count() >= 5
+    })
+    .await;
+    let list_url = format!("{base}/orgs/acme/integrations");
+    let mut shown = String::new();
+    for _ in 0..100 {
+        c.goto(&list_url).await.unwrap();
+        let cells: Value = c
+            .execute(
+                "const r = document.querySelector('tbody tr'); return r ? Array.from(r.querySelectorAll('td')).map(t => t.textContent.trim()) : [];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        shown = cells.to_string();
+        if cells[3] == "5" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        shown.contains("\"5\",\"0\",\"0\""),
+        "today's traffic summed over products: {shown}"
+    );
+    assert!(
+        shown.contains("shared: Product 1 (1), Product 2 (2)"),
+        "{shown}"
+    );
+    shots.take(&c, "list-traffic").await;
+
+    // The view: aggregate and per product, today's row of each.
+    follow(&c, "Fleet telemetry").await;
+    let today = chrono::Utc::now().date_naive().to_string();
+    assert_eq!(day_row(&c, "All products", &today).await, [5, 0, 0]);
+    assert_eq!(day_row(&c, "Product 1", &today).await, [3, 0, 0]);
+    assert_eq!(day_row(&c, "Product 2", &today).await, [2, 0, 0]);
+    let page = text(&c).await;
+    assert!(
+        page.contains("Request preview") && page.contains("\"method\": \"POST\""),
+        "{page}"
+    );
+    shots.take(&c, "view-traffic").await;
+
+    // Test: the outcome shown.
+    submit(&c, "Test").await;
+    let outcome = c
+        .find(Locator::Id("test-outcome"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(outcome.contains("Test: success"), "{outcome}");
+    shots.take(&c, "tested").await;
+
+    // Follow a product link from the per-product history.
+    c.goto(view_url.as_str()).await.unwrap();
+    follow(&c, "Product 2 (2)").await;
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/products/2/integrations"));
+    assert!(text(&c)
+        .await
+        .contains("shared: Product 1 (1), Product 2 (2)"));
+    shots.take(&c, "product-list").await;
+
+    // Edit: the banner names both products; the change reaches both.
+    c.goto(&format!("{}/edit", view_url.as_str()))
+        .await
+        .unwrap();
+    assert!(text(&c).await.contains("Saving changes this integration for every product it executes on: Product 1 (1), Product 2 (2)"));
+    fill(&c, "url", &receiver.url("/v2")).await;
+    shots.take(&c, "edit").await;
+    submit(&c, "Save").await;
+    for p in [1, 2] {
+        c.goto(&format!("{base}/products/{p}/integrations/{id}"))
+            .await
+            .unwrap();
+        assert!(
+            text(&c).await.contains(&receiver.url("/v2")),
+            "product {p} sees the edit"
+        );
+    }
+    shots.take(&c, "product-view").await;
+
+    // Separate on product 2: refused unchanged, then with a new name.
+    follow(&c, "Separate integration").await;
+    submit(&c, "Separate").await;
+    let page = text(&c).await;
+    assert!(
+        page.contains("the separated config equals the shared one in every field"),
+        "{page}"
+    );
+    shots.take(&c, "separate-refused").await;
+    fill(&c, "name", "Product 2's own").await;
+    submit(&c, "Separate").await;
+    let own = c.current_url().await.unwrap();
+    assert!(
+        own.path().starts_with("/products/2/integrations/") && !own.path().ends_with(&id),
+        "{own}: {}",
+        text(&c).await
+    );
+    assert!(
+        title(&c).await.contains("Product 2's own"),
+        "{}",
+        title(&c).await
+    );
+    shots.take(&c, "separated").await;
+    let shared = api
+        .as_token(ACME)
+        .call(
+            hyper::Method::GET,
+            &format!("/v1/orgs/acme/integrations/{id}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(shared["products"], json!([1]));
+
+    // A form post without the session's CSRF token is refused.
+    let cookie = c.get_named_cookie("hookd_session").await.unwrap();
+    let status = tokio::task::spawn_blocking({
+        let base = base.clone();
+        let cookie = cookie.value().to_owned();
+        move || post_without_csrf(&base, &cookie)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 403);
+
+    // Another org's token: the same pages are not found.
+    c.delete_all_cookies().await.unwrap();
+    sign_in(&c, &base, OTHER).await;
+    for path in [
+        "/orgs/acme/integrations".to_owned(),
+        format!("/orgs/acme/integrations/{id}"),
+        format!("/orgs/acme/integrations/{id}/edit"),
+        "/products/1/integrations".to_owned(),
+        format!("/products/1/integrations/{id}"),
+    ] {
+        c.goto(&format!("{base}{path}")).await.unwrap();
+        assert_eq!(title(&c).await, "Not found · hookd", "{path}");
+        assert!(!text(&c).await.contains("Fleet telemetry"), "{path}");
+    }
+    shots.take(&c, "foreign-404").await;
+
+    c.close().await.unwrap();
+    worker.stop().await;
+    api.stop().await;
+}
+
+/// POSTs a create form with the session cookie and no CSRF field; the status.
+fn post_without_csrf(base: &str, cookie: &str) -> u16 {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let body = "event=x&url=https%3A%2F%2Fexample.com%2F&products=1";
+    write!(
+        stream,
+        "POST /orgs/acme/integrations HTTP/1.1\r\nHost: {addr}\r\nCookie: hookd_session={cookie}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
