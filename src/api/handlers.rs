@@ -187,8 +187,8 @@ fn config_body(
                     format!("{alias} is another name of {name}; give only one of them"),
                 ));
             }
-            // `null` (an SDK's absent value) is no value.
-            if !v.is_null() {
+            // An alias given `null` removes the field, as the name would.
+            if !v.is_null() || !map.contains_key(name) {
                 map.insert(name.to_owned(), v);
             }
         }
@@ -311,7 +311,14 @@ pub async fn create(
             "products: is required for an organization integration: list the product ids it executes on",
         ));
     }
-    config.entry("created_at").or_insert_with(now_stamp);
+    // The creation date is hookd's: an export's own is kept when it is a
+    // plain RFC 3339 time, anything else is replaced by now.
+    let exported = config
+        .get("created_at")
+        .and_then(Value::as_str)
+        .filter(|t| t.len() <= 40 && chrono::DateTime::parse_from_rfc3339(t).is_ok())
+        .map(|t| Value::String(t.to_owned()));
+    config.insert("created_at".into(), exported.unwrap_or_else(now_stamp));
     let id = new_id();
     let record = placed(config, &e, &id, 1, products);
     checked(&api, &record)?;
@@ -360,6 +367,8 @@ pub async fn edit(
     // An edit changes the fields it carries and keeps the others (as
     // Particle's edits do); `null` removes a field.
     let mut merged = config_of(&current.spec);
+    // The creation date stays what it was.
+    config.remove("created_at");
     for (field, value) in config {
         if value.is_null() {
             merged.remove(&field);

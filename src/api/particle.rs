@@ -48,12 +48,23 @@ pub async fn particle_clients(request: Request, next: Next) -> Response {
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
+    // Particle's SDK lists integrations as a bare array.
+    let bare_list = parts.method == axum::http::Method::GET
+        && is_integration_list(parts.uri.path())
+        && parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ua| ua.starts_with("particle-api-js"));
     let mut token = take_query_token(&mut parts.uri);
     let is_form = parts
         .headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
     let body = if is_form {
         let bytes = match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
             Ok(b) => b,
@@ -94,7 +105,37 @@ pub async fn particle_clients(request: Request, next: Next) -> Response {
             }
         }
     }
-    next.run(Request::from_parts(parts, body)).await
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if !bare_list || response.status() != StatusCode::OK {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let listed = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => serde_json::from_slice::<Value>(&b).ok(),
+        Err(_) => None,
+    };
+    match listed {
+        Some(mut v) => {
+            let mut r = Json(v["integrations"].take()).into_response();
+            *r.status_mut() = parts.status;
+            r
+        }
+        None => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the list could not be read",
+        )
+        .into_response(),
+    }
+}
+
+/// `/v1/integrations`, `/v1/products/<p>/integrations`,
+/// `/v1/orgs/<org>/integrations`.
+fn is_integration_list(path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    matches!(
+        segments.as_slice(),
+        ["", "v1", "integrations"] | ["", "v1", "products" | "orgs", _, "integrations"]
+    )
 }
 
 /// Removes `access_token` from `uri`'s query, returning it.
@@ -182,26 +223,52 @@ fn typed(field: &str, value: &str) -> Value {
     Value::String(value.to_owned())
 }
 
+/// The largest list index a form may name (as qs's `arrayLimit`).
+const MAX_FORM_INDEX: usize = 1000;
+
 fn insert(object: &mut Map<String, Value>, path: &[String], value: Value) -> Result<(), String> {
     let (first, rest) = path.split_first().expect("a path has a head");
     if rest.is_empty() {
+        if object
+            .get(first)
+            .is_some_and(|v| v.is_object() || v.is_array())
+        {
+            return Err("given both as a value and as a list or object".into());
+        }
         object.insert(first.clone(), value);
         return Ok(());
     }
-    if rest[0].is_empty() {
-        // `a[]=v`: an item of a list of plain values.
-        if rest.len() > 1 {
-            return Err("a list holds plain values here".into());
-        }
+    let segment = &rest[0];
+    if segment.is_empty() || segment.bytes().all(|b| b.is_ascii_digit()) {
+        // `a[]=v` or `a[0]=v` (qs's default): an item of a list, in order.
         let list = object
             .entry(first.clone())
             .or_insert_with(|| Value::Array(Vec::new()));
-        return match list {
-            Value::Array(items) => {
-                items.push(value);
-                Ok(())
+        let Value::Array(items) = list else {
+            return Err("given both as a value and as a list".into());
+        };
+        let at = if segment.is_empty() {
+            items.len()
+        } else {
+            match segment.parse::<usize>() {
+                Ok(i) if i <= MAX_FORM_INDEX => i.min(items.len()),
+                _ => return Err(format!("a list index is at most {MAX_FORM_INDEX}")),
             }
-            _ => Err("given both as a value and as a list".into()),
+        };
+        if rest.len() == 1 {
+            if at == items.len() {
+                items.push(value);
+            } else {
+                items[at] = value;
+            }
+            return Ok(());
+        }
+        if at == items.len() {
+            items.push(Value::Object(Map::new()));
+        }
+        return match &mut items[at] {
+            Value::Object(map) => insert(map, &rest[1..], value),
+            _ => Err("given both as a value and as an object".into()),
         };
     }
     let inner = object
@@ -269,7 +336,23 @@ mod tests {
                    "headers": {"X-Key": "v"}, "json": {"a": {"b": "1"}}, "products": [1, 2],
                    "name": "a b"})
         );
-        for bad in [&b"[a]=1"[..], b"a[b=1", b"a=1&a[b]=2", b"a=1&a[]=2"] {
+        // qs's default list form, in order, nested too.
+        let (_, object) =
+            form_to_json(b"products[0]=3&products[1]=4&json[items][0][k]=a&json[items][1][k]=b")
+                .unwrap();
+        assert_eq!(
+            Value::Object(object),
+            json!({"products": [3, 4], "json": {"items": [{"k": "a"}, {"k": "b"}]}})
+        );
+        for bad in [
+            &b"[a]=1"[..],
+            b"a[b=1",
+            b"a=1&a[b]=2",
+            b"a=1&a[]=2",
+            b"a[b]=1&a=2",
+            b"a[]=1&a=2",
+            b"a[5000]=1",
+        ] {
             let e = form_to_json(bad).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
         }

@@ -122,6 +122,7 @@ pub async fn run(args: IntegrationsArgs) -> anyhow::Result<String> {
                     .into_iter()
                     .flatten()
                     .map(|(k, _)| k)
+                    .filter(|k| *k != "created_at")
                 {
                     config.entry(field.clone()).or_insert(Value::Null);
                 }
