@@ -394,6 +394,43 @@ async fn a_person_manages_org_integrations_in_the_console() {
         .unwrap();
     assert_eq!(shared["products"], json!([1]));
 
+    // Disable and enable again from the view.
+    c.goto(view_url.as_str()).await.unwrap();
+    submit(&c, "Disable").await;
+    assert!(
+        text(&c).await.contains("Statusdisabled"),
+        "{}",
+        text(&c).await
+    );
+    submit(&c, "Enable").await;
+    assert!(text(&c).await.contains("Statusenabled"));
+
+    // A product's own integration from a Particle export (Custom template).
+    c.goto(&format!("{base}/products/3/integrations/new"))
+        .await
+        .unwrap();
+    fill(
+        &c,
+        "template",
+        &json!({"name": "From export", "event": "status", "url": receiver.url("/p3"), "template": "webhook",
+                "integration_type": "Webhook", "json": {"s": "{{{PARTICLE_EVENT_VALUE}}}"}})
+        .to_string(),
+    )
+    .await;
+    submit(&c, "Create from template").await;
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .starts_with("/products/3/integrations/"));
+    assert!(
+        title(&c).await.contains("From export"),
+        "{}",
+        title(&c).await
+    );
+    shots.take(&c, "product-own").await;
+
     // A form post without the session's CSRF token is refused.
     let cookie = c.get_named_cookie("hookd_session").await.unwrap();
     let status = tokio::task::spawn_blocking({
@@ -420,6 +457,74 @@ async fn a_person_manages_org_integrations_in_the_console() {
         assert!(!text(&c).await.contains("Fleet telemetry"), "{path}");
     }
     shots.take(&c, "foreign-404").await;
+
+    // A free-plan org: the plan gate's message on its create page.
+    api.client
+        .call(
+            hyper::Method::PUT,
+            "/v1/orgs/cheap",
+            Some(&json!({"name": "Cheap", "plan": "free"})),
+        )
+        .await
+        .unwrap();
+    api.client
+        .call(
+            hyper::Method::PUT,
+            "/v1/orgs/cheap/products/7",
+            Some(&json!({"name": "P7"})),
+        )
+        .await
+        .unwrap();
+    c.delete_all_cookies().await.unwrap();
+    sign_in(&c, &base, OPERATOR).await;
+    c.goto(&format!("{base}/orgs/cheap/integrations/new"))
+        .await
+        .unwrap();
+    fill(&c, "event", "temp").await;
+    fill(&c, "url", &receiver.url("/cheap")).await;
+    c.execute(
+        "document.querySelector('#products option[value=\"7\"]').selected = true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    submit(&c, "Create").await;
+    assert!(
+        text(&c)
+            .await
+            .contains("is on the free plan; organization integrations come with the basic"),
+        "{}",
+        text(&c).await
+    );
+    shots.take(&c, "plan-gate").await;
+
+    // A user's sandbox: create for one device, view.
+    c.delete_all_cookies().await.unwrap();
+    sign_in(&c, &base, ALICE).await;
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/integrations"));
+    c.goto(&format!("{base}/integrations/new")).await.unwrap();
+    fill(&c, "name", "My lamp").await;
+    fill(&c, "event", "motion").await;
+    fill(&c, "url", &receiver.url("/mine")).await;
+    fill(&c, "deviceID", "e00fce68aaaaaaaaaaaaaaaa").await;
+    submit(&c, "Create").await;
+    assert!(
+        title(&c).await.contains("Sandbox → My lamp"),
+        "{}",
+        title(&c).await
+    );
+    assert!(text(&c).await.contains("e00fce68aaaaaaaaaaaaaaaa"));
+    shots.take(&c, "sandbox").await;
+    // Org pages are not hers.
+    c.goto(&format!("{base}/orgs/acme/integrations"))
+        .await
+        .unwrap();
+    assert_eq!(title(&c).await, "Not found · hookd");
 
     c.close().await.unwrap();
     worker.stop().await;
