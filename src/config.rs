@@ -115,6 +115,10 @@ pub struct ApiSettings {
     pub max_integrations_per_tenant: usize,
     /// `test` calls per minute for one token's scope; past it, 429.
     pub test_calls_per_minute: u32,
+    /// The console's cookies are `Secure` (and `__Host-` named): set when
+    /// the api is reached over TLS (a proxy in front of it).
+    #[serde(default)]
+    pub secure_cookies: bool,
     #[serde(default)]
     pub tokens: Vec<TokenSettings>,
 }

@@ -341,14 +341,89 @@ async fn a_person_manages_org_integrations_in_the_console() {
         .contains("shared: Product 1 (1), Product 2 (2)"));
     shots.take(&c, "product-list").await;
 
-    // Edit: the banner names both products; the change reaches both.
+    // Edit, from the product's page of the shared integration: the edit
+    // link leads to the org's, whose banner names both products.
+    c.goto(&format!("{base}/products/2/integrations/{id}"))
+        .await
+        .unwrap();
+    follow(&c, "Edit").await;
+    assert!(c
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with(&format!("/orgs/acme/integrations/{id}/edit")));
+    assert!(text(&c).await.contains("Saving changes this integration for every product it executes on: Product 1 (1), Product 2 (2)"));
+    // A bad headers JSON: the message beside it, and nothing typed is lost.
+    fill(&c, "url", &receiver.url("/v2")).await;
+    fill(&c, "headers", "{\"X-Team\": ").await;
+    fill(&c, "auth_username", "team").await;
+    fill(&c, "auth_password", "hunter2-pass").await;
+    submit(&c, "Save").await;
+    assert!(
+        c.find(Locator::Id("error-headers")).await.is_ok(),
+        "{}",
+        text(&c).await
+    );
+    let kept: Value = c
+        .execute(
+            "return ['url','auth_username','auth_password'].map(i => document.getElementById(i).value);",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, json!([receiver.url("/v2"), "team", "hunter2-pass"]));
+    fill(&c, "headers", "{\"X-Team\": \"a\"}").await;
+    shots.take(&c, "edit").await;
+    // Meanwhile someone else changes it: saving this stale form is refused.
+    let stale_url = c.current_url().await.unwrap();
+    api.as_token(ACME)
+        .call(
+            hyper::Method::PUT,
+            &format!("/v1/orgs/acme/integrations/{id}"),
+            Some(&json!({"name": "Renamed meanwhile"})),
+        )
+        .await
+        .unwrap();
+    submit(&c, "Save").await;
+    assert!(
+        text(&c).await.contains("is at version"),
+        "{}",
+        text(&c).await
+    );
+    assert_eq!(
+        c.current_url().await.unwrap(),
+        stale_url,
+        "still on the form"
+    );
+    // Reloaded, the form saves, keeping what the other edit did.
     c.goto(&format!("{}/edit", view_url.as_str()))
         .await
         .unwrap();
-    assert!(text(&c).await.contains("Saving changes this integration for every product it executes on: Product 1 (1), Product 2 (2)"));
     fill(&c, "url", &receiver.url("/v2")).await;
-    shots.take(&c, "edit").await;
+    fill(&c, "headers", "{\"X-Team\": \"a\"}").await;
+    fill(&c, "auth_username", "team").await;
+    fill(&c, "auth_password", "hunter2-pass").await;
     submit(&c, "Save").await;
+    let saved = api
+        .as_token(ACME)
+        .call(
+            hyper::Method::GET,
+            &format!("/v1/orgs/acme/integrations/{id}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(saved["name"], "Renamed meanwhile");
+    assert_eq!(saved["config"]["headers"], json!({"X-Team": "a"}));
+    assert_eq!(
+        saved["config"]["auth"],
+        json!({"username": "team", "password": "hunter2-pass"})
+    );
+    assert!(
+        !text(&c).await.contains("hunter2-pass"),
+        "the view masks the password"
+    );
     for p in [1, 2] {
         c.goto(&format!("{base}/products/{p}/integrations/{id}"))
             .await
@@ -525,10 +600,54 @@ async fn a_person_manages_org_integrations_in_the_console() {
         .await
         .unwrap();
     assert_eq!(title(&c).await, "Not found · hookd");
+    // The session cookie: HttpOnly, SameSite=Strict. Signing out ends the
+    // session: the old cookie opens nothing.
+    let session = c.get_named_cookie("hookd_session").await.unwrap();
+    assert_eq!(session.http_only(), Some(true));
+    assert_eq!(
+        session.same_site().map(|s| format!("{s:?}")).as_deref(),
+        Some("Strict")
+    );
+    let old = session.value().to_owned();
+    c.goto(&format!("{base}/integrations")).await.unwrap();
+    submit(&c, "Sign out").await;
+    assert!(title(&c).await.starts_with("Sign in"));
+    let (status, location) = tokio::task::spawn_blocking({
+        let base = base.clone();
+        move || get_with_cookie(&base, "/integrations", &old)
+    })
+    .await
+    .unwrap();
+    assert_eq!((status, location.as_str()), (303, "/sign-in"));
 
     c.close().await.unwrap();
     worker.stop().await;
     api.stop().await;
+}
+
+/// GETs `path` with a session cookie: the status and `Location`.
+fn get_with_cookie(base: &str, path: &str, cookie: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let addr = base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: hookd_session={cookie}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let location = answer
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("location: ")
+                .or_else(|| l.strip_prefix("Location: "))
+        })
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    (status, location)
 }
 
 /// POSTs a create form with the session cookie and no CSRF field; the status.

@@ -36,6 +36,9 @@ const SIGN_IN_COOKIE: &str = "hookd_sign_in";
 const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 /// At most this many sessions at once; the oldest go first.
 const MAX_SESSIONS: usize = 10_000;
+/// At most this many sessions of one token's scope: one scope signing in
+/// over and over ends its own oldest sessions, never another's.
+const MAX_SESSIONS_PER_SCOPE: usize = 32;
 
 /// Signed-in sessions, kept in the api process (a restart signs everyone
 /// out).
@@ -54,6 +57,16 @@ impl Sessions {
     fn start(&self, token: String, who: Principal) -> (String, Session) {
         let mut all = self.0.lock().expect("sessions lock is never poisoned");
         all.retain(|_, s| s.started.elapsed() < SESSION_TTL);
+        let mut mine: Vec<(Instant, String)> = all
+            .iter()
+            .filter(|(_, s)| s.who == who)
+            .map(|(k, s)| (s.started, k.clone()))
+            .collect();
+        mine.sort();
+        while mine.len() >= MAX_SESSIONS_PER_SCOPE {
+            let (_, oldest) = mine.remove(0);
+            all.remove(&oldest);
+        }
         if all.len() >= MAX_SESSIONS {
             if let Some(oldest) = all
                 .iter()
@@ -123,6 +136,32 @@ pub fn routes() -> Router<Arc<Api>> {
             "/products/{product}/integrations/{id}/separate",
             get(separate_form).post(separate),
         )
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// Pages are never cached (a signed-out browser's Back shows nothing),
+/// never framed, and load nothing from elsewhere.
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let mut r = next.run(request).await;
+    let h = r.headers_mut();
+    h.insert(
+        axum::http::header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store"),
+    );
+    h.insert(
+        axum::http::header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        axum::http::header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    r
 }
 
 /// A page for a signed-in person, or why there is none.
@@ -173,20 +212,52 @@ fn redirect(to: &str) -> Response {
         .into_response()
 }
 
+/// The value of cookie `name`; none when the request carries it twice (a
+/// cookie planted for a narrower path would come first).
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+    let mut found = headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned());
+    let first = found.next();
+    match found.next() {
+        Some(_) => None,
+        None => first,
+    }
+}
+
+/// A cookie's name: `__Host-` prefixed when cookies are `Secure`.
+fn cookie_name(api: &Api, name: &str) -> String {
+    if api.secure_cookies {
+        format!("__Host-{name}")
+    } else {
+        name.to_owned()
+    }
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Strict, path `/`, `Secure`
+/// when configured.
+fn set_cookie(api: &Api, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
+    let mut c = format!(
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict",
+        cookie_name(api, name)
+    );
+    if api.secure_cookies {
+        c.push_str("; Secure");
+    }
+    if let Some(age) = max_age {
+        c.push_str(&format!("; Max-Age={age}"));
+    }
+    HeaderValue::from_str(&c).expect("cookie values are hex")
 }
 
 /// The signed-in session of a request.
 fn session(api: &Api, headers: &HeaderMap) -> Result<(String, Session), Failure> {
-    let id = cookie(headers, SESSION_COOKIE).ok_or(Failure::SignIn)?;
+    let id = cookie(headers, &cookie_name(api, SESSION_COOKIE)).ok_or(Failure::SignIn)?;
     let s = api.console.get(&id).ok_or(Failure::SignIn)?;
     Ok((id, s))
 }
@@ -279,10 +350,15 @@ struct Place {
 
 impl Place {
     fn of(params: &HashMap<String, String>) -> Place {
+        let segment =
+            |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
         let (base, title) = if let Some(org) = params.get("org") {
-            (format!("/orgs/{org}"), format!("Organization {org}"))
+            (
+                format!("/orgs/{}", segment(org)),
+                format!("Organization {org}"),
+            )
         } else if let Some(p) = params.get("product") {
-            (format!("/products/{p}"), format!("Product {p}"))
+            (format!("/products/{}", segment(p)), format!("Product {p}"))
         } else {
             (String::new(), "Sandbox".to_owned())
         };
@@ -376,11 +452,11 @@ async fn home(State(api): State<Arc<Api>>, headers: HeaderMap) -> PageResult {
     })
 }
 
-async fn sign_in_form() -> Response {
-    sign_in_page(None)
+async fn sign_in_form(State(api): State<Arc<Api>>) -> Response {
+    sign_in_page(&api, None)
 }
 
-fn sign_in_page(error: Option<&str>) -> Response {
+fn sign_in_page(api: &Api, error: Option<&str>) -> Response {
     // The form's own CSRF token, doubled in a cookie (there is no session yet).
     let token = random_hex();
     let body = page(
@@ -396,18 +472,16 @@ fn sign_in_page(error: Option<&str>) -> Response {
             }
         },
     );
-    let set = format!("{SIGN_IN_COOKIE}={token}; Path=/sign-in; HttpOnly; SameSite=Strict");
     let mut r = body.into_response();
-    if let Ok(v) = HeaderValue::from_str(&set) {
-        r.headers_mut().append(SET_COOKIE, v);
-    }
+    r.headers_mut()
+        .append(SET_COOKIE, set_cookie(api, SIGN_IN_COOKIE, &token, None));
     r
 }
 
 async fn sign_in(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
     let f = fields(&body);
     let given = field(&f, "csrf").unwrap_or_default();
-    let expected = cookie(&headers, SIGN_IN_COOKIE).unwrap_or_default();
+    let expected = cookie(&headers, &cookie_name(&api, SIGN_IN_COOKIE)).unwrap_or_default();
     if expected.is_empty() || !same(given, &expected) {
         return Failure::Api(ApiError::forbidden(
             "the form's CSRF token is missing or wrong; reload the page and try again",
@@ -422,31 +496,32 @@ async fn sign_in(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -
     let who = match api.tokens.principal(&probe) {
         Ok(who) => who,
         Err(_) => {
-            let mut r = sign_in_page(Some("unknown token"));
+            let mut r = sign_in_page(&api, Some("unknown token"));
             *r.status_mut() = StatusCode::UNAUTHORIZED;
             return r;
         }
     };
+    // A new session for every sign-in: a planted one is never taken over.
+    if let Some(old) = cookie(&headers, &cookie_name(&api, SESSION_COOKIE)) {
+        api.console.end(&old);
+    }
     let (id, _) = api.console.start(token, who);
     let mut r = redirect("/");
-    let set = format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict");
-    if let Ok(v) = HeaderValue::from_str(&set) {
-        r.headers_mut().append(SET_COOKIE, v);
-    }
+    let headers = r.headers_mut();
+    headers.append(SET_COOKIE, set_cookie(&api, SESSION_COOKIE, &id, None));
+    headers.append(SET_COOKIE, set_cookie(&api, SIGN_IN_COOKIE, "", Some(0)));
     r
 }
 
 async fn sign_out(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> PageResult {
     let f = fields(&body);
     posted(&api, &headers, None, &f)?;
-    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+    if let Some(id) = cookie(&headers, &cookie_name(&api, SESSION_COOKIE)) {
         api.console.end(&id);
     }
     let mut r = redirect("/sign-in");
-    r.headers_mut().append(
-        SET_COOKIE,
-        HeaderValue::from_static("hookd_session=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"),
-    );
+    r.headers_mut()
+        .append(SET_COOKIE, set_cookie(&api, SESSION_COOKIE, "", Some(0)));
     Ok(r)
 }
 
@@ -600,7 +675,49 @@ const TEXT_FIELDS: &[&str] = &[
     "responseTopic",
     "errorResponseTopic",
     "deviceID",
+    "signingSecret",
 ];
+/// Boolean fields: (name, default). Only a value other than the default is
+/// written, so saving a form never adds fields that change nothing.
+const BOOLEAN_FIELDS: &[(&str, bool)] = &[
+    ("noDefaults", false),
+    ("rejectUnauthorized", true),
+    ("disabled", false),
+    ("unchunked", false),
+    ("dataUrlResponseEvent", false),
+];
+/// Fields the form does not edit: kept as they are on save.
+const KEPT_FIELDS: &[&str] = &["integration_type", "template", "created_at", "mydevices"];
+
+/// How the body is given: a JSON object, JSON as a template string, a web
+/// form (a JSON object of fields) or a custom body.
+fn body_kind_of(v: &Map<String, Value>) -> &'static str {
+    match v.get("_body_kind").and_then(Value::as_str) {
+        Some("json") => "json",
+        Some("json_text") => "json_text",
+        Some("form") => "form",
+        Some("body") => "body",
+        _ => match (v.get("json"), v.get("form"), v.get("body")) {
+            (Some(Value::String(_)), _, _) => "json_text",
+            (Some(_), _, _) => "json",
+            (_, Some(_), _) => "form",
+            (_, _, Some(_)) => "body",
+            _ => "json",
+        },
+    }
+}
+
+/// How `responseTemplate` is given: a template string or JSON of templates.
+fn template_kind_of(v: &Map<String, Value>) -> &'static str {
+    match v.get("_template_kind").and_then(Value::as_str) {
+        Some("json") => "json",
+        Some(_) => "text",
+        None => match v.get("responseTemplate") {
+            Some(Value::Object(_) | Value::Array(_)) => "json",
+            _ => "text",
+        },
+    }
+}
 
 /// The config a posted form stands for, or the field at fault.
 fn config_from_form(
@@ -616,7 +733,7 @@ fn config_from_form(
     for name in JSON_FIELDS {
         if let Some(v) = field(f, name).map(str::trim).filter(|v| !v.is_empty()) {
             let parsed: Value = serde_json::from_str(v)
-                .map_err(|e| (name.to_string(), format!("{name}: not JSON: {e}")))?;
+                .map_err(|e| (name.to_string(), format!("not JSON: {e}")))?;
             c.insert((*name).into(), parsed);
         }
     }
@@ -624,13 +741,20 @@ fn config_from_form(
     if !body.is_empty() {
         match field(f, "body_kind").unwrap_or("json") {
             "json" => {
-                // JSON as an object when it parses, else as a template string.
-                let v = serde_json::from_str::<Value>(body).unwrap_or_else(|_| body.into());
+                let v: Value = serde_json::from_str(body).map_err(|e| {
+                    (
+                        "json".to_owned(),
+                        format!("not JSON: {e} (choose \"JSON template\" for JSON that only becomes valid once rendered)"),
+                    )
+                })?;
                 c.insert("json".into(), v);
+            }
+            "json_text" => {
+                c.insert("json".into(), body.into());
             }
             "form" => {
                 let v: Value = serde_json::from_str(body)
-                    .map_err(|e| ("form".to_owned(), format!("form: not a JSON object: {e}")))?;
+                    .map_err(|e| ("form".to_owned(), format!("not a JSON object: {e}")))?;
                 c.insert("form".into(), v);
             }
             _ => {
@@ -640,8 +764,9 @@ fn config_from_form(
     }
     let template = field(f, "responseTemplate").unwrap_or_default().trim();
     if !template.is_empty() {
-        let v = match serde_json::from_str::<Value>(template) {
-            Ok(v @ Value::Object(_)) => v,
+        let v = match field(f, "template_kind") {
+            Some("json") => serde_json::from_str::<Value>(template)
+                .map_err(|e| ("responseTemplate".to_owned(), format!("not JSON: {e}")))?,
             _ => template.into(),
         };
         c.insert("responseTemplate".into(), v);
@@ -654,21 +779,62 @@ fn config_from_form(
             serde_json::json!({"username": user, "password": pass}),
         );
     }
-    c.insert("noDefaults".into(), field(f, "noDefaults").is_some().into());
-    c.insert(
-        "rejectUnauthorized".into(),
-        field(f, "rejectUnauthorized").is_some().into(),
-    );
-    c.insert("disabled".into(), field(f, "disabled").is_some().into());
+    for (name, default) in BOOLEAN_FIELDS {
+        let checked = field(f, name).is_some();
+        if checked != *default {
+            c.insert((*name).into(), checked.into());
+        }
+    }
     if place.is_org() {
-        let products: Vec<Value> = f
-            .iter()
-            .filter(|(k, _)| k == "products")
-            .filter_map(|(_, v)| v.parse::<u64>().ok().map(Value::from))
-            .collect();
-        c.insert("products".into(), products.into());
+        c.insert("products".into(), posted_products(f).into());
     }
     Ok(c)
+}
+
+fn posted_products(f: &[(String, String)]) -> Vec<Value> {
+    f.iter()
+        .filter(|(k, _)| k == "products")
+        .filter_map(|(_, v)| v.parse::<u64>().ok().map(Value::from))
+        .collect()
+}
+
+/// What a person posted, shown again as they left it beside an error.
+fn echo(f: &[(String, String)]) -> FormValues {
+    let mut m = Map::new();
+    for name in TEXT_FIELDS.iter().chain(JSON_FIELDS) {
+        if let Some(v) = field(f, name) {
+            m.insert((*name).into(), v.into());
+        }
+    }
+    let kind = field(f, "body_kind").unwrap_or("json");
+    m.insert("_body_kind".into(), kind.into());
+    let body_key = match kind {
+        "form" => "form",
+        "body" => "body",
+        _ => "json",
+    };
+    m.insert(
+        body_key.into(),
+        field(f, "body_text").unwrap_or_default().into(),
+    );
+    m.insert(
+        "_template_kind".into(),
+        field(f, "template_kind").unwrap_or("text").into(),
+    );
+    m.insert(
+        "responseTemplate".into(),
+        field(f, "responseTemplate").unwrap_or_default().into(),
+    );
+    m.insert(
+        "auth".into(),
+        serde_json::json!({"username": field(f, "auth_username").unwrap_or_default(),
+                           "password": field(f, "auth_password").unwrap_or_default()}),
+    );
+    for (name, _) in BOOLEAN_FIELDS {
+        m.insert((*name).into(), field(f, name).is_some().into());
+    }
+    m.insert("products".into(), posted_products(f).into());
+    FormValues(m)
 }
 
 /// The form's values from a config (an integration's, or a posted one).
@@ -678,6 +844,8 @@ fn values_of(config: &Map<String, Value>) -> FormValues {
 
 struct FormSpec<'a> {
     action: String,
+    /// The version an edit form was made from (a stale save is a conflict).
+    version: Option<u64>,
     submit: &'a str,
     error: Option<(String, String)>,
     /// Org pages: the org's products to choose from.
@@ -704,13 +872,8 @@ fn integration_form(s: &Session, v: &FormValues, spec: &FormSpec) -> Markup {
             (error_for(spec, name))
         }
     };
-    let body_kind = if v.0.contains_key("form") {
-        "form"
-    } else if v.0.contains_key("body") {
-        "body"
-    } else {
-        "json"
-    };
+    let body_kind = body_kind_of(&v.0);
+    let template_kind = template_kind_of(&v.0);
     let body_text = match body_kind {
         "form" => v.text("form"),
         "body" => v.text("body"),
@@ -731,6 +894,9 @@ fn integration_form(s: &Session, v: &FormValues, spec: &FormSpec) -> Markup {
     html! {
         form method="post" action=(spec.action) {
             (csrf_input(s))
+            @if let Some(version) = spec.version {
+                input type="hidden" name="version" value=(version);
+            }
             @if let Some((field, message)) = &spec.error {
                 p.error role="alert" { (field) ": " (message) }
             }
@@ -756,7 +922,7 @@ fn integration_form(s: &Session, v: &FormValues, spec: &FormSpec) -> Markup {
             }
             fieldset {
                 legend { "Request format" }
-                @for (kind, label) in [("json", "JSON"), ("form", "Web form"), ("body", "Custom body")] {
+                @for (kind, label) in [("json", "JSON"), ("json_text", "JSON template (valid JSON once rendered)"), ("form", "Web form"), ("body", "Custom body")] {
                     label {
                         input type="radio" name="body_kind" value=(kind) checked[kind == body_kind];
                         " " (label)
@@ -777,13 +943,22 @@ fn integration_form(s: &Session, v: &FormValues, spec: &FormSpec) -> Markup {
                 label for="auth_username" { "Username" }
                 input type="text" id="auth_username" name="auth_username" value=(auth["username"].as_str().unwrap_or_default());
                 label for="auth_password" { "Password" }
-                input type="text" id="auth_password" name="auth_password" value=(auth["password"].as_str().unwrap_or_default());
+                input type="password" id="auth_password" name="auth_password" autocomplete="off" value=(auth["password"].as_str().unwrap_or_default());
                 (error_for(spec, "auth"))
             }
             (text("responseTopic", "Response topic", "default: {{PARTICLE_DEVICE_ID}}/hook-response/{{PARTICLE_EVENT_NAME}}"))
             (text("errorResponseTopic", "Error response topic", "default: hook-error/{{PARTICLE_EVENT_NAME}}"))
-            label for="responseTemplate" { "Response template (a template, or a JSON object of templates)" }
-            textarea id="responseTemplate" name="responseTemplate" { (template) }
+            fieldset {
+                legend { "Response template" }
+                @for (kind, label) in [("text", "A template"), ("json", "JSON of templates")] {
+                    label {
+                        input type="radio" name="template_kind" value=(kind) checked[kind == template_kind];
+                        " " (label)
+                    }
+                }
+                label for="responseTemplate" { "Template" }
+                textarea id="responseTemplate" name="responseTemplate" { (template) }
+            }
             (error_for(spec, "responseTemplate"))
             @if spec.sandbox {
                 (text("deviceID", "Device", "fire for this device only (24 hex digits)"))
@@ -791,6 +966,9 @@ fn integration_form(s: &Session, v: &FormValues, spec: &FormSpec) -> Markup {
             label { input type="checkbox" name="noDefaults" value="true" checked[v.checked("noDefaults", false)]; " No defaults (leave out event, data, coreid, published_at)" }
             label { input type="checkbox" name="rejectUnauthorized" value="true" checked[v.checked("rejectUnauthorized", true)]; " Enforce SSL (verify certificates)" }
             label { input type="checkbox" name="disabled" value="true" checked[v.checked("disabled", false)]; " Disabled" }
+            label { input type="checkbox" name="unchunked" value="true" checked[v.checked("unchunked", false)]; " Unchunked (the response as one event of up to 100 KB)" }
+            label { input type="checkbox" name="dataUrlResponseEvent" value="true" checked[v.checked("dataUrlResponseEvent", false)]; " Encode the response as a data URL" }
+            (text("signingSecret", "Signing secret", "the name of a configured secret to sign requests with (Standard Webhooks)"))
             button type="submit" { (spec.submit) }
         }
     }
@@ -842,6 +1020,7 @@ async fn create_page(
         None
     };
     let spec = FormSpec {
+        version: None,
         action: format!("{}/integrations", place.base),
         submit: "Create",
         error,
@@ -882,7 +1061,7 @@ async fn create(
     let config = match config_from_form(&f, &place) {
         Ok(c) => c,
         Err(e) => {
-            let values = FormValues(form_echo(&f));
+            let values = echo(&f);
             return create_page(&api, &s, &place, &values, Some(e), None).await;
         }
     };
@@ -910,16 +1089,6 @@ async fn create(
 }
 
 /// What a person typed, to show again beside an error.
-fn form_echo(f: &[(String, String)]) -> Map<String, Value> {
-    let mut m = Map::new();
-    for (k, v) in f {
-        if k != "csrf" && k != "products" {
-            m.insert(k.clone(), v.clone().into());
-        }
-    }
-    m
-}
-
 async fn create_from_template(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
@@ -1067,6 +1236,19 @@ async fn view_page(
     let names = product_names(api, s, org_of(api, s, &place).await.as_deref()).await;
     let here = format!("{}/integrations/{id}", place.base);
     let shared = i["shared"] == true;
+    // A shared integration is edited (and enabled or disabled) at its
+    // org's address, by the org or the operator; a product's page links
+    // there.
+    let owner_path = match (shared, i["org"].as_str(), &s.who) {
+        (false, _, _) => Some(here.clone()),
+        (true, Some(org), Principal::Org(mine)) if mine == org => Some(org_path(org, &id)),
+        (true, Some(org), Principal::Operator) => Some(org_path(org, &id)),
+        _ => None,
+    };
+    let mut config = i["config"].clone();
+    if config["auth"]["password"].is_string() {
+        config["auth"]["password"] = "••••••".into();
+    }
     let content = html! {
         @if shared {
             div.banner role="note" {
@@ -1078,11 +1260,11 @@ async fn view_page(
             }
         }
         p {
-            a href={ (here) "/edit" } { "Edit" }
+            @if let Some(owner) = &owner_path { a href={ (owner) "/edit" } { "Edit" } " · " }
             @if shared { @if let Some(p) = place.product() {
-                " · " a href={ "/products/" (p) "/integrations/" (id) "/separate" } { "Separate integration" }
+                a href={ "/products/" (p) "/integrations/" (id) "/separate" } { "Separate integration" } " · "
             } }
-            " · " a href={ (place.base) "/integrations" } { "All integrations" }
+            a href={ (place.base) "/integrations" } { "All integrations" }
         }
         table {
             tbody {
@@ -1092,9 +1274,12 @@ async fn view_page(
                 tr { th scope="row" { "Today" } td { "ok " (i["traffic"]["today"]["success"]) ", error " (i["traffic"]["today"]["error"]) ", skipped " (i["traffic"]["today"]["skipped"]) } }
             }
         }
-        form method="post" action={ (here) "/toggle" } {
-            (csrf_input(s))
-            button type="submit" { @if i["disabled"] == true { "Enable" } @else { "Disable" } }
+        @if let Some(owner) = &owner_path {
+            form method="post" action={ (owner) "/toggle" } {
+                (csrf_input(s))
+                input type="hidden" name="disabled" value=(if i["disabled"] == true { "false" } else { "true" });
+                button type="submit" { @if i["disabled"] == true { "Enable" } @else { "Disable" } }
+            }
         }
         form method="post" action={ (here) "/test" } {
             (csrf_input(s))
@@ -1123,10 +1308,16 @@ async fn view_page(
         p { "What this integration would send for a sample event (secrets masked; nothing is sent)." }
         pre { (serde_json::to_string_pretty(&preview).unwrap_or_default()) }
         h2 { "Config" }
-        pre { (serde_json::to_string_pretty(&i["config"]).unwrap_or_default()) }
+        pre { (serde_json::to_string_pretty(&config).unwrap_or_default()) }
     };
     let title = format!("{} → {}", place.title, i["name"].as_str().unwrap_or(&id));
     Ok(page(&title, Some(s), content).into_response())
+}
+
+/// The console address of org `org`'s integration `id`.
+fn org_path(org: &str, id: &str) -> String {
+    let org: String = form_urlencoded::byte_serialize(org.as_bytes()).collect();
+    format!("/orgs/{org}/integrations/{id}")
 }
 
 async fn test(
@@ -1152,8 +1343,10 @@ async fn toggle(
 ) -> PageResult {
     let f = fields(&body);
     let s = posted(&api, &headers, Some(&params), &f)?;
-    let Json(i) = h::get(State(api.clone()), bearer(&s), Path(params.clone())).await?;
-    let change = serde_json::json!({"disabled": i["disabled"] != true, "version": i["version"]});
+    // The state asked for, not a flip: a repeated post changes nothing.
+    let wanted = field(&f, "disabled") == Some("true");
+    let change =
+        serde_json::json!({"disabled": if wanted { Value::Bool(true) } else { Value::Null }});
     let _edited = h::edit(
         State(api.clone()),
         bearer(&s),
@@ -1196,6 +1389,7 @@ async fn edit_page(
     let id = params["id"].clone();
     let names = product_names(api, s, org_of(api, s, &place).await.as_deref()).await;
     let spec = FormSpec {
+        version: i["version"].as_u64(),
         action: format!("{}/integrations/{id}/edit", place.base),
         submit: "Save",
         error,
@@ -1236,27 +1430,20 @@ async fn edit(
     let Json(i) = h::get(State(api.clone()), bearer(&s), Path(params.clone())).await?;
     let mut config = match config_from_form(&f, &place) {
         Ok(c) => c,
-        Err(e) => {
-            return edit_page(&api, &s, &params, &i, &FormValues(form_echo(&f)), Some(e)).await
-        }
+        Err(e) => return edit_page(&api, &s, &params, &i, &echo(&f), Some(e)).await,
     };
     // The form holds the whole config: what it leaves out is removed.
     for (k, _) in i["config"].as_object().into_iter().flatten() {
-        if ![
-            "integration_type",
-            "template",
-            "created_at",
-            "mydevices",
-            "signingSecret",
-            "unchunked",
-            "dataUrlResponseEvent",
-        ]
-        .contains(&k.as_str())
-        {
+        if !KEPT_FIELDS.contains(&k.as_str()) {
             config.entry(k.clone()).or_insert(Value::Null);
         }
     }
-    config.insert("version".into(), i["version"].clone());
+    // The version the form was made from: a change saved meanwhile by
+    // someone else is a conflict, not silently undone.
+    let version = field(&f, "version")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(i["version"].clone(), Value::from);
+    config.insert("version".into(), version);
     match h::edit(
         State(api.clone()),
         bearer(&s),
@@ -1295,6 +1482,10 @@ async fn separate_form(
 ) -> PageResult {
     let s = session_at(&api, &headers, &params)?;
     let Json(i) = h::get(State(api.clone()), bearer(&s), Path(params.clone())).await?;
+    // Only a shared integration has a product to separate.
+    if i["shared"] != true {
+        return Err(not_found());
+    }
     let config = i["config"].as_object().cloned().unwrap_or_default();
     separate_page(&api, &s, &params, &i, &FormValues(config), None).await
 }
@@ -1311,6 +1502,7 @@ async fn separate_page(
     let id = params["id"].clone();
     let names = product_names(api, s, org_of(api, s, &Place::of(params)).await.as_deref()).await;
     let spec = FormSpec {
+        version: None,
         action: format!("/products/{p}/integrations/{id}/separate"),
         submit: "Separate",
         error,
@@ -1353,22 +1545,11 @@ async fn separate(
     let Json(i) = h::get(State(api.clone()), bearer(&s), Path(params.clone())).await?;
     let mut config = match config_from_form(&f, &place) {
         Ok(c) => c,
-        Err(e) => {
-            return separate_page(&api, &s, &params, &i, &FormValues(form_echo(&f)), Some(e)).await
-        }
+        Err(e) => return separate_page(&api, &s, &params, &i, &echo(&f), Some(e)).await,
     };
     // Fields the form does not show come from the shared config.
     for (k, v) in i["config"].as_object().into_iter().flatten() {
-        if [
-            "integration_type",
-            "template",
-            "mydevices",
-            "signingSecret",
-            "unchunked",
-            "dataUrlResponseEvent",
-        ]
-        .contains(&k.as_str())
-        {
+        if KEPT_FIELDS.contains(&k.as_str()) && k != "created_at" {
             config.entry(k.clone()).or_insert(v.clone());
         }
     }
@@ -1429,10 +1610,32 @@ mod tests {
             Value::Object(c),
             serde_json::json!({"event": "temp", "url": "https://example.com/x", "requestType": "PUT",
                 "headers": {"X-A": "1"}, "json": {"t": "{{{t}}}"}, "auth": {"username": "u", "password": "p"},
-                "noDefaults": false, "rejectUnauthorized": true, "disabled": false, "products": [1, 2]})
+                "products": [1, 2]})
         );
         let bad = vec![("headers".to_owned(), "{nope".to_owned())];
         assert_eq!(config_from_form(&bad, &org).unwrap_err().0, "headers");
+        // JSON that is not JSON yet: refused as JSON, kept as a template
+        // string when asked; a response template stays the type chosen.
+        let body = |kind: &str| -> Vec<(String, String)> {
+            [
+                ("body_kind", kind),
+                ("body_text", r#"{"t": {{{t}}}}"#),
+                ("template_kind", "text"),
+                ("responseTemplate", r#"{"a": 1}"#),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+        };
+        assert_eq!(config_from_form(&body("json"), &org).unwrap_err().0, "json");
+        let c = config_from_form(&body("json_text"), &org).unwrap();
+        assert_eq!(c["json"], r#"{"t": {{{t}}}}"#);
+        assert_eq!(c["responseTemplate"], r#"{"a": 1}"#);
+        // What was posted comes back in the form's own shape.
+        let again = echo(&body("json_text"));
+        assert_eq!(body_kind_of(&again.0), "json_text");
+        assert_eq!(again.text("json"), r#"{"t": {{{t}}}}"#);
+        assert_eq!(template_kind_of(&again.0), "text");
     }
 
     #[test]

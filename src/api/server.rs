@@ -37,6 +37,8 @@ pub struct Api {
     pub(super) test_calls: Throttle,
     /// The web console's signed-in sessions.
     pub(super) console: super::console::Sessions,
+    /// `api.secure_cookies`.
+    pub(super) secure_cookies: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +151,7 @@ pub async fn start(
         max_per_tenant: settings.api.max_integrations_per_tenant,
         test_calls: test_call_limit(settings.api.test_calls_per_minute),
         console: Default::default(),
+        secure_cookies: settings.api.secure_cookies,
     });
     let addr = settings.api.listen;
     let listener = TcpListener::bind(addr)
