@@ -84,6 +84,8 @@ struct Shots {
 impl Shots {
     fn new() -> Shots {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+        // This run's pages only.
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         Shots { dir, n: 0 }
     }
