@@ -365,4 +365,11 @@ fn demo_delivers_webhooks_to_its_receiver() {
         stdout.contains("/org/1001") && stdout.contains("/org/1002"),
         "the org integration fired on both products\n{stdout}"
     );
+    // Every client stopped before the embedded broker: no client was left
+    // talking to a broker that is gone.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("AllBrokersDown") && !stderr.contains("Connection refused"),
+        "{stderr}"
+    );
 }

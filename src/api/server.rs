@@ -134,9 +134,10 @@ pub async fn start(
     }
     let log = ConfigLog::start(k, None, settings.templates, shutdown.clone()).await?;
     let history = Arc::new(History::new(settings.api.history_days));
-    history.clone().follow(k, shutdown.clone()).await?;
+    let following = history.clone().follow(k, shutdown.clone()).await?;
     let producer: FutureProducer = crate::kafka::producer_config(k).create()?;
-    tokio::spawn(repair(log.clone(), producer.clone(), shutdown.clone()));
+    let repairing = tokio::spawn(repair(log.clone(), producer.clone(), shutdown.clone()));
+    let log_stopped = log.clone();
     tokio::select! {
         _ = log.caught_up() => {}
         _ = shutdown.cancelled() => {}
@@ -161,6 +162,9 @@ pub async fn start(
         .local_addr()
         .map_err(|error| ApiStartError::Bind { addr, error })?;
     tracing::info!(%addr, "api serving /v1");
+    // The task ends once every Kafka client of the api is closed: the
+    // server's (the writer's producer goes with the router), the repair's,
+    // the history's and the config log's readers.
     let task = tokio::spawn(async move {
         let served = axum::serve(listener, router(api))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
@@ -168,6 +172,9 @@ pub async fn start(
         if let Err(e) = served {
             tracing::error!(error = %e, "api server failed");
         }
+        let _ = repairing.await;
+        let _ = following.await;
+        log_stopped.stopped().await;
     });
     Ok(RunningApi { addr, task })
 }

@@ -188,9 +188,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             shutdown.cancel();
         }
     }
+    // Every client stops before the embedded broker does (it goes when
+    // this function returns): the devices' producer, the worker, the api
+    // and the worker's config log reader.
     let produced = devices.await.unwrap_or(0);
     worker_task.await.context("worker task")??;
     let _ = api.task.await;
+    log.stopped().await;
     print_counts(started, &tally, &received);
     println!("demo stopped after {produced} events");
     Ok(())

@@ -43,6 +43,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     ));
     // /readyz stays 503 until the integrations are loaded: consuming before
     // would resolve events against an empty index.
+    let mut config_log = None;
     match settings.integrations.source {
         IntegrationSource::File => {
             let path = &settings.integrations.path;
@@ -72,6 +73,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
                 _ = log.caught_up() => {}
                 _ = shutdown.cancelled() => {}
             }
+            config_log = Some(log);
         }
     }
 
@@ -83,6 +85,11 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .expect("the worker does not panic");
     endpoints_stop.cancel();
     let _ = endpoints.await;
+    // Its reader closed before the process goes, not by the runtime's
+    // teardown.
+    if let Some(log) = config_log {
+        log.stopped().await;
+    }
     result?;
     tracing::info!("worker stopped");
     Ok(())

@@ -62,6 +62,8 @@ pub struct ConfigLog {
     outcomes: Mutex<BTreeMap<i64, Outcome>>,
     /// Keys of records refused after the replay, for the api's repair.
     refused: broadcast::Sender<String>,
+    /// The follower, until [`ConfigLog::stopped`] has waited for it.
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ConfigLog {
@@ -123,13 +125,30 @@ impl ConfigLog {
             caught_up: watch::channel(false).0,
             outcomes: Mutex::new(BTreeMap::new()),
             refused: broadcast::channel(1024).0,
+            task: Mutex::new(None),
         });
         tracing::info!(topic = %log.topic, end, "replaying the config log");
         if end <= 0 {
             log.caught_up.send_replace(true);
         }
-        tokio::spawn(log.clone().follow(consumer, end, shutdown));
+        let task = tokio::spawn(log.clone().follow(consumer, end, shutdown));
+        *log.task.lock().expect("task lock is never poisoned") = Some(task);
         Ok(log)
+    }
+
+    /// Waits, after `shutdown`, until the follower has stopped and its
+    /// consumer is closed: a caller that stops the broker (the demo's
+    /// embedded one) or the process does so after this, so no client is
+    /// left talking to a broker that is gone.
+    pub async fn stopped(&self) {
+        let task = self
+            .task
+            .lock()
+            .expect("task lock is never poisoned")
+            .take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 
     /// The config as of the last record read.

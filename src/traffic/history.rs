@@ -172,12 +172,12 @@ impl History {
     }
 
     /// Reads the stats and log topics from the beginning, then live, until
-    /// `shutdown`.
+    /// `shutdown`; the task ends once its consumer is closed.
     pub async fn follow(
         self: Arc<Self>,
         k: &KafkaSettings,
         shutdown: CancellationToken,
-    ) -> Result<(), KafkaError> {
+    ) -> Result<tokio::task::JoinHandle<()>, KafkaError> {
         let consumer: StreamConsumer = crate::kafka::reader_config(k).create()?;
         let topics = [k.stats_topic.clone(), k.log_topic.clone()];
         let consumer = tokio::task::spawn_blocking(move || -> Result<_, KafkaError> {
@@ -196,7 +196,7 @@ impl History {
         .await
         .expect("the metadata task does not panic")?;
         let stats_topic = k.stats_topic.clone();
-        tokio::spawn(async move {
+        Ok(tokio::spawn(async move {
             loop {
                 let m = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -220,8 +220,7 @@ impl History {
                     tracing::warn!(error = %e, topic = m.topic(), offset = m.offset(), "undecodable traffic record skipped");
                 }
             }
-        });
-        Ok(())
+        }))
     }
 }
 
