@@ -60,9 +60,9 @@ pub struct Outcome {
     pub elapsed: Duration,
     /// The response's `Retry-After`, in seconds or as an HTTP date.
     pub retry_after: Option<Duration>,
-    /// The response's `Content-Type` (for `dataUrlResponseEvent`), when it
-    /// is a well-formed media type.
-    pub content_type: Option<String>,
+    /// The response's `Content-Type` as it came (checked only where a data
+    /// URL needs it: `responses::media_type`).
+    pub content_type: Option<http::HeaderValue>,
 }
 
 impl Outcome {
@@ -137,10 +137,7 @@ impl Deliverer {
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| parse_retry_after(v.to_str().ok()?));
-            let content_type = response
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| media_type(v.to_str().ok()?));
+            let content_type = response.headers().get(http::header::CONTENT_TYPE).cloned();
             let body = read_capped(response.into_body(), self.max_response_bytes).await;
             Ok::<_, DeliveryError>((status, body, (retry_after, content_type)))
         };
@@ -163,30 +160,6 @@ impl Deliverer {
             content_type,
         }
     }
-}
-
-/// A `Content-Type` value as a data URL may carry it: `type/subtype` and
-/// its parameters, printable ASCII without spaces around separators, at most
-/// 128 bytes; anything else (a destination's garbage) is dropped.
-fn media_type(v: &str) -> Option<String> {
-    let v: String = v
-        .split(';')
-        .map(str::trim)
-        .filter(|p| !p.is_empty())
-        .collect::<Vec<_>>()
-        .join(";");
-    let (kind, rest) = v.split_once('/')?;
-    let token = |s: &str| {
-        !s.is_empty()
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+=\"".contains(&b))
-    };
-    let subtype = rest.split(';').next().unwrap_or_default();
-    let params_ok = rest
-        .split(';')
-        .skip(1)
-        .all(|p| p.split_once('=').is_some_and(|(k, v)| token(k) && token(v)));
-    (v.len() <= 128 && token(kind) && token(subtype) && params_ok).then_some(v)
 }
 
 /// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`.

@@ -214,7 +214,7 @@ impl Dispatcher {
         }
         match &outcome.result {
             Ok(_) => {
-                match response_chunks(&i, ctx, &outcome.body, outcome.content_type.as_deref()) {
+                match response_chunks(&i, ctx, &outcome.body, outcome.content_type.as_ref()) {
                     Ok(events) => {
                         for e in events {
                             self.respond(ctx, e);

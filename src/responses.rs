@@ -117,7 +117,7 @@ pub fn response_chunks<'a>(
     i: &Integration,
     ctx: &'a EventContext,
     body: &'a [u8],
-    content_type: Option<&str>,
+    content_type: Option<&http::HeaderValue>,
 ) -> Result<Vec<ResponseEvent<'a>>, RenderFailure> {
     if body.is_empty() {
         return Ok(Vec::new());
@@ -138,7 +138,10 @@ pub fn response_chunks<'a>(
             ctx.mask(Cow::Owned(text)).as_bytes(),
         )),
         (None, true) => Cow::Owned(data_url(
-            content_type.unwrap_or(DEFAULT_MEDIA_TYPE),
+            content_type
+                .and_then(|v| media_type(v.to_str().ok()?))
+                .as_deref()
+                .unwrap_or(DEFAULT_MEDIA_TYPE),
             &ctx.mask_bytes(body),
         )),
     };
@@ -238,6 +241,30 @@ impl rdkafka::producer::ProducerContext for ResponseReports {
             tracing::warn!(error = %e, topic = m.topic(), "response event not published");
         }
     }
+}
+
+/// A `Content-Type` value as a data URL may carry it: `type/subtype` and
+/// its parameters, printable ASCII without spaces around separators, at most
+/// 128 bytes; anything else (a destination's garbage) is dropped.
+fn media_type(v: &str) -> Option<String> {
+    let v: String = v
+        .split(';')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join(";");
+    let (kind, rest) = v.split_once('/')?;
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+=\"".contains(&b))
+    };
+    let subtype = rest.split(';').next().unwrap_or_default();
+    let params_ok = rest
+        .split(';')
+        .skip(1)
+        .all(|p| p.split_once('=').is_some_and(|(k, v)| token(k) && token(v)));
+    (v.len() <= 128 && token(kind) && token(subtype) && params_ok).then_some(v)
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character
@@ -492,7 +519,13 @@ mod tests {
                 .decode(rest)
                 .unwrap()
         };
-        let events = response_chunks(&i, &ctx, &binary, Some("image/png")).unwrap();
+        let events = response_chunks(
+            &i,
+            &ctx,
+            &binary,
+            Some(&http::HeaderValue::from_static("image/png")),
+        )
+        .unwrap();
         assert_eq!(decode(&events[0].data, "image/png"), binary);
         let events = response_chunks(&i, &ctx, &binary, None).unwrap();
         assert_eq!(decode(&events[0].data, DEFAULT_MEDIA_TYPE), binary);
@@ -566,7 +599,13 @@ mod tests {
         ] {
             let mut body = format!("echo {echoed} and more").into_bytes();
             body.extend_from_slice(&[0xff, 0xfe, 0]); // not text
-            let events = response_chunks(&i, &ctx, &body, Some("text/plain")).unwrap();
+            let events = response_chunks(
+                &i,
+                &ctx,
+                &body,
+                Some(&http::HeaderValue::from_static("text/plain")),
+            )
+            .unwrap();
             let url = &events[0].data;
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(url.trim_start_matches("data:text/plain;base64,"))

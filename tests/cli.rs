@@ -115,32 +115,13 @@ fn render_refuses_an_invalid_integration_on_stderr() {
     );
 }
 
-/// A Particle webhook as Particle's console exports it, every documented
-/// field set (and none of hookd's own: no scope).
+/// The shared Particle export, with a templated URL, a second query
+/// parameter and `unchunked` set.
 fn particle_export() -> Value {
-    json!({
-        "id": "5f8e4a2b9c1d3e7f60a1b2c3",
-        "template": "webhook",
-        "integration_type": "Webhook",
-        "created_at": "2024-05-13T10:55:40.306Z",
-        "mydevices": true,
-        "name": "Everything",
-        "event": "temp",
-        "url": "https://example.com/in/{{{PARTICLE_DEVICE_ID}}}",
-        "requestType": "PUT",
-        "json": {"t": "{{{t}}}", "n": 3},
-        "query": {"src": "{{{PARTICLE_EVENT_NAME}}}", "v": 2},
-        "headers": {"X-Device": "{{{PARTICLE_DEVICE_ID}}}"},
-        "auth": {"username": "user", "password": "pass"},
-        "noDefaults": false,
-        "rejectUnauthorized": true,
-        "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/hook-response/{{{PARTICLE_EVENT_NAME}}}",
-        "errorResponseTopic": "hook-error/{{{PARTICLE_EVENT_NAME}}}",
-        "responseTemplate": {"lat": "{{{results.0.location.lat}}}"},
-        "unchunked": true,
-        "dataUrlResponseEvent": false,
-        "disabled": false
-    })
+    let mut e = common::particle_export("https://example.com/in/{{{PARTICLE_DEVICE_ID}}}");
+    e["query"]["v"] = json!(2);
+    e["unchunked"] = json!(true);
+    e
 }
 
 /// A Particle export loads and renders as it is: no scope needed for a dry

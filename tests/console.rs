@@ -629,18 +629,12 @@ async fn a_person_manages_org_integrations_in_the_console() {
 
 /// GETs `path` with a session cookie: the status and `Location`.
 fn get_with_cookie(base: &str, path: &str, cookie: &str) -> (u16, String) {
-    use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        stream,
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nCookie: hookd_session={cookie}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let location = answer
+    );
+    let (status, head, _) = http_exchange(addr, &request).expect("the api answers");
+    let location = head
         .lines()
         .find_map(|l| {
             l.strip_prefix("location: ")
@@ -654,18 +648,12 @@ fn get_with_cookie(base: &str, path: &str, cookie: &str) -> (u16, String) {
 
 /// POSTs a create form with the session cookie and no CSRF field; the status.
 fn post_without_csrf(base: &str, cookie: &str) -> u16 {
-    use std::io::{Read, Write};
     let addr = base.trim_start_matches("http://");
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let body = "event=x&url=https%3A%2F%2Fexample.com%2F&products=1";
-    write!(
-        stream,
+    let request = format!(
         "POST /orgs/acme/integrations HTTP/1.1\r\nHost: {addr}\r\nCookie: hookd_session={cookie}\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer.split_whitespace().nth(1).unwrap().parse().unwrap()
+    );
+    http_exchange(addr, &request).expect("the api answers").0
 }

@@ -1055,25 +1055,6 @@ async fn an_injected_invalid_record_is_refused_by_workers_and_api_alike() {
 }
 
 /// Runs `hookd integrations …` against `api` with `token`.
-async fn cli(api: &str, token: &str, args: &[&str]) -> (bool, String, String) {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"));
-    command
-        .arg("integrations")
-        .args(args)
-        .env("HOOKCTL_API", api)
-        .env("HOOKCTL_TOKEN", token);
-    // The api answers from this process's runtime: wait off its threads.
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_client_manages_integrations() {
     let broker = Broker::start();
@@ -1092,7 +1073,7 @@ async fn the_cli_client_manages_integrations() {
     .unwrap();
     let file = file.to_str().unwrap();
 
-    let (ok, out, err) = cli(
+    let (ok, out, err) = integrations_cli(
         &base,
         ACME,
         &[
@@ -1112,7 +1093,7 @@ async fn the_cli_client_manages_integrations() {
     let id = created["id"].as_str().unwrap().to_owned();
     assert_eq!(created["products"], json!([1, 2]));
 
-    let (ok, out, _) = cli(&base, ACME, &["--org", "acme", "list"]).await;
+    let (ok, out, _) = integrations_cli(&base, ACME, &["--org", "acme", "list"]).await;
     assert!(ok);
     let line = out
         .lines()
@@ -1123,7 +1104,7 @@ async fn the_cli_client_manages_integrations() {
         "{line}"
     );
 
-    let (ok, out, _) = cli(&base, ACME, &["--org", "acme", "get", &id]).await;
+    let (ok, out, _) = integrations_cli(&base, ACME, &["--org", "acme", "get", &id]).await;
     assert!(
         ok && out.contains("** Shared organization integration: executes on 2 product(s) **"),
         "{out}"
@@ -1131,7 +1112,7 @@ async fn the_cli_client_manages_integrations() {
 
     let url2 = receiver.url("/cli2");
     let set = format!("url={url2}");
-    let (ok, out, err) = cli(
+    let (ok, out, err) = integrations_cli(
         &base,
         ACME,
         &["--org", "acme", "edit", &id, "--set", &set, "--json"],
@@ -1144,7 +1125,7 @@ async fn the_cli_client_manages_integrations() {
         (Some(2), Some(url2.as_str()))
     );
 
-    let (ok, out, err) = cli(
+    let (ok, out, err) = integrations_cli(
         &base,
         ACME,
         &[
@@ -1166,14 +1147,15 @@ async fn the_cli_client_manages_integrations() {
         (Some("B's own"), Some(2))
     );
 
-    let (ok, out, err) = cli(&base, ACME, &["--product", "2", "test", &own_id, "--json"]).await;
+    let (ok, out, err) =
+        integrations_cli(&base, ACME, &["--product", "2", "test", &own_id, "--json"]).await;
     assert!(ok, "{err}");
     let tested: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(tested["outcome"], "success", "{tested}");
     assert_eq!(tested["response"]["status"], 200);
     assert_eq!(receiver.seen().last().unwrap().target, "/cli2");
 
-    let (ok, out, _) = cli(
+    let (ok, out, _) = integrations_cli(
         &base,
         ACME,
         &["--org", "acme", "history", &id, "--days", "7", "--json"],
@@ -1183,7 +1165,8 @@ async fn the_cli_client_manages_integrations() {
     let history: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(history["aggregate"].as_array().unwrap().len(), 7);
     assert_eq!(history["per_product"][0]["product"], 1);
-    let (ok, out, _) = cli(&base, ACME, &["--org", "acme", "log", &id, "--json"]).await;
+    let (ok, out, _) =
+        integrations_cli(&base, ACME, &["--org", "acme", "log", &id, "--json"]).await;
     assert!(ok);
     let log: Value = serde_json::from_str(&out).unwrap();
     assert!(
@@ -1198,7 +1181,7 @@ async fn the_cli_client_manages_integrations() {
         json!({"event": "temp", "url": receiver.url("/x"), "products": []}).to_string(),
     )
     .unwrap();
-    let (ok, _, err) = cli(
+    let (ok, _, err) = integrations_cli(
         &base,
         ACME,
         &["--org", "acme", "create", "--file", bad.to_str().unwrap()],
@@ -1209,17 +1192,18 @@ async fn the_cli_client_manages_integrations() {
         err.contains("400: products: must list at least one product"),
         "{err}"
     );
-    let (ok, _, err) = cli(&base, "wrong-token-0123456789", &["--org", "acme", "list"]).await;
+    let (ok, _, err) =
+        integrations_cli(&base, "wrong-token-0123456789", &["--org", "acme", "list"]).await;
     assert!(!ok && err.contains("401: unknown token"), "{err}");
-    let (ok, _, err) = cli(&base, OTHER, &["--org", "acme", "get", &id]).await;
+    let (ok, _, err) = integrations_cli(&base, OTHER, &["--org", "acme", "get", &id]).await;
     assert!(
         !ok && err.contains("403: this token may not use org \"acme\""),
         "{err}"
     );
 
-    let (ok, out, _) = cli(&base, ACME, &["--org", "acme", "delete", &id]).await;
+    let (ok, out, _) = integrations_cli(&base, ACME, &["--org", "acme", "delete", &id]).await;
     assert!(ok && out.contains(&format!("deleted {id}")), "{out}");
-    let (ok, _, err) = cli(&base, ACME, &["--org", "acme", "get", &id]).await;
+    let (ok, _, err) = integrations_cli(&base, ACME, &["--org", "acme", "get", &id]).await;
     assert!(
         !ok && err.contains(&format!("404: integration \"{id}\" not found")),
         "{err}"

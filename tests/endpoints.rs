@@ -3,26 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{create_topics, produce, settings, wait_until, Broker, Receiver};
+use common::{create_topics, http_get, produce, settings, wait_until, Broker, Receiver};
 use serde_json::json;
-
-/// A plain HTTP/1.0 GET; returns (status, body), or None if nothing answers.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((
-        status,
-        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
-    ))
-}
 
 /// A loopback port nothing listens on now.
 fn free_port() -> u16 {
@@ -77,10 +62,10 @@ async fn health_readiness_and_metrics_without_integration_label() {
     let mut worker = spawn_worker(&config);
 
     wait_until("/readyz", Duration::from_secs(30), || {
-        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     })
     .await;
-    assert_eq!(get(port, "/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200));
     let event = json!({"name": "temp", "data": "1", "coreid": "d", "productID": 5}).to_string();
     produce(&broker, &s.kafka.events_topic, &[("d".into(), event)]).await;
     wait_until("the webhook", Duration::from_secs(60), || {
@@ -89,10 +74,10 @@ async fn health_readiness_and_metrics_without_integration_label() {
     .await;
     let series = "hookd_webhook_attempts_total{product=\"5\",outcome=\"success\"} 1";
     wait_until("the success series", Duration::from_secs(10), || {
-        get(port, "/metrics").is_some_and(|(_, body)| body.contains(series))
+        http_get(port, "/metrics").is_some_and(|(_, body)| body.contains(series))
     })
     .await;
-    let (_, metrics) = get(port, "/metrics").unwrap();
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(
         !metrics.contains("integration=\""),
         "label dropped by config:\n{metrics}"
@@ -152,11 +137,11 @@ async fn readyz_waits_until_the_config_log_is_replayed() {
     .unwrap();
     let mut worker = spawn_worker(&config);
     wait_until("/readyz", Duration::from_secs(30), || {
-        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     })
     .await;
     // Ready means replayed: the last record is already in the index.
-    let (_, metrics) = get(port, "/metrics").unwrap();
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(
         metrics.contains("hookd_config_records_applied_total 1001"),
         "{metrics}"
@@ -200,10 +185,10 @@ async fn healthz_reports_a_stalled_partition() {
     .unwrap();
     let mut worker = spawn_worker(&config);
     wait_until("/readyz", Duration::from_secs(30), || {
-        get(port, "/readyz").is_some_and(|(s, _)| s == 200)
+        http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
     })
     .await;
-    assert_eq!(get(port, "/healthz").map(|(s, _)| s), Some(200));
+    assert_eq!(http_get(port, "/healthz").map(|(s, _)| s), Some(200));
     let event = json!({"name": "temp", "data": "1", "coreid": "d", "productID": 5}).to_string();
     produce(&broker, &s.kafka.events_topic, &[("d".into(), event)]).await;
     let stalled = format!("stalled: {}/0 at offset 0", s.kafka.events_topic);
@@ -211,24 +196,25 @@ async fn healthz_reports_a_stalled_partition() {
         "/healthz names the stalled partition",
         Duration::from_secs(30),
         || {
-            get(port, "/healthz")
+            http_get(port, "/healthz")
                 .is_some_and(|(status, body)| status == 503 && body.contains(&stalled))
         },
     )
     .await;
     assert_eq!(
-        get(port, "/livez").map(|(s, _)| s),
+        http_get(port, "/livez").map(|(s, _)| s),
         Some(200),
         "alive all the same"
     );
     wait_until("the gauge", Duration::from_secs(10), || {
-        get(port, "/metrics").is_some_and(|(_, body)| body.contains("hookd_partitions_stalled 1"))
+        http_get(port, "/metrics")
+            .is_some_and(|(_, body)| body.contains("hookd_partitions_stalled 1"))
     })
     .await;
     // The hung request times out, the failure goes to the retry topic, the
     // commit point moves: healthy again.
     wait_until("/healthz healthy again", Duration::from_secs(30), || {
-        get(port, "/healthz").is_some_and(|(status, _)| status == 200)
+        http_get(port, "/healthz").is_some_and(|(status, _)| status == 200)
     })
     .await;
     worker.kill().unwrap();

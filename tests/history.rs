@@ -124,23 +124,9 @@ fn table_rows(table: &str) -> Vec<(String, String, (u64, u64, u64))> {
 }
 
 async fn cli(api: &str, token: &str, args: &[&str]) -> String {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"));
-    command
-        .arg("integrations")
-        .args(args)
-        .env("HOOKCTL_API", api)
-        .env("HOOKCTL_TOKEN", token);
-    // The api answers from this process's runtime: wait off its threads.
-    let out = tokio::task::spawn_blocking(move || command.output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let (ok, out, err) = integrations_cli(api, token, args).await;
+    assert!(ok, "{args:?}: {err}");
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-
 use common::*;
 use hyper::Method;
 use serde_json::{json, Value};
@@ -18,18 +16,9 @@ use serde_json::{json, Value};
 async fn http(base: &str, request: String) -> (u16, Value) {
     let addr = base.trim_start_matches("http://").to_owned();
     tokio::task::spawn_blocking(move || {
-        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
-        stream
-            .write_all(request.replace("{host}", &addr).as_bytes())
-            .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        let status = answer.split_whitespace().nth(1).unwrap().parse().unwrap();
-        let body = answer
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or_default();
-        (status, serde_json::from_str(body).unwrap_or(Value::Null))
+        let (status, _, body) =
+            http_exchange(&addr, &request.replace("{host}", &addr)).expect("the api answers");
+        (status, serde_json::from_str(&body).unwrap_or(Value::Null))
     })
     .await
     .unwrap()

@@ -15,32 +15,11 @@ use serde_json::{json, Value};
 
 const DEVICE: &str = "e00fce68aaaaaaaaaaaaaaaa";
 
-/// A Particle webhook as Particle's console exports it, every documented
-/// field set, pointed at `url`.
+/// The shared Particle export to `url`, its responses on `a/<device>`.
 fn particle_export(url: &str) -> Value {
-    json!({
-        "id": "5f8e4a2b9c1d3e7f60a1b2c3",
-        "template": "webhook",
-        "integration_type": "Webhook",
-        "created_at": "2024-05-13T10:55:40.306Z",
-        "mydevices": true,
-        "name": "Everything",
-        "event": "temp",
-        "url": url,
-        "requestType": "PUT",
-        "json": {"t": "{{{t}}}", "n": 3},
-        "query": {"src": "{{{PARTICLE_EVENT_NAME}}}"},
-        "headers": {"X-Device": "{{{PARTICLE_DEVICE_ID}}}"},
-        "auth": {"username": "user", "password": "pass"},
-        "noDefaults": false,
-        "rejectUnauthorized": true,
-        "responseTopic": "a/{{{PARTICLE_DEVICE_ID}}}",
-        "errorResponseTopic": "hook-error/{{{PARTICLE_EVENT_NAME}}}",
-        "responseTemplate": {"lat": "{{{results.0.location.lat}}}", "device": "{{{PARTICLE_DEVICE_ID}}}"},
-        "unchunked": false,
-        "dataUrlResponseEvent": false,
-        "disabled": false
-    })
+    let mut e = common::particle_export(url);
+    e["responseTopic"] = json!("a/{{{PARTICLE_DEVICE_ID}}}");
+    e
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,7 +18,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -343,20 +342,6 @@ impl Drop for Worker {
     }
 }
 
-/// A plain HTTP/1.0 GET; returns (status, body), or None if nothing answers.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let status = text.split(' ').nth(1)?.parse().ok()?;
-    Some((
-        status,
-        text.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned(),
-    ))
-}
-
 fn records_text(records: &[(Option<Vec<u8>>, Vec<u8>)]) -> String {
     records
         .iter()
@@ -444,7 +429,7 @@ async fn no_secret_leaks_through_any_failure_path_or_output_channel() {
         lines[lines.len().saturating_sub(40)..].join("\n")
     };
     wait_until("/readyz", Duration::from_secs(60), || {
-        get(port, "/readyz").is_some_and(|(status, _)| status == 200)
+        http_get(port, "/readyz").is_some_and(|(status, _)| status == 200)
     })
     .await;
 
@@ -520,10 +505,10 @@ async fn no_secret_leaks_through_any_failure_path_or_output_channel() {
 
     let dead_lettered = "hookd_deliveries_dead_lettered_total";
     wait_until("the dead-letter series", Duration::from_secs(10), || {
-        get(port, "/metrics").is_some_and(|(_, body)| body.contains(dead_lettered))
+        http_get(port, "/metrics").is_some_and(|(_, body)| body.contains(dead_lettered))
     })
     .await;
-    let (_, metrics) = get(port, "/metrics").unwrap();
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
 
     // The api's test of every integration, while the worker runs.
     let mut tests = String::new();

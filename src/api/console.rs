@@ -1418,16 +1418,28 @@ async fn edit_page(
     Ok((status, page(&title, Some(s), content)).into_response())
 }
 
+/// A posted form about one integration: the session (its CSRF token
+/// checked), the integration as the api shows it, and the form's fields.
+async fn posted_form(
+    api: &Arc<Api>,
+    headers: &HeaderMap,
+    params: &HashMap<String, String>,
+    body: &Bytes,
+) -> Result<(Session, Value, Vec<(String, String)>), Failure> {
+    let f = fields(body);
+    let s = posted(api, headers, Some(params), &f)?;
+    let Json(i) = h::get(State(api.clone()), bearer(&s), Path(params.clone())).await?;
+    Ok((s, i, f))
+}
+
 async fn edit(
     State(api): State<Arc<Api>>,
     headers: HeaderMap,
     Path(params): Path<HashMap<String, String>>,
     body: Bytes,
 ) -> PageResult {
-    let f = fields(&body);
-    let s = posted(&api, &headers, Some(&params), &f)?;
+    let (s, i, f) = posted_form(&api, &headers, &params, &body).await?;
     let place = Place::of(&params);
-    let Json(i) = h::get(State(api.clone()), bearer(&s), Path(params.clone())).await?;
     let mut config = match config_from_form(&f, &place) {
         Ok(c) => c,
         Err(e) => return edit_page(&api, &s, &params, &i, &echo(&f), Some(e)).await,
@@ -1539,10 +1551,8 @@ async fn separate(
     Path(params): Path<HashMap<String, String>>,
     body: Bytes,
 ) -> PageResult {
-    let f = fields(&body);
-    let s = posted(&api, &headers, Some(&params), &f)?;
+    let (s, i, f) = posted_form(&api, &headers, &params, &body).await?;
     let place = Place::of(&params);
-    let Json(i) = h::get(State(api.clone()), bearer(&s), Path(params.clone())).await?;
     let mut config = match config_from_form(&f, &place) {
         Ok(c) => c,
         Err(e) => return separate_page(&api, &s, &params, &i, &echo(&f), Some(e)).await,

@@ -641,3 +641,72 @@ pub async fn refused(
         other => panic!("{path} {body}: expected a refusal, got {other:?}"),
     }
 }
+
+/// One plain HTTP/1.x exchange on a fresh connection to `addr` (`host:port`):
+/// the status, the head and the body; `None` if nothing answers.
+pub fn http_exchange(addr: &str, request: &str) -> Option<(u16, String, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(request.as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some((status, head.to_owned(), body.to_owned()))
+}
+
+/// `GET path` over HTTP/1.0 on loopback `port`: the status and body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n");
+    http_exchange(&format!("127.0.0.1:{port}"), &request).map(|(s, _, body)| (s, body))
+}
+
+/// `hookd integrations <args>` (the real binary) against the api at `api`
+/// with `token`: whether it succeeded, its stdout and its stderr.
+pub async fn integrations_cli(api: &str, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_hookd"));
+    command
+        .arg("integrations")
+        .args(args)
+        .env("HOOKCTL_API", api)
+        .env("HOOKCTL_TOKEN", token);
+    // The api answers from this process's runtime: wait off its threads.
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Particle webhook as Particle's console exports it, every documented
+/// field set (none of hookd's own: no scope), sending to `url`.
+pub fn particle_export(url: &str) -> Value {
+    json!({
+        "id": "5f8e4a2b9c1d3e7f60a1b2c3",
+        "template": "webhook",
+        "integration_type": "Webhook",
+        "created_at": "2024-05-13T10:55:40.306Z",
+        "mydevices": true,
+        "name": "Everything",
+        "event": "temp",
+        "url": url,
+        "requestType": "PUT",
+        "json": {"t": "{{{t}}}", "n": 3},
+        "query": {"src": "{{{PARTICLE_EVENT_NAME}}}"},
+        "headers": {"X-Device": "{{{PARTICLE_DEVICE_ID}}}"},
+        "auth": {"username": "user", "password": "pass"},
+        "noDefaults": false,
+        "rejectUnauthorized": true,
+        "responseTopic": "{{{PARTICLE_DEVICE_ID}}}/hook-response/{{{PARTICLE_EVENT_NAME}}}",
+        "errorResponseTopic": "hook-error/{{{PARTICLE_EVENT_NAME}}}",
+        "responseTemplate": {"lat": "{{{results.0.location.lat}}}", "device": "{{{PARTICLE_DEVICE_ID}}}"},
+        "unchunked": false,
+        "dataUrlResponseEvent": false,
+        "disabled": false
+    })
+}
