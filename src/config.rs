@@ -46,6 +46,9 @@ pub struct Settings {
 pub struct KafkaSettings {
     pub brokers: String,
     pub group_id: String,
+    /// This worker's static member name in its consumer groups
+    /// (`group.instance.id`); empty: a dynamic member.
+    pub instance_id: String,
     pub events_topic: String,
     pub dead_letter_topic: String,
     pub responses_topic: String,

@@ -166,17 +166,32 @@ impl ConsumerContext for WorkerContext {
             let unstored = self
                 .ledger
                 .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
-            // Stored before letting go, so the commit on revocation covers
-            // everything finished (else the next owner redelivers it).
+            // Stored and committed before letting go, so the next owner
+            // starts after everything finished here (else it redelivers it).
             store(consumer, &unstored);
+            commit(consumer, CommitMode::Sync);
         }
     }
 
-    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, _rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         // The whole assignment, whatever the rebalance protocol handed
         // over this time (all of it, or an increment).
-        let owned = consumer.assignment().map(|a| a.count()).unwrap_or(0);
-        self.share.set(&self.share.owned, self.consumer, owned);
+        let assignment = consumer.assignment().unwrap_or_default();
+        let partitions: Vec<String> = assignment
+            .elements()
+            .iter()
+            .map(|e| format!("{}/{}", e.topic(), e.partition()))
+            .collect();
+        match rebalance {
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+            _ => tracing::info!(
+                consumer = ["events", "retries"][self.consumer],
+                partitions = %partitions.join(","),
+                "partitions owned"
+            ),
+        }
+        self.share
+            .set(&self.share.owned, self.consumer, partitions.len());
     }
 }
 
@@ -204,9 +219,21 @@ fn store<C: ConsumerContext>(consumer: &impl Consumer<C>, points: &[CommitPoint]
     }
 }
 
+/// Commits the offsets stored for the consumer's assignment. Unlike
+/// librdkafka's auto-commit timer, this commits while the group rebalances
+/// too: partitions still owned keep their progress however long that takes.
+fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, mode: CommitMode) {
+    if let Err(e) = consumer.commit_consumer_state(mode) {
+        // Nothing stored since the last commit, or no coordinator now: the
+        // next commit carries the same offsets.
+        tracing::debug!(error = %e, "offsets not committed");
+    }
+}
+
 /// How often finished records' commit points reach the consumer's offset
-/// store (committed from there every `auto.commit.interval.ms`).
+/// store, and how often the store is committed.
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
+const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Source {
     /// Marks a record handled; its commit point is stored with the next batch.
@@ -214,15 +241,26 @@ impl Source {
         self.ledger.finish(ticket);
     }
 
-    /// Stores the commit points that moved, every [`STORE_INTERVAL`], until
-    /// `stop`.
+    /// Stores the commit points that moved, every [`STORE_INTERVAL`], and
+    /// commits what was stored every [`COMMIT_INTERVAL`], until `stop`.
     async fn store_periodically(self, stop: CancellationToken) {
         let mut tick = tokio::time::interval(STORE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_commit = tokio::time::Instant::now();
+        let mut uncommitted = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tick.tick() => store(self.consumer.as_ref(), &self.ledger.unstored()),
+                _ = tick.tick() => {
+                    let moved = self.ledger.unstored();
+                    uncommitted |= !moved.is_empty();
+                    store(self.consumer.as_ref(), &moved);
+                    if uncommitted && last_commit.elapsed() >= COMMIT_INTERVAL {
+                        commit(self.consumer.as_ref(), CommitMode::Async);
+                        last_commit = tokio::time::Instant::now();
+                        uncommitted = false;
+                    }
+                }
             }
         }
     }

@@ -52,6 +52,14 @@ impl Broker {
         }
     }
 
+    /// The real broker at `bootstrap`, whatever `E2E_BROKERS` says.
+    pub fn at(bootstrap: &str) -> Broker {
+        Broker {
+            mock: None,
+            bootstrap: bootstrap.to_owned(),
+        }
+    }
+
     pub fn bootstrap(&self) -> &str {
         &self.bootstrap
     }
@@ -289,6 +297,8 @@ pub struct Seen {
     pub version: String,
     /// The status answered.
     pub status: u16,
+    /// When the request arrived.
+    pub at: std::time::Instant,
 }
 
 /// How the receiver answers.
@@ -322,7 +332,13 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Receiver {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::start_on("127.0.0.1").await
+    }
+
+    /// A receiver on loopback address `ip` (127.0.0.0/8: a host name of its
+    /// own for per-host rules).
+    pub async fn start_on(ip: &str) -> Receiver {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let r = Receiver {
             addr: listener.local_addr().unwrap(),
             seen: Arc::default(),
@@ -397,6 +413,7 @@ impl Receiver {
         &self,
         req: hyper::Request<Incoming>,
     ) -> Result<hyper::Response<Full<Bytes>>, std::io::Error> {
+        let at = std::time::Instant::now();
         let (parts, body) = req.into_parts();
         let body = body
             .collect()
@@ -432,6 +449,7 @@ impl Receiver {
             body: String::from_utf8_lossy(&body).into_owned(),
             version: format!("{:?}", parts.version),
             status: 0,
+            at,
         };
         let (status, body, kind) = match mode {
             Mode::Status(s) => (s, Bytes::from_static(b"ok"), "text/plain"),

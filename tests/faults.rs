@@ -1,0 +1,663 @@
+//! The fault suite: the real `hookd worker` and `hookd api` binaries against a
+//! real tansu broker on persistent (SQLite) storage, which each scenario
+//! starts, stops and restarts itself. Run by `scripts/faults` (it installs
+//! tansu and names it in `TANSU`); each scenario prints one
+//! `fault <name>: pass|FAIL …` line with its figures. `FAULTS_FULL=1` runs
+//! the sizes RELIABILITY.md reports; the default sizes keep CI short.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{produce, Broker, Receiver};
+use hookd::render::idempotency_key;
+use serde_json::{json, Value};
+
+/// The broker of one scenario: tansu on a fixed loopback port with its data in
+/// a SQLite file, so a restart keeps every topic, record and committed offset.
+struct Tansu {
+    bin: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Tansu {
+    fn start(dir: &Path) -> Tansu {
+        let bin = std::env::var_os("TANSU")
+            .map(PathBuf::from)
+            .expect("TANSU names the tansu binary (scripts/faults sets it)");
+        let port = free_port();
+        let mut t = Tansu {
+            bin,
+            dir: dir.to_owned(),
+            port,
+            child: None,
+        };
+        t.restart();
+        t
+    }
+
+    fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the broker (again) on the same port and storage.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "tansu is already running");
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = append(&self.dir.join("tansu.log"));
+        let child = Command::new(&self.bin)
+            .arg("broker")
+            .args(["--listener-url", &url, "--advertised-listener-url", &url])
+            // tansu reads the SQLite path relative to its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(&self.dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tansu");
+        self.child = Some(child);
+        let end = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < end, "tansu does not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the broker the hard way (as a crashed or rescheduled broker).
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn append(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
+/// Runs the future `work` makes on a thread of its own, to its end (the
+/// producer's futures are not `Send`, so they cannot be spawned).
+fn background<F: std::future::Future<Output = ()>>(
+    work: impl FnOnce() -> F + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work())
+    })
+}
+
+/// A fresh directory for a scenario's broker data, configs and logs, kept
+/// after the run (under target/tmp/faults/) for reading.
+fn scenario_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("faults")
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Whether this run is the full one RELIABILITY.md reports.
+fn full() -> bool {
+    std::env::var("FAULTS_FULL").is_ok_and(|v| v == "1")
+}
+
+/// The pass/fail line of a scenario, printed whatever the outcome, then the
+/// assertion.
+fn verdict(name: &str, ok: bool, figures: &str) {
+    let line = format!(
+        "fault {name}: {} {figures}",
+        if ok { "pass" } else { "FAIL" }
+    );
+    println!("{line}");
+    assert!(ok, "{line}");
+}
+
+/// A fleet of `hookd worker` processes sharing one config file.
+struct Fleet {
+    dir: PathBuf,
+    config: PathBuf,
+    workers: Vec<Option<Child>>,
+    started: usize,
+}
+
+impl Fleet {
+    fn new(dir: &Path, config: PathBuf) -> Fleet {
+        Fleet {
+            dir: dir.to_owned(),
+            config,
+            workers: Vec::new(),
+            started: 0,
+        }
+    }
+
+    /// Starts worker `slot` (a new slot when `slot == len`).
+    fn start(&mut self, slot: usize) {
+        let log = append(&self.dir.join(format!("worker-{slot}.log")));
+        let child = Command::new(env!("CARGO_BIN_EXE_hookd"))
+            .args(["worker", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start hookd worker");
+        self.started += 1;
+        if slot == self.workers.len() {
+            self.workers.push(Some(child));
+        } else {
+            assert!(self.workers[slot].is_none(), "worker {slot} is running");
+            self.workers[slot] = Some(child);
+        }
+    }
+
+    fn kill(&mut self, slot: usize) {
+        if let Some(mut c) = self.workers[slot].take() {
+            c.kill().expect("SIGKILL");
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, and the exit status once the worker drained.
+    fn terminate(&mut self, slot: usize) -> std::process::ExitStatus {
+        let mut c = self.workers[slot].take().expect("worker is running");
+        let ok = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM");
+        c.wait().unwrap()
+    }
+
+    fn pid(&self, slot: usize) -> Option<u32> {
+        self.workers[slot].as_ref().map(Child::id)
+    }
+
+    fn logs(&self) -> String {
+        let mut all = String::new();
+        for slot in 0..self.workers.len() {
+            let text = std::fs::read_to_string(self.dir.join(format!("worker-{slot}.log")))
+                .unwrap_or_default();
+            all.push_str(&format!("--- worker {slot}\n{text}"));
+        }
+        all
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for slot in 0..self.workers.len() {
+            self.kill(slot);
+        }
+    }
+}
+
+/// Settings of a scenario's workers on `bootstrap`, on fresh topics.
+fn settings(broker: &Broker) -> hookd::config::Settings {
+    common::settings(broker)
+}
+
+/// A worker config file: `s`'s sections, the integrations of `source`
+/// (`file:<dir>` or `kafka`), and `extra` TOML.
+fn write_config(dir: &Path, s: &hookd::config::Settings, extra: &str) -> PathBuf {
+    let config = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n{extra}",
+        common::config_sections(s),
+    );
+    let path = dir.join("hookd.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// Writes `integrations` as the file source of a worker config.
+fn integrations_dir(dir: &Path, integrations: &[Value]) -> String {
+    let path = dir.join("integrations");
+    std::fs::create_dir_all(&path).unwrap();
+    std::fs::write(
+        path.join("all.json"),
+        Value::Array(integrations.to_vec()).to_string(),
+    )
+    .unwrap();
+    format!(
+        "[integrations]\nsource = \"file\"\npath = \"{}\"\n",
+        path.display()
+    )
+}
+
+/// `n` events of product 5 named `name`, ids `<prefix>-<i>`, over 64 devices.
+fn events(name: &str, prefix: &str, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let device = format!("{:024x}", i % 64);
+            let event = json!({"name": name, "data": i.to_string(), "coreid": device,
+                "productID": 5, "id": format!("{prefix}-{i}")});
+            (device, event.to_string())
+        })
+        .collect()
+}
+
+/// Requests the receiver answered 2xx, by idempotency key: each key's bodies.
+fn delivered_by_key(receiver: &Receiver) -> BTreeMap<String, Vec<String>> {
+    let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for s in receiver.seen() {
+        if (200..300).contains(&s.status) {
+            map.entry(s.headers["idempotency-key"].clone())
+                .or_default()
+                .push(s.body);
+        }
+    }
+    map
+}
+
+/// Waits until every key of `want` was delivered or `limit` passed; the
+/// number still missing.
+async fn wait_delivered(receiver: &Receiver, want: &BTreeSet<String>, limit: Duration) -> usize {
+    let end = Instant::now() + limit;
+    loop {
+        let got = receiver.delivered();
+        let missing = want.iter().filter(|k| !got.contains(*k)).count();
+        if missing == 0 || Instant::now() > end {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Duplicates: deliveries beyond the first of each key, and whether every
+/// duplicate is the same request (same body) as its first delivery.
+fn duplicates(by_key: &BTreeMap<String, Vec<String>>) -> (usize, bool) {
+    let extra = by_key.values().map(|b| b.len() - 1).sum();
+    let same = by_key.values().all(|b| b.windows(2).all(|w| w[0] == w[1]));
+    (extra, same)
+}
+
+/// Scenario 1: three workers over six partitions, one killed with SIGKILL
+/// and restarted every few seconds, ten times, while they deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu (scripts/faults)"]
+async fn kill_9_under_load() {
+    let n = if full() { 40_000 } else { 12_000 };
+    let kills = 10;
+    let dir = scenario_dir("kill_9_under_load");
+    let tansu = Tansu::start(&dir);
+    let receiver = Receiver::start().await;
+    receiver.set_mode(common::Mode::Delay(Duration::from_millis(2)));
+    let broker = Broker::at(&tansu.bootstrap());
+    let s = settings(&broker);
+    common::create_topics(&broker, &s, 6).await;
+    let hook = json!({"id": "h", "product_id": 5, "event": "temp",
+        "url": receiver.url("/in"), "json": {"v": "{{{PARTICLE_EVENT_VALUE}}}"}});
+    let source = integrations_dir(&dir, &[hook]);
+    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, &source));
+    for slot in 0..3 {
+        fleet.start(slot);
+    }
+    let want: BTreeSet<String> = (0..n)
+        .map(|i| idempotency_key(&format!("k-{i}"), "h"))
+        .collect();
+    let began = Instant::now();
+    // Devices publish throughout: the kills land while events arrive and
+    // while deliveries are in flight.
+    let producing = {
+        let bootstrap = broker.bootstrap().to_owned();
+        let topic = s.kafka.events_topic.clone();
+        background(move || async move {
+            produce(&Broker::at(&bootstrap), &topic, &events("temp", "k", n)).await
+        })
+    };
+
+    // Kill a random worker every few seconds, ten times.
+    let mut killed = 0;
+    while killed < kills {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let slot = rand::random::<u32>() as usize % 3;
+        fleet.kill(slot);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        fleet.start(slot);
+        killed += 1;
+    }
+    let delivered_during_kills = receiver.delivered().len();
+    producing.join().expect("producer");
+    let missing = wait_delivered(&receiver, &want, Duration::from_secs(240)).await;
+    let took = began.elapsed();
+    let by_key = delivered_by_key(&receiver);
+    let (extra, same) = duplicates(&by_key);
+    let unexpected = by_key.keys().filter(|k| !want.contains(*k)).count();
+    let ok = missing == 0 && same && unexpected == 0;
+    if !ok {
+        eprintln!("{}", fleet.logs());
+    }
+    verdict(
+        "kill_9_under_load",
+        ok,
+        &format!(
+            "events={n} kills={killed} delivered_during_kills={delivered_during_kills} \
+             missing={missing} duplicates={extra} ({:.1} %) same_request={same} took={:.0}s",
+            100.0 * extra as f64 / n as f64,
+            took.as_secs_f64()
+        ),
+    );
+}
+
+/// The worker's Prometheus text at `addr`, read from its log line.
+fn metrics_of(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let addr = text
+        .lines()
+        .rev()
+        .find_map(|l| l.split("serving /metrics").nth(1))?
+        .split("addr=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .to_owned();
+    let port: u16 = addr.rsplit(':').next()?.parse().ok()?;
+    common::http_get(port, "/metrics").map(|(_, body)| body)
+}
+
+/// The sum of a metric's samples whose labels contain every `labels` pair.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Scenario 2: the broker is killed and started again (same storage) while
+/// two workers deliver; they reconnect by themselves and nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu (scripts/faults)"]
+async fn broker_restart_under_load() {
+    let n = if full() { 20_000 } else { 6_000 };
+    let down = Duration::from_secs(if full() { 15 } else { 8 });
+    let dir = scenario_dir("broker_restart_under_load");
+    let mut tansu = Tansu::start(&dir);
+    let receiver = Receiver::start().await;
+    let broker = Broker::at(&tansu.bootstrap());
+    let s = settings(&broker);
+    common::create_topics(&broker, &s, 6).await;
+    let hook = json!({"id": "h", "product_id": 5, "event": "temp",
+        "url": receiver.url("/in"), "json": {"v": "{{{PARTICLE_EVENT_VALUE}}}"}});
+    let source = integrations_dir(&dir, &[hook]);
+    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, &source));
+    fleet.start(0);
+    fleet.start(1);
+    let want: BTreeSet<String> = (0..n)
+        .map(|i| idempotency_key(&format!("b-{i}"), "h"))
+        .collect();
+    let began = Instant::now();
+    let producing = {
+        let bootstrap = broker.bootstrap().to_owned();
+        let topic = s.kafka.events_topic.clone();
+        background(move || async move {
+            produce(&Broker::at(&bootstrap), &topic, &events("temp", "b", n)).await
+        })
+    };
+    common::wait_until("deliveries under way", Duration::from_secs(60), || {
+        receiver.delivered().len() >= n / 10
+    })
+    .await;
+    tansu.kill();
+    let at_kill = receiver.delivered().len();
+    tokio::time::sleep(down).await;
+    let during = receiver.delivered().len() - at_kill;
+    tansu.restart();
+    let restarted = Instant::now();
+    let before = receiver.delivered().len();
+    common::wait_until(
+        "a delivery after the restart",
+        Duration::from_secs(120),
+        || receiver.delivered().len() > before,
+    )
+    .await;
+    let resumed = restarted.elapsed();
+    producing.join().expect("producer");
+    let missing = wait_delivered(&receiver, &want, Duration::from_secs(180)).await;
+    let by_key = delivered_by_key(&receiver);
+    let (extra, same) = duplicates(&by_key);
+    let records = records_in(&broker, &s.kafka.events_topic);
+    let alive = (0..2).all(|slot| {
+        fleet.workers[slot]
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    });
+    let ok = missing == 0 && same && alive;
+    if !ok {
+        eprintln!("{}", fleet.logs());
+    }
+    verdict(
+        "broker_restart_under_load",
+        ok,
+        &format!(
+            "events={n} broker_down={}s delivered_at_kill={at_kill} delivered_while_down={during} \
+             first_delivery_after_restart={:.1}s missing={missing} duplicates={extra} ({:.1} %) \
+             records_in_topic={records} workers_alive={alive} took={:.0}s",
+            down.as_secs(),
+            resumed.as_secs_f64(),
+            100.0 * extra as f64 / n as f64,
+            began.elapsed().as_secs_f64()
+        ),
+    );
+}
+
+/// A destination that misbehaves at the TCP level.
+#[derive(Clone, Copy, Debug)]
+enum Misbehaves {
+    /// Accepts connections and never reads from them.
+    NeverReads,
+    /// Accepts and resets every connection (RST).
+    Resets,
+}
+
+/// Serves `how` on a fresh loopback address (its own host name for the
+/// sleeping and rate rules); returns the base URL and the connection count.
+async fn misbehaving(ip: &str, how: Misbehaves) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            match how {
+                Misbehaves::NeverReads => held.push(socket),
+                Misbehaves::Resets => {
+                    // A zero linger closes with RST at once (the
+                    // deprecation is about blocking on a non-zero linger).
+                    #[allow(deprecated)]
+                    let _ = socket.set_linger(Some(Duration::ZERO));
+                    drop(socket);
+                }
+            }
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+/// Records in `topic` (the sum of its partitions' high watermarks).
+fn records_in(broker: &Broker, topic: &str) -> i64 {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = broker.client().create().unwrap();
+    let metadata = c
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                .map_or(0, |(low, high)| high - low)
+        })
+        .sum()
+}
+
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<f64>()
+                .ok()
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Scenario 7: three destinations misbehave (answers after the timeout;
+/// accepts and never reads; resets connections) while a fourth is healthy,
+/// all fired by the same events. The bad ones count as errors, the healthy
+/// one gets every event without waiting on them, and memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu (scripts/faults)"]
+async fn misbehaving_destinations() {
+    let n = if full() { 6_000 } else { 1_500 };
+    let dir = scenario_dir("misbehaving_destinations");
+    let tansu = Tansu::start(&dir);
+    let good = Receiver::start().await;
+    // Each bad destination on its own loopback address: its own host.
+    let slow = Receiver::start_on("127.0.0.2").await;
+    slow.set_mode(common::Mode::Delay(Duration::from_secs(4)));
+    let (never_reads, held) = misbehaving("127.0.0.3", Misbehaves::NeverReads).await;
+    let (resets, reset) = misbehaving("127.0.0.4", Misbehaves::Resets).await;
+    let broker = Broker::at(&tansu.bootstrap());
+    let mut s = settings(&broker);
+    s.retry.delays = vec![Duration::from_secs(1)];
+    common::create_topics(&broker, &s, 4).await;
+    let hook = |id: &str, url: String| {
+        json!({"id": id, "product_id": 5, "event": "temp", "url": url,
+            "json": {"sent": "{{{PARTICLE_EVENT_VALUE}}}"}})
+    };
+    let source = integrations_dir(
+        &dir,
+        &[
+            hook("good", good.url("/in")),
+            hook("slow", slow.url("/in")),
+            hook("never_reads", format!("{never_reads}/in")),
+            hook("resets", format!("{resets}/in")),
+        ],
+    );
+    let extra = format!("{source}[delivery]\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\n");
+    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, &extra));
+    fleet.start(0);
+    let pid = fleet.pid(0).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_start = rss_mib(pid);
+    // Each event carries its publish time (ms since the epoch) as its data:
+    // the healthy receiver's latency is arrival minus that.
+    let epoch = std::time::SystemTime::UNIX_EPOCH;
+    let started = Instant::now();
+    let mut rss_max = rss_start;
+    let batch = 100;
+    for b in 0..n / batch {
+        let records: Vec<(String, String)> = (0..batch)
+            .map(|j| {
+                let i = b * batch + j;
+                let device = format!("{:024x}", i % 64);
+                let ms = epoch.elapsed().unwrap().as_millis();
+                let e = json!({"name": "temp", "data": ms.to_string(), "coreid": device,
+                    "productID": 5, "id": format!("m-{i}")});
+                (device, e.to_string())
+            })
+            .collect();
+        produce(&broker, &s.kafka.events_topic, &records).await;
+        rss_max = rss_max.max(rss_mib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let want: BTreeSet<String> = (0..n)
+        .map(|i| idempotency_key(&format!("m-{i}"), "good"))
+        .collect();
+    let missing = wait_delivered(&good, &want, Duration::from_secs(120)).await;
+    // Latency of the healthy destination: arrival minus publish time.
+    let now_ms = epoch.elapsed().unwrap().as_millis() as f64;
+    let mut latency: Vec<f64> = good
+        .seen()
+        .iter()
+        .filter_map(|s| {
+            let sent: f64 = serde_json::from_str::<Value>(&s.body).ok()?["sent"]
+                .as_str()?
+                .parse()
+                .ok()?;
+            let arrived = now_ms - s.at.elapsed().as_millis() as f64;
+            Some(arrived - sent)
+        })
+        .collect();
+    latency.sort_by(f64::total_cmp);
+    let pct = |p: f64| latency[((latency.len() - 1) as f64 * p) as usize];
+    let (p50, p99) = (pct(0.5), pct(0.99));
+    // Let the bad destinations' retries finish, then read the books.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    rss_max = rss_max.max(rss_mib(pid));
+    let m = metrics_of(&dir.join("worker-0.log")).unwrap_or_default();
+    let attempts = |id: &str, outcome: &str| {
+        metric(
+            &m,
+            "hookd_webhook_attempts_total",
+            &[("integration", id), ("outcome", outcome)],
+        )
+    };
+    let bad_ok = ["slow", "never_reads", "resets"]
+        .iter()
+        .all(|id| attempts(id, "success") == 0.0 && attempts(id, "error") > 0.0);
+    let good_ok = attempts("good", "success") as usize >= n && attempts("good", "error") == 0.0;
+    let dead = metric(&m, "hookd_deliveries_dead_lettered_total", &[]);
+    let growth = rss_max - rss_start;
+    let ok = missing == 0 && bad_ok && good_ok && growth < 256.0;
+    if !ok {
+        eprintln!("{m}\n{}", fleet.logs());
+    }
+    verdict(
+        "misbehaving_destinations",
+        ok,
+        &format!(
+            "events={n} healthy_missing={missing} healthy_latency_p50={p50:.0}ms p99={p99:.0}ms \
+             errors slow={} never_reads={} resets={} skipped(asleep)={} dead_lettered={dead} \
+             connections never_reads={} resets={} rss_start={rss_start:.0}MiB rss_max={rss_max:.0}MiB took={:.0}s",
+            attempts("slow", "error"),
+            attempts("never_reads", "error"),
+            attempts("resets", "error"),
+            attempts("slow", "skipped") + attempts("never_reads", "skipped") + attempts("resets", "skipped"),
+            held.load(Ordering::Relaxed),
+            reset.load(Ordering::Relaxed),
+            started.elapsed().as_secs_f64()
+        ),
+    );
+}
