@@ -412,9 +412,10 @@ impl Worker {
         tasks.spawn(refresh_partition_counts(counted, share, shutdown.clone()));
         // Stops after the drain; the final commit covers what is left.
         let storing = CancellationToken::new();
-        for s in std::iter::once(&events).chain(&retries) {
-            tokio::spawn(s.clone().store_periodically(storing.clone()));
-        }
+        let stores: Vec<_> = std::iter::once(&events)
+            .chain(&retries)
+            .map(|s| tokio::spawn(s.clone().store_periodically(storing.clone())))
+            .collect();
         // Publishes until the deliveries have drained, then once more.
         let traffic_stop = CancellationToken::new();
         let traffic = self.recorder.traffic().cloned().map(|book| {
@@ -468,6 +469,9 @@ impl Worker {
             );
         }
         storing.cancel();
+        // Joined, so no task still holds a consumer once `run` returns (its
+        // close would then talk to a broker the caller may have stopped).
+        join_all(stores).await;
         events.commit_final();
         if let Some(r) = &retries {
             r.commit_final();
