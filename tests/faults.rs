@@ -6,6 +6,8 @@
 //! the sizes RELIABILITY.md reports; the default sizes keep CI short.
 
 mod common;
+#[path = "faults/control.rs"]
+mod control;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -909,5 +911,104 @@ async fn receiver_outage_books_balance() {
         "receiver_outage_books_balance",
         ok,
         &format!("outage={}s {}", outage.as_secs(), figures.join(" ")),
+    );
+}
+
+/// Scenario 4: one worker, then two, then three, then one again, while
+/// devices publish half again as much as one destination's limit allows. No
+/// event is lost, and the limit holds for the whole fleet at every size,
+/// measured at the receiver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu (scripts/faults)"]
+async fn scale_out_and_in_under_a_limit() {
+    let rate = 30.0;
+    let phase = Duration::from_secs(if full() { 40 } else { 20 });
+    // A change of size settles (partitions move) before its phase is measured.
+    let settle = Duration::from_secs(6);
+    let dir = scenario_dir("scale_out_and_in_under_a_limit");
+    let tansu = Tansu::start(&dir);
+    let receiver = Receiver::start().await;
+    let broker = Broker::at(&tansu.bootstrap());
+    let s = settings(&broker);
+    common::create_topics(&broker, &s, 6).await;
+    let hook = json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")});
+    let extra = format!(
+        "{}[limits]\nrate = {rate:?}\nburst = 5\nmax_deferrals = 1000\n",
+        integrations_dir(&dir, &[hook])
+    );
+    // `config_sections` writes a [limits] table of its own: this one wins.
+    let config = write_config(&dir, &s, "")
+        .to_str()
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .unwrap()
+        .replace("[limits]\nrate = 0.0\nburst = 400\n", "")
+        + &extra;
+    let config_path = dir.join("hookd.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut fleet = Fleet::new(&dir, config_path);
+    fleet.start(0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+
+    // Devices publish 1.5 × the limit for the whole run.
+    let offered = (rate * 1.5) as usize;
+    let sizes = [1, 2, 3, 1];
+    let seconds = phase.as_secs() * sizes.len() as u64;
+    let n = offered * seconds as usize;
+    let producing = {
+        let bootstrap = broker.bootstrap().to_owned();
+        let topic = s.kafka.events_topic.clone();
+        background(move || async move {
+            let broker = Broker::at(&bootstrap);
+            let began = Instant::now();
+            for second in 0..seconds as usize {
+                let batch: Vec<(String, String)> =
+                    events("temp", "s", n)[second * offered..(second + 1) * offered].to_vec();
+                produce(&broker, &topic, &batch).await;
+                let next = began + Duration::from_secs(second as u64 + 1);
+                tokio::time::sleep_until(next.into()).await;
+            }
+        })
+    };
+    let mut measured = Vec::new();
+    let mut running = 1;
+    for (i, &size) in sizes.iter().enumerate() {
+        if i > 0 {
+            while running < size {
+                fleet.start(running);
+                running += 1;
+            }
+            while running > size {
+                running -= 1;
+                let exit = fleet.terminate(running);
+                assert!(exit.success(), "a scaled-in worker exits 0: {exit:?}");
+            }
+        }
+        tokio::time::sleep(settle).await;
+        let (from, count_from) = (Instant::now(), receiver.count());
+        tokio::time::sleep(phase - settle).await;
+        let per_second = (receiver.count() - count_from) as f64 / from.elapsed().as_secs_f64();
+        measured.push((size, per_second));
+    }
+    producing.join().expect("producer");
+    let want: BTreeSet<String> = (0..n)
+        .map(|i| idempotency_key(&format!("s-{i}"), "h"))
+        .collect();
+    let missing = wait_delivered(&receiver, &want, Duration::from_secs(300)).await;
+    let within = measured.iter().all(|(_, r)| (r / rate - 1.0).abs() <= 0.10);
+    let ok = missing == 0 && within;
+    if !ok {
+        eprintln!("{}", fleet.logs());
+    }
+    let shown: Vec<String> = measured
+        .iter()
+        .map(|(size, r)| format!("{size}w={r:.1}/s({:+.1}%)", (r / rate - 1.0) * 100.0))
+        .collect();
+    verdict(
+        "scale_out_and_in_under_a_limit",
+        ok,
+        &format!(
+            "limit={rate}/s offered={offered}/s events={n} measured {} missing={missing}",
+            shown.join(" ")
+        ),
     );
 }
