@@ -118,12 +118,24 @@ fn background<F: std::future::Future<Output = ()>>(
 }
 
 /// A fresh directory for a scenario's broker data, configs and logs, kept
-/// after the run (under target/tmp/faults/) for reading.
+/// after the run (under target/tmp/faults/<name>/<time>, the last three
+/// runs) for reading.
 fn scenario_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+    let runs = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("faults")
         .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut old: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .map(|d| d.filter_map(|e| Some(e.ok()?.path())).collect())
+        .unwrap_or_default();
+    old.sort();
+    for dir in old.iter().rev().skip(2) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let stamp = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap()
+        .as_secs();
+    let dir = runs.join(stamp.to_string());
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -349,7 +361,7 @@ async fn kill_9_under_load() {
     }
     let delivered_during_kills = receiver.delivered().len();
     producing.join().expect("producer");
-    let missing = wait_delivered(&receiver, &want, Duration::from_secs(240)).await;
+    let missing = wait_delivered(&receiver, &want, Duration::from_secs(120)).await;
     let took = began.elapsed();
     let by_key = delivered_by_key(&receiver);
     let (extra, same) = duplicates(&by_key);
