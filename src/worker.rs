@@ -29,7 +29,7 @@ use futures::FutureExt;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -168,8 +168,29 @@ impl ConsumerContext for WorkerContext {
                 .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
             // Stored and committed before letting go, so the next owner
             // starts after everything finished here (else it redelivers it).
+            // Not when the assignment was lost (this member was evicted):
+            // the partitions are someone else's already.
             store(consumer, &unstored);
-            commit(consumer, CommitMode::Sync);
+            if !consumer.assignment_lost() {
+                // The callback runs on a runtime thread: let the runtime move
+                // its other tasks elsewhere while the commit waits.
+                let multi_thread = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                if multi_thread {
+                    tokio::task::block_in_place(|| commit(consumer, CommitMode::Sync));
+                } else {
+                    commit(consumer, CommitMode::Sync);
+                }
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            // The offsets stay stored: the next commit carries them.
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; retried in a second"),
         }
     }
 
@@ -247,18 +268,17 @@ impl Source {
         let mut tick = tokio::time::interval(STORE_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_commit = tokio::time::Instant::now();
-        let mut uncommitted = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    let moved = self.ledger.unstored();
-                    uncommitted |= !moved.is_empty();
-                    store(self.consumer.as_ref(), &moved);
-                    if uncommitted && last_commit.elapsed() >= COMMIT_INTERVAL {
+                    store(self.consumer.as_ref(), &self.ledger.unstored());
+                    // Every interval, moved or not: a commit that failed
+                    // (a rebalance, the broker away) is made again with the
+                    // same offsets; one with nothing new ends locally.
+                    if last_commit.elapsed() >= COMMIT_INTERVAL {
                         commit(self.consumer.as_ref(), CommitMode::Async);
                         last_commit = tokio::time::Instant::now();
-                        uncommitted = false;
                     }
                 }
             }

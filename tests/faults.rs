@@ -319,7 +319,7 @@ fn duplicates(by_key: &BTreeMap<String, Vec<String>>) -> (usize, bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs tansu (scripts/faults)"]
 async fn kill_9_under_load() {
-    let n = if full() { 40_000 } else { 12_000 };
+    let n = if full() { 20_000 } else { 12_000 };
     let kills = 10;
     let dir = scenario_dir("kill_9_under_load");
     let tansu = Tansu::start(&dir);
@@ -344,8 +344,17 @@ async fn kill_9_under_load() {
     let producing = {
         let bootstrap = broker.bootstrap().to_owned();
         let topic = s.kafka.events_topic.clone();
+        // Paced over the kills' window (10 × 2.8 s), so events are still
+        // arriving when the last worker is killed.
         background(move || async move {
-            produce(&Broker::at(&bootstrap), &topic, &events("temp", "k", n)).await
+            let broker = Broker::at(&bootstrap);
+            let all = events("temp", "k", n);
+            let began = Instant::now();
+            for (i, batch) in all.chunks(n / 250).enumerate() {
+                produce(&broker, &topic, batch).await;
+                let next = began + Duration::from_millis(100 * (i as u64 + 1));
+                tokio::time::sleep_until(next.into()).await;
+            }
         })
     };
 
@@ -366,7 +375,9 @@ async fn kill_9_under_load() {
     let by_key = delivered_by_key(&receiver);
     let (extra, same) = duplicates(&by_key);
     let unexpected = by_key.keys().filter(|k| !want.contains(*k)).count();
-    let ok = missing == 0 && same && unexpected == 0;
+    // The kills hit a busy fleet: events were still undelivered at the last.
+    let busy = delivered_during_kills < n;
+    let ok = missing == 0 && same && unexpected == 0 && busy;
     if !ok {
         eprintln!("{}", fleet.logs());
     }
@@ -600,8 +611,14 @@ async fn misbehaving_destinations() {
     let epoch = std::time::SystemTime::UNIX_EPOCH;
     let started = Instant::now();
     let mut rss_max = rss_start;
-    let batch = 100;
+    let mut rss_half = rss_start;
+    // A hundred events a second: well within what the worker handles, so a
+    // slow healthy delivery would be the bad destinations' doing.
+    let batch = 20;
     for b in 0..n / batch {
+        if b == n / batch / 2 {
+            rss_half = rss_mib(pid);
+        }
         let records: Vec<(String, String)> = (0..batch)
             .map(|j| {
                 let i = b * batch + j;
@@ -614,14 +631,14 @@ async fn misbehaving_destinations() {
             .collect();
         produce(&broker, &s.kafka.events_topic, &records).await;
         rss_max = rss_max.max(rss_mib(pid));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let want: BTreeSet<String> = (0..n)
         .map(|i| idempotency_key(&format!("m-{i}"), "good"))
         .collect();
     let missing = wait_delivered(&good, &want, Duration::from_secs(120)).await;
     // Latency of the healthy destination: arrival minus publish time.
-    let now_ms = epoch.elapsed().unwrap().as_millis() as f64;
+    let (now_ms, now) = (epoch.elapsed().unwrap().as_millis() as f64, Instant::now());
     let mut latency: Vec<f64> = good
         .seen()
         .iter()
@@ -630,12 +647,17 @@ async fn misbehaving_destinations() {
                 .as_str()?
                 .parse()
                 .ok()?;
-            let arrived = now_ms - s.at.elapsed().as_millis() as f64;
+            let arrived = now_ms - (now - s.at).as_millis() as f64;
             Some(arrived - sent)
         })
         .collect();
     latency.sort_by(f64::total_cmp);
-    let pct = |p: f64| latency[((latency.len() - 1) as f64 * p) as usize];
+    let pct = |p: f64| {
+        latency
+            .get(((latency.len().max(1) - 1) as f64 * p) as usize)
+            .copied()
+            .unwrap_or(f64::INFINITY)
+    };
     let (p50, p99) = (pct(0.5), pct(0.99));
     // Let the bad destinations' retries finish, then read the books.
     tokio::time::sleep(Duration::from_secs(8)).await;
@@ -653,8 +675,13 @@ async fn misbehaving_destinations() {
         .all(|id| attempts(id, "success") == 0.0 && attempts(id, "error") > 0.0);
     let good_ok = attempts("good", "success") as usize >= n && attempts("good", "error") == 0.0;
     let dead = metric(&m, "hookd_deliveries_dead_lettered_total", &[]);
-    let growth = rss_max - rss_start;
-    let ok = missing == 0 && bad_ok && good_ok && growth < 256.0;
+    // Bounded: the second half of the run adds (almost) nothing to what the
+    // first half needed.
+    let rss_end = rss_mib(pid);
+    let second_half = rss_end - rss_half;
+    // Unaffected: the healthy destination never waits out a bad one's
+    // timeout (2 s).
+    let ok = missing == 0 && bad_ok && good_ok && second_half < 32.0 && p99 < 2000.0;
     if !ok {
         eprintln!("{m}\n{}", fleet.logs());
     }
@@ -664,7 +691,8 @@ async fn misbehaving_destinations() {
         &format!(
             "events={n} healthy_missing={missing} healthy_latency_p50={p50:.0}ms p99={p99:.0}ms \
              errors slow={} never_reads={} resets={} skipped(asleep)={} dead_lettered={dead} \
-             connections never_reads={} resets={} rss_start={rss_start:.0}MiB rss_max={rss_max:.0}MiB took={:.0}s",
+             connections never_reads={} resets={} rss_start={rss_start:.0}MiB rss_half={rss_half:.0}MiB \
+             rss_end={rss_end:.0}MiB rss_max={rss_max:.0}MiB took={:.0}s",
             attempts("slow", "error"),
             attempts("never_reads", "error"),
             attempts("resets", "error"),
@@ -695,7 +723,7 @@ async fn receiver_outage_books_balance() {
     let receiver = Receiver::start().await;
     let broker = Broker::at(&tansu.bootstrap());
     let s = common::with_api(settings(&broker));
-    common::create_topics(&broker, &s, 4).await;
+    common::create_topics(&broker, &s, 6).await;
     let api = common::start_api(&s).await;
     common::catalog(&api.client).await;
     let acme = api.as_token(common::ACME);
@@ -724,7 +752,8 @@ async fn receiver_outage_books_balance() {
     fleet.start(1);
     // Both workers own their partitions before the traffic starts, so no
     // event is consumed twice (the books count consumption exactly).
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let owning = control::owners(&dir, 2, Duration::from_secs(60)).await;
+    assert_eq!(owning, 2, "both workers own partitions:\n{}", fleet.logs());
 
     // Ten events a second, products 1, 2 and 3 in turn, through the outage.
     let seconds = outage.as_secs() + 25;
@@ -801,8 +830,11 @@ async fn receiver_outage_books_balance() {
     // The last counts reach the stats topic within a flush interval.
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    // The books, per integration: matched = delivered + dead-lettered
-    // (+ retries dropped, counted), and nothing both.
+    // The books, per integration and product: matched = delivered +
+    // dead-lettered, nothing both, and the metrics' successful attempts are
+    // the receiver's deliveries. Nothing here drops a retry or a record
+    // (no integration changes, the broker takes every record): the drop
+    // counters, fleet-wide, must stay at 0.
     let metrics: Vec<String> = (0..2)
         .map(|slot| metrics_of(&dir.join(format!("worker-{slot}.log"))).unwrap_or_default())
         .collect();
@@ -810,32 +842,43 @@ async fn receiver_outage_books_balance() {
         metrics.iter().map(|m| metric(m, name, labels)).sum::<f64>() as u64
     };
     let mut figures = Vec::new();
-    let mut ok = true;
-    for (name, id) in [("P", &p), ("O", &o)] {
-        let events = matched(id);
-        let got = events
-            .iter()
-            .filter(|e| delivered.contains(&idempotency_key(e, id)))
-            .count();
-        let lettered = events
-            .iter()
-            .filter(|e| dead.contains(&(id.clone(), (**e).clone())))
-            .count();
-        let both = events
-            .iter()
-            .filter(|e| {
-                delivered.contains(&idempotency_key(e, id))
-                    && dead.contains(&(id.clone(), (**e).clone()))
-            })
-            .count();
-        let dropped = sum("hookd_retries_dropped_total", &[("integration", id)]);
-        let balanced = got + lettered - both + dropped as usize == events.len() && both == 0;
-        ok &= balanced;
-        figures.push(format!(
-            "{name}: matched={} delivered={got} dead_lettered={lettered} dropped={dropped} both={both}",
-            events.len()
-        ));
+    let dropped = sum("hookd_retries_dropped_total", &[]) + sum("hookd_records_dropped_total", &[]);
+    let mut ok = metrics.iter().all(|m| !m.is_empty()) && dropped == 0;
+    for (name, id, products) in [("P", &p, vec![1]), ("O", &o, vec![1, 2])] {
+        for product in products {
+            let events = &sent[&product];
+            let got = events
+                .iter()
+                .filter(|e| delivered.contains(&idempotency_key(e, id)))
+                .count();
+            let lettered = events
+                .iter()
+                .filter(|e| dead.contains(&(id.clone(), (*e).clone())))
+                .count();
+            let both = events
+                .iter()
+                .filter(|e| {
+                    delivered.contains(&idempotency_key(e, id))
+                        && dead.contains(&(id.clone(), (*e).clone()))
+                })
+                .count();
+            let successes = sum(
+                "hookd_webhook_attempts_total",
+                &[
+                    ("integration", id),
+                    ("product", &product.to_string()),
+                    ("outcome", "success"),
+                ],
+            );
+            ok &= got + lettered == events.len() && both == 0 && successes as usize == got;
+            figures.push(format!(
+                "{name}/product {product}: matched={} delivered={got} dead_lettered={lettered} \
+                 both={both} success_attempts={successes}",
+                events.len()
+            ));
+        }
     }
+    figures.push(format!("dropped={dropped}"));
     let consumed = sum("hookd_events_consumed_total", &[]);
     let unmatched = sum("hookd_events_unmatched_total", &[]);
     ok &= consumed as usize == total && unmatched as usize == sent[&3].len();
@@ -996,6 +1039,10 @@ async fn scale_out_and_in_under_a_limit() {
             }
         }
         tokio::time::sleep(settle).await;
+        // The fleet is the size this phase claims: every running worker
+        // owns events partitions, and together they own all of them.
+        let owning = control::owners(&dir, size, Duration::from_secs(60)).await;
+        assert_eq!(owning, size, "fleet of {size}:\n{}", fleet.logs());
         let (from, count_from) = (Instant::now(), receiver.count());
         tokio::time::sleep(phase - settle).await;
         let per_second = (receiver.count() - count_from) as f64 / from.elapsed().as_secs_f64();

@@ -263,24 +263,45 @@ pub fn config_sections(s: &Settings) -> String {
 /// Produces `(key, payload)` records and waits for every acknowledgement.
 pub async fn produce(broker: &Broker, topic: &str, records: &[(String, String)]) {
     let producer = broker.producer();
-    let mut pending = Vec::with_capacity(records.len());
-    for (key, payload) in records {
-        loop {
-            match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
-                Ok(f) => {
-                    pending.push(f);
-                    break;
-                }
-                Err(_) => {
-                    for f in pending.drain(..) {
-                        f.await.expect("delivery future").expect("produced");
+    // A record the broker refused (tansu answers a busy moment with an
+    // unknown error now and then) is sent again, a few times at most.
+    let mut todo: Vec<&(String, String)> = records.iter().collect();
+    for round in 0.. {
+        let mut pending = Vec::with_capacity(todo.len());
+        let mut failed = Vec::new();
+        for record in todo {
+            let (key, payload) = record;
+            loop {
+                match producer.send_result(FutureRecord::to(topic).key(key).payload(payload)) {
+                    Ok(f) => {
+                        pending.push((f, record));
+                        break;
+                    }
+                    Err(_) => {
+                        for (f, r) in pending.drain(..) {
+                            if f.await.expect("delivery future").is_err() {
+                                failed.push(r);
+                            }
+                        }
                     }
                 }
             }
         }
-    }
-    for f in pending {
-        f.await.expect("delivery future").expect("produced");
+        for (f, r) in pending {
+            if f.await.expect("delivery future").is_err() {
+                failed.push(r);
+            }
+        }
+        if failed.is_empty() {
+            break;
+        }
+        assert!(
+            round < 5,
+            "{} records not produced after 5 tries",
+            failed.len()
+        );
+        todo = failed;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     rdkafka::producer::Producer::flush(&producer, Timeout::After(Duration::from_secs(10)))
         .expect("flush");
