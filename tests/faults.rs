@@ -200,6 +200,13 @@ impl Fleet {
         }
     }
 
+    /// SIGTERM, and the exit status if it came within `limit` (else the
+    /// worker is killed and `None`).
+    fn stop(&mut self, slot: usize, limit: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.workers[slot].take().expect("worker is running");
+        control::stop_within(&mut c, "TERM", limit)
+    }
+
     /// SIGTERM, and the exit status once the worker drained.
     fn terminate(&mut self, slot: usize) -> std::process::ExitStatus {
         let mut c = self.workers[slot].take().expect("worker is running");

@@ -75,6 +75,12 @@ impl ApiProcess {
         }
     }
 
+    /// SIGTERM (or SIGINT), and the exit status if it came within `limit`.
+    fn stop(&mut self, signal: &str, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut().expect("the api is running");
+        stop_within(child, signal, limit)
+    }
+
     fn client(&self, token: &str) -> ApiClient {
         ApiClient::new(format!("http://127.0.0.1:{}", self.port), token)
     }
@@ -1061,6 +1067,155 @@ async fn api_killed_mid_write() {
              worker_caught_up={caught_up}",
             control.writes.load(SeqCst),
             a.details.len(),
+        ),
+    );
+}
+
+/// Sends `signal` (`TERM`, `INT`) to `child` and waits up to `limit` for it
+/// to exit; its status, or `None` if it was still running (then killed).
+pub(crate) fn stop_within(
+    child: &mut Child,
+    signal: &str,
+    limit: Duration,
+) -> Option<std::process::ExitStatus> {
+    let sent = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(child.id().to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(sent, "kill -{signal}");
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Error lines of a process's log written after byte `from`: a stop that
+/// leaves a client talking to a stopped broker, or fails to drain, says so
+/// there.
+fn errors_after(log: &Path, from: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.get(from..)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| {
+            l.contains(" ERROR ")
+                || l.contains("AllBrokersDown")
+                || l.contains("Connection refused")
+                || l.contains("panicked")
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Scenario 8: every command stops on its signal within its grace period,
+/// after minutes of traffic, in an order that leaves no client talking to a
+/// stopped broker, and without error lines: `hookd demo` (Ctrl-C, its
+/// embedded broker stopping last), and `hookd worker` and `hookd api`
+/// (SIGTERM) on tansu.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs tansu (scripts/faults)"]
+async fn clean_stops() {
+    let running = Duration::from_secs(if full() { 180 } else { 45 });
+    let dir = scenario_dir("clean_stops");
+
+    // The demo: everything in one process, stopped by Ctrl-C.
+    let out = dir.join("demo.out");
+    let err = dir.join("demo.log");
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["demo", "--every", "10", "--api-listen", "127.0.0.1:0"])
+        .stdout(append(&out))
+        .stderr(append(&err))
+        .spawn()
+        .expect("start hookd demo");
+    tokio::time::sleep(running).await;
+    let demo_exit = stop_within(&mut demo, "INT", Duration::from_secs(45));
+    let printed = std::fs::read_to_string(&out).unwrap_or_default();
+    let demo_events = printed
+        .lines()
+        .find_map(|l| l.split("demo stopped after ").nth(1))
+        .and_then(|rest| rest.split(' ').next()?.parse::<u64>().ok());
+    let demo_errors = errors_after(&err, 0);
+
+    // A worker and an api on tansu, with traffic, stopped by SIGTERM.
+    let tansu = Tansu::start(&dir);
+    let receiver = Receiver::start().await;
+    let broker = Broker::at(&tansu.bootstrap());
+    let s = settings(&broker);
+    // The publisher writes to each of PARTITIONS partitions.
+    common::create_topics(&broker, &s, PARTITIONS).await;
+    let config = write_config(&dir, &s, &control_config());
+    let mut api = ApiProcess::start(&dir, &config, "api");
+    api.ready().await;
+    acme_catalog(&api.client(common::OPERATOR), [5]).await;
+    api.client(common::ACME)
+        .call(
+            Method::POST,
+            "/v1/products/5/integrations",
+            // The publisher's events are named `conv`.
+            Some(&json!({"event": "conv", "url": receiver.url("/in")})),
+        )
+        .await
+        .expect("integration created");
+    let mut fleet = Fleet::new(&dir, config.clone());
+    fleet.start(0);
+    let switch = Arc::new(Switch::default());
+    let publishing = publisher(
+        broker.bootstrap().to_owned(),
+        s.kafka.events_topic.clone(),
+        switch.clone(),
+    );
+    switch.on.store(true, SeqCst);
+    tokio::time::sleep(running).await;
+    let delivered = receiver.count();
+    let worker_log = dir.join("worker-0.log");
+    let api_log = dir.join("api.log");
+    let (worker_from, api_from) = (
+        std::fs::metadata(&worker_log).map_or(0, |m| m.len() as usize),
+        std::fs::metadata(&api_log).map_or(0, |m| m.len() as usize),
+    );
+    // The worker drains within worker.shutdown_grace (10 s) while events
+    // still arrive; the api after it.
+    let worker_exit = fleet.stop(0, Duration::from_secs(25));
+    let api_exit = api.stop("TERM", Duration::from_secs(25));
+    switch.on.store(false, SeqCst);
+    switch.done.store(true, SeqCst);
+    publishing.join().expect("publisher");
+    let worker_errors = errors_after(&worker_log, worker_from);
+    let api_errors = errors_after(&api_log, api_from);
+
+    let clean = |exit: Option<std::process::ExitStatus>| exit.is_some_and(|e| e.success());
+    let ok = clean(demo_exit)
+        && demo_events.is_some_and(|n| n > 0)
+        && demo_errors.is_empty()
+        && clean(worker_exit)
+        && clean(api_exit)
+        && worker_errors.is_empty()
+        && api_errors.is_empty()
+        && delivered > 0;
+    if !ok {
+        eprintln!(
+            "demo stderr errors: {demo_errors:?}\nworker: {worker_errors:?}\napi: {api_errors:?}\n{}",
+            fleet.logs()
+        );
+    }
+    verdict(
+        "clean_stops",
+        ok,
+        &format!(
+            "ran={}s demo: exit={demo_exit:?} events={demo_events:?} error_lines={} \
+             worker: exit={worker_exit:?} error_lines={} delivered={delivered} \
+             api: exit={api_exit:?} error_lines={}",
+            running.as_secs(),
+            demo_errors.len(),
+            worker_errors.len(),
+            api_errors.len(),
         ),
     );
 }
