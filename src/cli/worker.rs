@@ -27,6 +27,10 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let metrics = crate::telemetry::metrics_handle();
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
+    tokio::spawn(exit_if_stuck(
+        shutdown.clone(),
+        settings.worker.shutdown_grace + STOP_MARGIN,
+    ));
 
     let listener = TcpListener::bind(settings.metrics.listen)
         .await
@@ -149,6 +153,29 @@ async fn reload_on_sighup(
     }
     #[cfg(not(unix))]
     let _ = (path, source, index, shutdown);
+}
+
+/// Time a stop may take beyond `worker.shutdown_grace`: the final commit
+/// and the consumers' close.
+const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Once `token` is cancelled, gives the stop `limit`; past it (the final
+/// commit or a consumer's close waiting on a coordinator that is gone) the
+/// process exits 1 with a message. What was not committed is redelivered by
+/// the partitions' next owners, as after a crash; a stop never hangs. A
+/// thread of its own, so a runtime thread blocked in a Kafka call cannot
+/// hold it up.
+async fn exit_if_stuck(token: CancellationToken, limit: std::time::Duration) {
+    token.cancelled().await;
+    std::thread::spawn(move || {
+        std::thread::sleep(limit);
+        tracing::error!(
+            ?limit,
+            "stop did not finish in time (the broker is unreachable?); exiting: \
+             uncommitted events will be redelivered"
+        );
+        std::process::exit(1);
+    });
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.
