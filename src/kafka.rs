@@ -183,4 +183,36 @@ mod tests {
         assert_eq!(consumer.get("linger.ms"), None);
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
     }
+
+    #[test]
+    fn fleet_consumers_commit_themselves_and_may_be_static_members() {
+        let mut s = crate::config::Settings::load_from(None, vec![]).unwrap();
+        let k = &mut s.kafka;
+        let dynamic = consumer_config(k);
+        assert_eq!(dynamic.get("group.instance.id"), None);
+        assert_eq!(dynamic.get("enable.auto.commit"), Some("false"));
+        assert_eq!(
+            dynamic.get("partition.assignment.strategy"),
+            Some("cooperative-sticky")
+        );
+        k.instance_id = "worker-3".into();
+        assert_eq!(
+            consumer_config(k).get("group.instance.id"),
+            Some("worker-3")
+        );
+        assert_eq!(
+            reader_config(k).get("group.instance.id"),
+            None,
+            "readers join no group"
+        );
+        k.consumer.insert(
+            "partition.assignment.strategy".into(),
+            "range,roundrobin".into(),
+        );
+        assert_eq!(
+            consumer_config(k).get("partition.assignment.strategy"),
+            Some("range,roundrobin"),
+            "the operator's choice wins (a rolling upgrade)"
+        );
+    }
 }
