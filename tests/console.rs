@@ -27,14 +27,6 @@ impl Drop for Driver {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 async fn browser() -> (Driver, Client) {
     // Both rustls providers are in the build: the one hookd uses.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -6,17 +6,8 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{create_topics, http_get, produce, settings, wait_until, Broker, Receiver};
+use common::{create_topics, free_port, http_get, produce, settings, wait_until, Broker, Receiver};
 use serde_json::json;
-
-/// A loopback port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The real worker binary on `config`.
 fn spawn_worker(config: &std::path::Path) -> std::process::Child {

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{produce, Broker, Receiver};
+use common::{free_port, produce, Broker, Receiver};
 use hookd::render::idempotency_key;
 use serde_json::{json, Value};
 
@@ -85,14 +85,6 @@ impl Drop for Tansu {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn append(path: &Path) -> std::fs::File {

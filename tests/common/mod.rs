@@ -158,6 +158,15 @@ impl Broker {
     }
 }
 
+/// A loopback port nothing listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A name no other test (or earlier run against the same real broker) uses.
 pub fn unique(base: &str) -> String {
     format!("{base}-{:016x}", rand::random::<u64>())

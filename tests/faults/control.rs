@@ -16,10 +16,9 @@ use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use serde_json::{json, Map, Value};
 
-use super::common::{self, produce, Broker, Receiver};
+use super::common::{self, free_port, produce, Broker, Receiver};
 use super::{
-    append, background, free_port, full, scenario_dir, settings, verdict, write_config, Fleet,
-    Tansu,
+    append, background, full, scenario_dir, settings, verdict, write_config, Fleet, Tansu,
 };
 
 /// Partitions of the events topic in `config_convergence`.
