@@ -1,7 +1,7 @@
 //! Decode stage: one events-topic record → `DeviceEvent`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hookd::event::{DeviceEvent, Origin};
+use hookd::model::event::{DeviceEvent, Origin};
 use serde_json::json;
 
 /// The allocator of the `hookd` binary, so figures are what it runs.

@@ -399,12 +399,12 @@ async fn kafka_floor(brokers: &str, n: usize) -> (f64, f64) {
 
         // Exactly the worker's response-event producer: its config function
         // on the default settings, pointed at this broker.
-        let mut kafka = hookd::config::Settings::load_from(None, vec![])
+        let mut kafka = hookd::runtime::config::Settings::load_from(None, vec![])
             .expect("default settings")
             .kafka;
         kafka.brokers = brokers.clone();
         let producer: ThreadedProducer<DefaultProducerContext> =
-            hookd::kafka::producer_config(&kafka)
+            hookd::runtime::kafka::producer_config(&kafka)
                 .set("delivery.report.only.error", "true")
                 .create()
                 .unwrap();
@@ -449,22 +449,26 @@ struct Limit {
 
 /// A bare hyper client sending `n` requests, rendered beforehand.
 async fn bare_client_limit(receiver: SocketAddr, n: usize) -> Limit {
-    use hookd::render::{render, EventContext, SecretMode};
-    let index = hookd::resolve::Index::build(
+    use hookd::pipeline::render::{render, EventContext, SecretMode};
+    let index = hookd::pipeline::resolve::Index::build(
         integrations(receiver)
             .into_iter()
-            .map(|v| hookd::integration::Integration::from_value(v).unwrap()),
+            .map(|v| hookd::model::integration::Integration::from_value(v).unwrap()),
     )
     .unwrap();
-    let origin = hookd::event::Origin {
+    let origin = hookd::model::event::Origin {
         topic: "device-events".into(),
         partition: 0,
         offset: 0,
     };
     let payloads: Vec<String> = (0..n as u64).map(|i| event(i, now_us()).1).collect();
     let prepare = |payload: &String| {
-        let e = hookd::event::DeviceEvent::decode(payload.as_bytes(), &origin, chrono::Utc::now())
-            .unwrap();
+        let e = hookd::model::event::DeviceEvent::decode(
+            payload.as_bytes(),
+            &origin,
+            chrono::Utc::now(),
+        )
+        .unwrap();
         let m = index.resolve(&e).pop().unwrap();
         let ctx = EventContext::new(e, Arc::default(), SecretMode::Reveal);
         render(&m.integration, &ctx).unwrap()

@@ -6,8 +6,8 @@
 //! full and with one record changed since the last load.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hookd::integration::Integration;
-use hookd::resolve::Index;
+use hookd::model::integration::Integration;
+use hookd::pipeline::resolve::Index;
 use serde_json::json;
 
 /// The allocator of the `hookd` binary, so figures are what it runs.
@@ -40,7 +40,7 @@ fn bench_reload(c: &mut Criterion) {
     let file = dir.path().join("integrations.json");
     std::fs::write(&file, format!("[{}]", records.join(","))).unwrap();
     group.bench_function("file_100k_integrations", |b| {
-        b.iter(|| hookd::source::load_index(&file).unwrap())
+        b.iter(|| hookd::control::source::load_index(&file).unwrap())
     });
     // A single edit: the same file with one record changed, reloaded by a
     // source that loaded the file before (as the worker's does); the two
@@ -49,7 +49,7 @@ fn bench_reload(c: &mut Criterion) {
     edited[7] = edited[7].replace("https://example.com/hook", "https://example.com/edited");
     let other = dir.path().join("integrations-edited.json");
     std::fs::write(&other, format!("[{}]", edited.join(","))).unwrap();
-    let mut source = hookd::source::FileSource::default();
+    let mut source = hookd::control::source::FileSource::default();
     source.load(&file).unwrap();
     let mut flip = false;
     group.bench_function("file_100k_one_record_changed", |b| {
@@ -62,7 +62,7 @@ fn bench_reload(c: &mut Criterion) {
     });
     group.finish();
 
-    let mut state = hookd::config_log::state::ConfigState::default();
+    let mut state = hookd::control::config_log::state::ConfigState::default();
     let records: Vec<String> = (0..100_000u32)
         .map(|i| {
             json!({"id": format!("r{i}"), "version": 1, "owner": format!("user{i}"), "event": "temp",

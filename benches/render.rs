@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hookd::event::{DeviceEvent, Origin};
-use hookd::integration::Integration;
-use hookd::render::{render, EventContext, SecretMode};
+use hookd::model::event::{DeviceEvent, Origin};
+use hookd::model::integration::Integration;
+use hookd::pipeline::render::{render, EventContext, SecretMode};
 use serde_json::json;
 
 /// The allocator of the `hookd` binary, so figures are what it runs.

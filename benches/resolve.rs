@@ -4,9 +4,9 @@
 //! *other* products' integrations (it must not).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hookd::event::{DeviceEvent, Origin};
-use hookd::integration::Integration;
-use hookd::resolve::Index;
+use hookd::model::event::{DeviceEvent, Origin};
+use hookd::model::integration::Integration;
+use hookd::pipeline::resolve::Index;
 use serde_json::json;
 
 /// The allocator of the `hookd` binary, so figures are what it runs.

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use hookd::throttle::{LimitSettings, Throttle};
+use hookd::policy::throttle::{LimitSettings, Throttle};
 
 /// The allocator of the `hookd` binary, so figures are what it runs.
 #[global_allocator]

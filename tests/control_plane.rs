@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use hookd::api::client::ApiClient;
+use hookd::control::api::client::ApiClient;
 use hyper::Method;
 use rdkafka::producer::FutureRecord;
 use serde_json::{json, Value};
@@ -997,9 +997,10 @@ async fn an_injected_invalid_record_is_refused_by_workers_and_api_alike() {
     .await;
 
     // A fresh reader (a worker starting now) replays and refuses it too.
-    let index = hookd::resolve::IndexHandle::new(hookd::resolve::Index::default());
+    let index =
+        hookd::pipeline::resolve::IndexHandle::new(hookd::pipeline::resolve::Index::default());
     let stop = tokio_util::sync::CancellationToken::new();
-    let fresh = hookd::config_log::follower::ConfigLog::start(
+    let fresh = hookd::control::config_log::follower::ConfigLog::start(
         &s.kafka,
         Some(index.clone()),
         s.templates,
@@ -1293,7 +1294,7 @@ async fn a_tenant_never_gets_another_tenants_secret() {
 /// (nor its secrets), and its drop is counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_retry_pending_when_its_product_is_separated_is_dropped_and_counted() {
-    let metrics = hookd::telemetry::metrics_handle();
+    let metrics = hookd::runtime::telemetry::metrics_handle();
     let broker = Broker::start();
     let mut s = with_api(settings(&broker));
     s.retry.delays = vec![Duration::from_secs(4), Duration::from_secs(8)];

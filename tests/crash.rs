@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{create_topics, produce, settings, wait_until, Broker, Mode, Receiver};
-use hookd::config::Settings;
-use hookd::render::idempotency_key;
+use hookd::pipeline::render::idempotency_key;
+use hookd::runtime::config::Settings;
 use serde_json::json;
 
 fn write_config(dir: &Path, s: &Settings, receiver: &Receiver) -> std::path::PathBuf {

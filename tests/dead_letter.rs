@@ -7,12 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::{create_topics, produce, settings, start_worker, wait_until, Broker, Receiver};
-use hookd::dead_letter::DeadLetter;
+use hookd::policy::dead_letter::DeadLetter;
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_events_are_dead_lettered_and_the_partition_flows_on() {
-    let metrics = hookd::telemetry::metrics_handle();
+    let metrics = hookd::runtime::telemetry::metrics_handle();
     let broker = Broker::start();
     let receiver = Receiver::start().await;
     let s = settings(&broker);

@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Mode, Receiver};
-use hookd::config::Settings;
-use hookd::deliver::{Deliverer, DeliveryError};
-use hookd::integration::Method;
-use hookd::render::RenderedRequest;
+use hookd::model::integration::Method;
+use hookd::pipeline::deliver::{Deliverer, DeliveryError};
+use hookd::pipeline::render::RenderedRequest;
+use hookd::runtime::config::Settings;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -22,7 +22,10 @@ fn request(url: String) -> RenderedRequest {
     RenderedRequest {
         method: Method::Post,
         url,
-        headers: vec![("User-Agent".into(), hookd::render::USER_AGENT.into())],
+        headers: vec![(
+            "User-Agent".into(),
+            hookd::pipeline::render::USER_AGENT.into(),
+        )],
         body: Bytes::from_static(b"hello"),
     }
 }
@@ -118,7 +121,10 @@ async fn plain_http_keeps_alive_and_caps_the_response_body() {
     );
     let seen = r.seen();
     assert_eq!(seen[1].version, "HTTP/1.1");
-    assert_eq!(seen[1].headers["user-agent"], hookd::render::USER_AGENT);
+    assert_eq!(
+        seen[1].headers["user-agent"],
+        hookd::pipeline::render::USER_AGENT
+    );
     assert_eq!(seen[1].body, "hello");
 }
 

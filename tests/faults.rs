@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{free_port, produce, Broker, Receiver};
-use hookd::render::idempotency_key;
+use hookd::pipeline::render::idempotency_key;
 use serde_json::{json, Value};
 
 /// The broker of one scenario: tansu on a fixed loopback port with its data in
@@ -235,13 +235,13 @@ impl Drop for Fleet {
 }
 
 /// Settings of a scenario's workers on `bootstrap`, on fresh topics.
-fn settings(broker: &Broker) -> hookd::config::Settings {
+fn settings(broker: &Broker) -> hookd::runtime::config::Settings {
     common::settings(broker)
 }
 
 /// A worker config file: `s`'s sections, the integrations of `source`
 /// (`file:<dir>` or `kafka`), and `extra` TOML.
-fn write_config(dir: &Path, s: &hookd::config::Settings, extra: &str) -> PathBuf {
+fn write_config(dir: &Path, s: &hookd::runtime::config::Settings, extra: &str) -> PathBuf {
     let config = format!(
         "{}[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n{extra}",
         common::config_sections(s),

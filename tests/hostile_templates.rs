@@ -12,9 +12,9 @@
 
 use std::sync::Arc;
 
-use hookd::event::{DeviceEvent, Origin};
-use hookd::integration::Integration;
-use hookd::render::{render, EventContext, SecretMode};
+use hookd::model::event::{DeviceEvent, Origin};
+use hookd::model::integration::Integration;
+use hookd::pipeline::render::{render, EventContext, SecretMode};
 use hookd::template::{Template, TemplateLimits};
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::Receiver;
-use hookd::config::Settings;
-use hookd::deliver::{Deliverer, DeliveryError};
-use hookd::integration::Method;
-use hookd::render::RenderedRequest;
+use hookd::model::integration::Method;
+use hookd::pipeline::deliver::{Deliverer, DeliveryError};
+use hookd::pipeline::render::RenderedRequest;
+use hookd::runtime::config::Settings;
 
 fn deliverer(allow: &[&str]) -> Deliverer {
     let mut s = Settings::load_from(None, vec![]).unwrap();

@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::{create_topics, produce, settings, wait_until, Broker, Receiver};
-use hookd::integration::Integration;
-use hookd::render::{idempotency_key, USER_AGENT};
-use hookd::resolve::{Index, IndexHandle};
-use hookd::worker::Worker;
+use hookd::model::integration::Integration;
+use hookd::pipeline::consume::Worker;
+use hookd::pipeline::render::{idempotency_key, USER_AGENT};
+use hookd::pipeline::resolve::{Index, IndexHandle};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -157,7 +157,7 @@ async fn ten_thousand_events_reach_every_integration_exactly_as_rendered() {
         .collect();
     let want = expected(&sent);
 
-    let metrics = hookd::telemetry::metrics_handle();
+    let metrics = hookd::runtime::telemetry::metrics_handle();
     let worker = Worker::new(
         s.clone(),
         IndexHandle::new(Index::build(integrations(&receiver)).unwrap()),

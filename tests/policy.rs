@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::{create_topics, produce, settings, start_worker, wait_until, Broker, Mode, Receiver};
-use hookd::dead_letter::DeadLetter;
-use hookd::render::idempotency_key;
-use hookd::throttle::HostLimit;
+use hookd::pipeline::render::idempotency_key;
+use hookd::policy::dead_letter::DeadLetter;
+use hookd::policy::throttle::HostLimit;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -225,7 +225,7 @@ async fn signatures_verify_independently() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_rate_limited_destination_does_not_hold_up_the_others() {
-    let metrics = hookd::telemetry::metrics_handle();
+    let metrics = hookd::runtime::telemetry::metrics_handle();
     let broker = Broker::start();
     let slow = Receiver::start().await;
     slow.set_mode(Mode::Delay(Duration::from_secs(5)));

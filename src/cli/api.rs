@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::runtime::config::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct ApiArgs {
@@ -16,13 +16,13 @@ pub struct ApiArgs {
 
 pub async fn run(args: ApiArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
-    crate::telemetry::init_tracing(&settings.log.filter);
+    crate::runtime::telemetry::init_tracing(&settings.log.filter);
     if settings.api.tokens.is_empty() {
         tracing::warn!("api.tokens is empty: every request will be refused with 401");
     }
     let shutdown = CancellationToken::new();
     tokio::spawn(super::worker::cancel_on_signal(shutdown.clone()));
-    let running = crate::api::server::start(&settings, shutdown).await?;
+    let running = crate::control::api::server::start(&settings, shutdown).await?;
     running.task.await?;
     tracing::info!("api stopped");
     Ok(())

@@ -20,14 +20,14 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::client::ApiClient;
-use crate::config::Settings;
-use crate::config_log::follower::ConfigLog;
-use crate::integration::Integration;
-use crate::record::Tally;
-use crate::resolve::{Index, IndexHandle};
-use crate::simulate::Fleet;
-use crate::worker::Worker;
+use crate::cli::simulate::Fleet;
+use crate::control::api::client::ApiClient;
+use crate::control::config_log::follower::ConfigLog;
+use crate::model::integration::Integration;
+use crate::pipeline::consume::Worker;
+use crate::pipeline::resolve::{Index, IndexHandle};
+use crate::pipeline::tally::Tally;
+use crate::runtime::config::Settings;
 
 /// The samples, embedded so the demo runs from any directory.
 const SAMPLES: [(&str, &str); 3] = [
@@ -79,7 +79,7 @@ type Received = Arc<Mutex<BTreeMap<String, u64>>>;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut settings = Settings::load(None)?;
-    crate::telemetry::init_tracing("error");
+    crate::runtime::telemetry::init_tracing("error");
     let cluster = MockCluster::new(1).context("starting the embedded broker")?;
     let k = &mut settings.kafka;
     k.brokers = cluster.bootstrap_servers();
@@ -107,7 +107,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     settings.api.listen = args.api_listen;
     settings.api.tokens = TOKENS
         .iter()
-        .map(|(token, org, user)| crate::config::TokenSettings {
+        .map(|(token, org, user)| crate::runtime::config::TokenSettings {
             token: (*token).into(),
             org: org.map(Into::into),
             user: user.map(Into::into),
@@ -119,7 +119,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::spawn(crate::cli::worker::cancel_on_signal(shutdown.clone()));
     let received: Received = Received::default();
     let receiver = start_receiver(received.clone(), shutdown.clone()).await?;
-    let api = crate::api::server::start(&settings, shutdown.clone())
+    let api = crate::control::api::server::start(&settings, shutdown.clone())
         .await
         .context("starting the api")?;
     let api_url = format!("http://{}", api.addr);
@@ -165,7 +165,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let worker = Worker::new(settings.clone(), index);
     let tally = worker.tally();
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    let producer: FutureProducer = crate::kafka::producer_config(&settings.kafka).create()?;
+    let producer: FutureProducer =
+        crate::runtime::kafka::producer_config(&settings.kafka).create()?;
     let devices = tokio::spawn(simulate(
         producer,
         settings.kafka.events_topic.clone(),
@@ -221,10 +222,11 @@ async fn seed(settings: &Settings, api: &str, receiver: &str) -> anyhow::Result<
             )
             .await?;
     }
-    let producer: FutureProducer = crate::kafka::producer_config(&settings.kafka).create()?;
+    let producer: FutureProducer =
+        crate::runtime::kafka::producer_config(&settings.kafka).create()?;
     let mut samples = Vec::new();
     for (file, text) in SAMPLES {
-        let mut spec: crate::integration::IntegrationSpec =
+        let mut spec: crate::model::integration::IntegrationSpec =
             serde_json::from_str(text).with_context(|| format!("sample {file}"))?;
         spec.url = spec.url.map(|u| u.replace(SAMPLE_ORIGIN, receiver));
         spec.version = 1;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context as _};
 use hyper::Method;
 use serde_json::{Map, Value};
 
-use crate::api::client::ApiClient;
+use crate::control::api::client::ApiClient;
 
 #[derive(Debug, clap::Args)]
 pub struct IntegrationsArgs {

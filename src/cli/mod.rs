@@ -5,4 +5,5 @@ pub mod demo;
 pub mod integrations;
 pub mod publish;
 pub mod render;
+pub mod simulate;
 pub mod worker;

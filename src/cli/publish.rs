@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::config::Settings;
-use crate::simulate::Fleet;
+use crate::cli::simulate::Fleet;
+use crate::runtime::config::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct PublishArgs {
@@ -39,7 +39,7 @@ pub struct PublishArgs {
 
 pub async fn run(args: PublishArgs) -> anyhow::Result<u64> {
     let settings = Settings::load(args.config.as_deref())?;
-    let producer: FutureProducer = crate::kafka::producer_config(&settings.kafka)
+    let producer: FutureProducer = crate::runtime::kafka::producer_config(&settings.kafka)
         .create()
         .context("creating the Kafka producer")?;
     let topic = settings.kafka.events_topic.clone();

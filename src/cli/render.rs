@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::config::Settings;
-use crate::event::{DeviceEvent, Origin};
-use crate::integration::Integration;
-use crate::render::{render, EventContext, SecretMode};
-use crate::resolve::check;
+use crate::model::event::{DeviceEvent, Origin};
+use crate::model::integration::Integration;
+use crate::pipeline::render::{render, EventContext, SecretMode};
+use crate::pipeline::resolve::check;
+use crate::runtime::config::Settings;
 
 #[derive(Debug, clap::Args)]
 pub struct RenderArgs {

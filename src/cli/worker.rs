@@ -8,11 +8,11 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{IntegrationSource, Settings};
-use crate::config_log::follower::ConfigLog;
-use crate::resolve::{Index, IndexHandle};
-use crate::source::FileSource;
-use crate::worker::Worker;
+use crate::control::config_log::follower::ConfigLog;
+use crate::control::source::FileSource;
+use crate::pipeline::consume::Worker;
+use crate::pipeline::resolve::{Index, IndexHandle};
+use crate::runtime::config::{IntegrationSource, Settings};
 
 #[derive(Debug, clap::Args)]
 pub struct WorkerArgs {
@@ -23,8 +23,8 @@ pub struct WorkerArgs {
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let settings = Settings::load(args.config.as_deref())?;
-    crate::telemetry::init_tracing(&settings.log.filter);
-    let metrics = crate::telemetry::metrics_handle();
+    crate::runtime::telemetry::init_tracing(&settings.log.filter);
+    let metrics = crate::runtime::telemetry::metrics_handle();
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
     tokio::spawn(exit_if_stuck(
@@ -39,7 +39,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let index = IndexHandle::new(Index::default());
     let worker = Worker::new(settings.clone(), index.clone());
     let endpoints_stop = CancellationToken::new();
-    let endpoints = tokio::spawn(crate::health::serve(
+    let endpoints = tokio::spawn(crate::runtime::health::serve(
         listener,
         metrics,
         worker.readiness(),
@@ -124,7 +124,7 @@ async fn reload_on_sighup(
             let started = std::time::Instant::now();
             // Parsing and compiling many integrations is CPU work: keep it
             // off the runtime's threads so deliveries keep flowing.
-            let load = crate::background::run("reload", {
+            let load = crate::runtime::background::run("reload", {
                 let (path, source) = (path.clone(), source.clone());
                 move || {
                     let mut source = source.lock().expect("the reload lock is never poisoned");
@@ -144,7 +144,7 @@ async fn reload_on_sighup(
                     );
                 }
                 Err(e) => {
-                    metrics::counter!(crate::telemetry::CONFIG_INVALID, "source" => "file")
+                    metrics::counter!(crate::runtime::telemetry::CONFIG_INVALID, "source" => "file")
                         .increment(1);
                     tracing::error!(error = %e, "reload refused; the previous integrations keep running");
                 }

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use hookd::api::client::{ApiClient, ClientError};
-use hookd::config::Settings;
+use hookd::control::api::client::{ApiClient, ClientError};
+use hookd::runtime::config::Settings;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -186,7 +186,7 @@ pub fn settings(broker: &Broker) -> Settings {
     // In-process workers get their integrations from the test itself, as
     // the operator's own file would give them (every secret visible);
     // `start_log_worker` switches to the config log.
-    s.integrations.source = hookd::config::IntegrationSource::File;
+    s.integrations.source = hookd::runtime::config::IntegrationSource::File;
     s.retry.topic_prefix = unique("retry");
     s.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(2)];
     // Tests send many requests to one loopback receiver.
@@ -512,20 +512,23 @@ pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> b
 
 /// A worker running in this process.
 pub struct RunningWorker {
-    pub tally: hookd::record::Tally,
+    pub tally: hookd::pipeline::tally::Tally,
     shutdown: tokio_util::sync::CancellationToken,
-    run: tokio::task::JoinHandle<Result<(), hookd::worker::WorkerError>>,
+    run: tokio::task::JoinHandle<Result<(), hookd::pipeline::consume::WorkerError>>,
 }
 
 /// Starts a worker with `integrations` (JSON records).
 pub fn start_worker(s: &Settings, integrations: Vec<serde_json::Value>) -> RunningWorker {
     // Shown with --nocapture; RUST_LOG overrides.
-    hookd::telemetry::init_tracing("warn");
+    hookd::runtime::telemetry::init_tracing("warn");
     let integrations = integrations
         .into_iter()
-        .map(|v| hookd::integration::Integration::from_value(v).expect("valid integration"));
-    let index = hookd::resolve::Index::build(integrations).expect("distinct ids");
-    let worker = hookd::worker::Worker::new(s.clone(), hookd::resolve::IndexHandle::new(index));
+        .map(|v| hookd::model::integration::Integration::from_value(v).expect("valid integration"));
+    let index = hookd::pipeline::resolve::Index::build(integrations).expect("distinct ids");
+    let worker = hookd::pipeline::consume::Worker::new(
+        s.clone(),
+        hookd::pipeline::resolve::IndexHandle::new(index),
+    );
     let tally = worker.tally();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let run = tokio::spawn(worker.run(shutdown.clone()));
@@ -553,7 +556,7 @@ pub const OPERATOR: &str = "operator-token-012345";
 
 /// `s` with the api on a free port and the test tokens.
 pub fn with_api(mut s: Settings) -> Settings {
-    use hookd::config::TokenSettings;
+    use hookd::runtime::config::TokenSettings;
     s.api.listen = "127.0.0.1:0".parse().unwrap();
     let token =
         |token: &str, org: Option<&str>, user: Option<&str>, operator: bool| TokenSettings {
@@ -574,26 +577,29 @@ pub fn with_api(mut s: Settings) -> Settings {
 
 /// An api running in this process.
 pub struct RunningApi {
-    pub client: hookd::api::client::ApiClient,
+    pub client: hookd::control::api::client::ApiClient,
     shutdown: tokio_util::sync::CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
 pub async fn start_api(s: &Settings) -> RunningApi {
-    hookd::telemetry::init_tracing("warn");
+    hookd::runtime::telemetry::init_tracing("warn");
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let running = hookd::api::server::start(s, shutdown.clone())
+    let running = hookd::control::api::server::start(s, shutdown.clone())
         .await
         .expect("api starts");
     RunningApi {
-        client: hookd::api::client::ApiClient::new(format!("http://{}", running.addr), OPERATOR),
+        client: hookd::control::api::client::ApiClient::new(
+            format!("http://{}", running.addr),
+            OPERATOR,
+        ),
         shutdown,
         task: running.task,
     }
 }
 
 impl RunningApi {
-    pub fn as_token(&self, token: &str) -> hookd::api::client::ApiClient {
+    pub fn as_token(&self, token: &str) -> hookd::control::api::client::ApiClient {
         self.client.with_token(token)
     }
 
@@ -606,11 +612,12 @@ impl RunningApi {
 /// Starts a worker that takes its integrations from the config log, once
 /// the log is replayed (as `hookd worker` does).
 pub async fn start_log_worker(s: &Settings) -> RunningWorker {
-    hookd::telemetry::init_tracing("warn");
-    let _ = hookd::telemetry::metrics_handle();
-    let index = hookd::resolve::IndexHandle::new(hookd::resolve::Index::default());
+    hookd::runtime::telemetry::init_tracing("warn");
+    let _ = hookd::runtime::telemetry::metrics_handle();
+    let index =
+        hookd::pipeline::resolve::IndexHandle::new(hookd::pipeline::resolve::Index::default());
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let log = hookd::config_log::follower::ConfigLog::start(
+    let log = hookd::control::config_log::follower::ConfigLog::start(
         &s.kafka,
         Some(index.clone()),
         s.templates,
@@ -620,8 +627,8 @@ pub async fn start_log_worker(s: &Settings) -> RunningWorker {
     .expect("config log");
     log.caught_up().await;
     let mut s = s.clone();
-    s.integrations.source = hookd::config::IntegrationSource::Kafka;
-    let worker = hookd::worker::Worker::new(s, index);
+    s.integrations.source = hookd::runtime::config::IntegrationSource::Kafka;
+    let worker = hookd::pipeline::consume::Worker::new(s, index);
     let tally = worker.tally();
     let run = tokio::spawn(worker.run(shutdown.clone()));
     RunningWorker {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hookd::api::client::{ApiClient, ClientError};
+use hookd::control::api::client::{ApiClient, ClientError};
 use hyper::Method;
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;

@@ -1,0 +1,217 @@
+//! The api process: its view of the config log, the writer, the traffic
+//! history, the routes, and the repair of refused records.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::{get, post};
+use axum::Router;
+use rdkafka::producer::FutureProducer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::auth::Tokens;
+use super::{handlers, particle};
+use crate::control::config_log::follower::{ConfigLog, ConfigLogError};
+use crate::control::config_log::writer::ConfigWriter;
+use crate::control::traffic::history::History;
+use crate::model::secrets::SecretPolicy;
+use crate::pipeline::deliver::Deliverer;
+use crate::policy::throttle::{LimitSettings, Throttle};
+use crate::runtime::config::Settings;
+
+/// What every handler shares.
+pub struct Api {
+    pub(super) log: Arc<ConfigLog>,
+    pub(super) writer: ConfigWriter,
+    pub(super) history: Arc<History>,
+    pub(super) tokens: Tokens,
+    /// For `test` sends: the workers' delivery client and outbound policy.
+    pub(super) deliverer: Deliverer,
+    pub(super) secrets: SecretPolicy,
+    /// `api.max_integrations_per_tenant`.
+    pub(super) max_per_tenant: usize,
+    /// `test` calls per scope (`api.test_calls_per_minute`), keyed by the
+    /// caller's scope.
+    pub(super) test_calls: Throttle,
+    /// The web console's signed-in sessions.
+    pub(super) console: super::console::Sessions,
+    /// `api.secure_cookies`.
+    pub(super) secure_cookies: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiStartError {
+    #[error("{0}")]
+    ConfigLog(#[from] ConfigLogError),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("binding api.listen {addr}: {error}")]
+    Bind {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
+}
+
+/// A limiter of `per_minute` calls per key, all of them at once at most.
+pub(super) fn test_call_limit(per_minute: u32) -> Throttle {
+    Throttle::new(LimitSettings {
+        rate: f64::from(per_minute) / 60.0,
+        burst: per_minute,
+        max_wait: Duration::ZERO,
+        max_deferrals: 0,
+        max_waiting: 1,
+        hosts: Default::default(),
+    })
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    use handlers as h;
+    use particle as p;
+    let integration_routes = |base: &str| {
+        Router::new()
+            .route(base, get(h::list).post(h::create))
+            .route(
+                &format!("{base}/{{id}}"),
+                get(h::get).put(h::edit).delete(h::delete),
+            )
+            .route(&format!("{base}/{{id}}/test"), post(h::test))
+            .route(&format!("{base}/{{id}}/preview"), get(h::preview))
+            .route(&format!("{base}/{{id}}/history"), get(h::history))
+            .route(&format!("{base}/{{id}}/log"), get(h::log))
+    };
+    Router::new()
+        .merge(integration_routes("/v1/integrations"))
+        .merge(integration_routes("/v1/products/{product}/integrations"))
+        .merge(integration_routes("/v1/orgs/{org}/integrations"))
+        .route(
+            "/v1/products/{product}/integrations/{id}/separate",
+            post(h::separate),
+        )
+        // The older webhooks API of Particle's SDK and CLI, over the same
+        // integrations.
+        .route(
+            "/v1/webhooks",
+            get(p::list_webhooks).post(p::create_webhook),
+        )
+        .route("/v1/webhooks/{id}", get(h::get).delete(p::delete_webhook))
+        .route(
+            "/v1/products/{product}/webhooks",
+            get(p::list_webhooks).post(p::create_webhook),
+        )
+        .route(
+            "/v1/products/{product}/webhooks/{id}",
+            get(h::get).delete(p::delete_webhook),
+        )
+        .route("/v1/orgs/{org}", get(h::get_org).put(h::put_org))
+        .route("/v1/orgs/{org}/products", get(h::list_products))
+        .route(
+            "/v1/orgs/{org}/products/{id}",
+            get(h::get_product)
+                .put(h::put_product)
+                .delete(h::delete_product),
+        )
+        .merge(super::console::routes())
+        .with_state(api)
+        .layer(axum::middleware::from_fn(p::particle_clients))
+}
+
+/// A running api: where it listens and its task.
+pub struct RunningApi {
+    pub addr: SocketAddr,
+    pub task: tokio::task::JoinHandle<()>,
+}
+
+/// Replays the config log, then serves until `shutdown`.
+pub async fn start(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<RunningApi, ApiStartError> {
+    let k = &settings.kafka;
+    if k.create_topics {
+        crate::runtime::kafka::ensure_topic_specs(k, &crate::runtime::kafka::traffic_topics(k))
+            .await?;
+    }
+    let log = ConfigLog::start(k, None, settings.templates, shutdown.clone()).await?;
+    let history = Arc::new(History::new(settings.api.history_days));
+    let following = history.clone().follow(k, shutdown.clone()).await?;
+    let producer: FutureProducer = crate::runtime::kafka::producer_config(k).create()?;
+    let repairing = tokio::spawn(repair(log.clone(), producer.clone(), shutdown.clone()));
+    let log_stopped = log.clone();
+    tokio::select! {
+        _ = log.caught_up() => {}
+        _ = shutdown.cancelled() => {}
+    }
+    let api = Arc::new(Api {
+        writer: ConfigWriter::new(producer, log.clone(), settings.api.apply_timeout),
+        log,
+        history,
+        tokens: Tokens::new(&settings.api.tokens),
+        deliverer: Deliverer::new(&settings.delivery, &settings.outbound),
+        secrets: SecretPolicy::scoped(&settings.secrets, &settings.secret_scopes),
+        max_per_tenant: settings.api.max_integrations_per_tenant,
+        test_calls: test_call_limit(settings.api.test_calls_per_minute),
+        console: Default::default(),
+        secure_cookies: settings.api.secure_cookies,
+    });
+    let addr = settings.api.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|error| ApiStartError::Bind { addr, error })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|error| ApiStartError::Bind { addr, error })?;
+    tracing::info!(%addr, "api serving /v1");
+    // The task ends once every Kafka client of the api is closed: the
+    // server's (the writer's producer goes with the router), the repair's,
+    // the history's and the config log's readers.
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, router(api))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "api server failed");
+        }
+        let _ = repairing.await;
+        let _ = following.await;
+        log_stopped.stopped().await;
+    });
+    Ok(RunningApi { addr, task })
+}
+
+/// After a refused record, restates the current record of its key, so that
+/// compaction (which keeps only a key's last record) keeps the truth.
+async fn repair(log: Arc<ConfigLog>, producer: FutureProducer, shutdown: CancellationToken) {
+    let mut refused = log.refused_keys();
+    loop {
+        let key = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            k = refused.recv() => match k {
+                Ok(k) => k,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "refused config records not restated");
+                    continue;
+                }
+                Err(_) => return,
+            },
+        };
+        let value = log.state().restatement(&key);
+        let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(log.topic()).key(&key);
+        if let Some(v) = &value {
+            record = record.payload(v);
+        }
+        match producer
+            .send(
+                record,
+                rdkafka::util::Timeout::After(std::time::Duration::from_secs(10)),
+            )
+            .await
+        {
+            Ok(_) => tracing::info!(key, "restated the current record after a refused one"),
+            Err((e, _)) => {
+                tracing::warn!(key, error = %e, "cannot restate a refused config record")
+            }
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The delivery policy the pipeline consults for each attempt: hosts put to
+//! [`sleeping`], the per-destination [`throttle`], the [`retry`] schedule,
+//! the [`dead_letter`] record, [`responses`] published back as events, the
+//! [`outbound`] guard off private networks, and request [`sign`]ing.
+
+pub mod dead_letter;
+pub mod outbound;
+pub mod responses;
+pub mod retry;
+pub mod sign;
+pub mod sleeping;
+pub mod throttle;

@@ -1,0 +1,11 @@
+//! The plumbing every process shares: typed settings ([`config`]), Kafka
+//! clients and topics ([`kafka`]), metrics and tracing ([`telemetry`]), the
+//! worker's HTTP endpoints ([`health`]), low-priority threads
+//! ([`background`]) and the time seam ([`clock`]).
+
+pub mod background;
+pub mod clock;
+pub mod config;
+pub mod health;
+pub mod kafka;
+pub mod telemetry;
