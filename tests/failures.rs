@@ -70,7 +70,7 @@ async fn errors_are_counted_and_the_worker_keeps_flowing() {
     .await;
     assert_eq!(
         counts(),
-        hookd::pipeline::tally::Counts {
+        hookd::model::outcome::Counts {
             success: 30,
             error: 120,
             skipped: 0

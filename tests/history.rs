@@ -10,8 +10,8 @@ mod common;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use common::*;
+use hookd::control::traffic::book::minute_of;
 use hookd::control::traffic::book::StatsDelta;
-use hookd::control::traffic::history::minute_of;
 use hyper::Method;
 use serde_json::{json, Value};
 use std::time::Duration;

@@ -548,7 +548,7 @@ impl Integration {
             }
         };
         if let Some(secret) = &spec.signing_secret {
-            if !crate::pipeline::render::is_secret_name(secret) {
+            if !crate::model::secrets::is_secret_name(secret) {
                 return Err(invalid("signingSecret", format!("{secret:?} must name a configured secret ([A-Z_][A-Z0-9_]*), not hold the key")));
             }
         }

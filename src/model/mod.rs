@@ -4,4 +4,6 @@
 
 pub mod event;
 pub mod integration;
+pub mod outcome;
+pub mod secret_scopes;
 pub mod secrets;

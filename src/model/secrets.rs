@@ -1,180 +1,102 @@
-//! Which secrets an integration's templates may use.
+//! The secrets vocabulary: what a secret's name may be, how a secret is
+//! shown (`[[SENSITIVE]]`), and every form its value may take in text a
+//! device or a person sees, so that what is displayed can be masked.
 //!
-//! In: `[secrets]` (name → value) and `[secret_scopes]` (name → the scopes
-//! that may use it: `"org:<id>"`, `"user:<id>"`, `"product:<id>"` or `"*"`).
-//! Out: for each integration, the secrets its templates see. Integrations
-//! from the config log belong to tenants, so they see only the secrets
-//! granted to their scope (or to `"*"`): a tenant can never have another
-//! tenant's secret rendered into a request it controls, whatever its record
-//! says. Integrations from a file are the operator's own and see every
-//! secret.
+//! Which secrets a tenant's templates may use is [`crate::model::secret_scopes`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::model::integration::Integration;
-use crate::pipeline::render::Secrets;
+use base64::Engine;
 
-/// The secrets each scope sees, computed once at start.
-#[derive(Debug, Clone)]
-pub struct SecretPolicy {
-    /// Every secret: what file-sourced integrations see.
-    all: Secrets,
-    /// `None`: every integration sees every secret (file source).
-    scoped: Option<Scoped>,
+/// What `{{{SECRET}}}` shows wherever a request is displayed.
+pub const SENSITIVE: &str = "[[SENSITIVE]]";
+
+/// Named secret values from config, usable as `{{{NAME}}}` in any field.
+pub type Secrets = Arc<BTreeMap<String, String>>;
+
+/// Secret names are `[A-Z_][A-Z0-9_]*` (README, "Integrations": variables).
+pub fn is_secret_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
-#[derive(Debug, Clone)]
-struct Scoped {
-    /// Secrets granted to `"*"`: what a scope with no grant of its own sees.
-    common: Secrets,
-    by_scope: HashMap<String, Secrets>,
+/// Every form a secret value may appear in, in text a device or a person
+/// sees: raw, form-encoded, percent-encoded, JSON-escaped, and inside
+/// base64 (standard or URL-safe) at any offset, as a Basic `Authorization`
+/// header or a data URL carries it; longest first, so a form containing
+/// another is masked whole. Values under 4 bytes are left out: they would
+/// mask innocent text.
+pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
+    let mut forms = Vec::new();
+    for value in secrets.values().filter(|v| v.len() >= 4) {
+        forms.push(value.clone());
+        // As a URL's host carries it: hosts are lowercased.
+        forms.push(value.to_ascii_lowercase());
+        forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
+        forms.push(percent_encoded(value, |b| {
+            b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
+        }));
+        // As a URL's path and query carry it (the `url` crate's sets).
+        forms.push(percent_encoded(value, |b| {
+            b.is_ascii_graphic() && !b"\"#<>?`{}".contains(&b)
+        }));
+        forms.push(percent_encoded(value, |b| {
+            b.is_ascii_graphic() && !b"\"#<>'".contains(&b)
+        }));
+        let json = serde_json::to_string(value).expect("a string always serializes");
+        forms.push(json[1..json.len() - 1].to_owned());
+        for engine in [&STANDARD, &URL_SAFE] {
+            forms.extend((0..3).map(|offset| base64_core(engine, value.as_bytes(), offset)));
+        }
+    }
+    forms.retain(|f| f.len() >= 4);
+    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    forms.dedup();
+    forms
 }
 
-impl SecretPolicy {
-    /// Every integration sees every secret (a single box's own file).
-    pub fn unscoped(secrets: &BTreeMap<String, String>) -> SecretPolicy {
-        SecretPolicy {
-            all: Arc::new(secrets.clone()),
-            scoped: None,
-        }
-    }
-
-    /// Each integration sees the secrets granted to its scope or to `"*"`.
-    pub fn scoped(
-        secrets: &BTreeMap<String, String>,
-        scopes: &BTreeMap<String, Vec<String>>,
-    ) -> SecretPolicy {
-        let granted = |want: &str| -> BTreeMap<String, String> {
-            secrets
-                .iter()
-                .filter(|(name, _)| {
-                    scopes
-                        .get(*name)
-                        .is_some_and(|s| s.iter().any(|g| g == "*" || g == want))
-                })
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect()
-        };
-        let mut by_scope = HashMap::new();
-        for grants in scopes.values() {
-            for g in grants.iter().filter(|g| *g != "*") {
-                by_scope
-                    .entry(g.clone())
-                    .or_insert_with(|| Arc::new(granted(g)));
-            }
-        }
-        SecretPolicy {
-            all: Arc::new(secrets.clone()),
-            scoped: Some(Scoped {
-                common: Arc::new(granted("*")),
-                by_scope,
-            }),
-        }
-    }
-
-    /// Every configured secret, for masking what is shown.
-    pub fn all(&self) -> &Secrets {
-        &self.all
-    }
-
-    /// The secrets `i`'s templates see.
-    pub fn for_integration(&self, i: &Integration) -> &Secrets {
-        match &self.scoped {
-            None => &self.all,
-            Some(s) => s.by_scope.get(&i.tenant).unwrap_or(&s.common),
-        }
-    }
-
-    /// The first configured secret `i`'s record names that its scope may
-    /// not use, for the api to refuse with a clear error.
-    pub fn forbidden_in(&self, i: &Integration) -> Option<String> {
-        let allowed = self.for_integration(i);
-        self.all
-            .keys()
-            .filter(|name| !allowed.contains_key(*name))
-            .find(|name| i.spec.any_text(&|text| names(text, name)))
-            .cloned()
-    }
+/// The base64 characters that depend only on `value` when it starts
+/// `offset` bytes (0-2) into a 3-byte group of a longer encoded text: the
+/// same wherever in that text it sits, whatever surrounds it.
+fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], offset: usize) -> String {
+    let mut padded = vec![0u8; offset];
+    padded.extend_from_slice(value);
+    let encoded = engine.encode(&padded);
+    // A character holds 6 bits: the first whose bits are all the value's
+    // follows the offset's 8 bits each; the last ends at the value's end.
+    let first = (8 * offset).div_ceil(6);
+    let end = 8 * padded.len() / 6;
+    encoded[first..end].to_owned()
 }
 
-/// Whether `name` occurs in `text` as a whole identifier.
-fn names(text: &str, name: &str) -> bool {
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    text.match_indices(name).any(|(at, _)| {
-        let before = text[..at].chars().next_back();
-        let after = text[at + name.len()..].chars().next();
-        !before.is_some_and(ident) && !after.is_some_and(ident)
-    })
+/// `value` percent-encoded, the bytes `kept` left as they are
+/// (`encodeURIComponent` keeps `A-Z a-z 0-9 - _ . ! ~ * ' ( )`).
+fn percent_encoded(value: &str, kept: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if kept(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn hook(scope: serde_json::Value) -> Integration {
-        let mut v = json!({"id": "h", "event": "t", "url": "https://e.example/{{{ACME_KEY}}}"});
-        v.as_object_mut()
-            .unwrap()
-            .extend(scope.as_object().unwrap().clone());
-        Integration::from_value(v).unwrap()
+/// `text` with each of `forms` replaced by `[[SENSITIVE]]`; borrowed back
+/// when none occurs.
+pub fn mask_forms<'t>(text: Cow<'t, str>, forms: &[String]) -> Cow<'t, str> {
+    let mut text = text;
+    for form in forms {
+        if text.contains(form.as_str()) {
+            text = Cow::Owned(text.replace(form.as_str(), SENSITIVE));
+        }
     }
-
-    #[test]
-    fn a_scope_sees_only_its_grants_and_the_common_ones() {
-        let secrets: BTreeMap<String, String> = [
-            ("ACME_KEY", "a"),
-            ("OTHER_KEY", "o"),
-            ("SHARED", "s"),
-            ("LOOSE", "l"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
-        let scopes: BTreeMap<String, Vec<String>> = [
-            ("ACME_KEY", vec!["org:acme", "user:alice"]),
-            ("OTHER_KEY", vec!["org:other"]),
-            ("SHARED", vec!["*"]),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.into_iter().map(String::from).collect()))
-        .collect();
-        let policy = SecretPolicy::scoped(&secrets, &scopes);
-        let names = |i: &Integration| {
-            policy
-                .for_integration(i)
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-        };
-        let acme = hook(json!({"org": "acme", "products": [1]}));
-        let other = hook(json!({"org": "other", "products": [2]}));
-        let alice = hook(json!({"owner": "alice"}));
-        let product = hook(json!({"product_id": 3}));
-        assert_eq!(names(&acme), ["ACME_KEY", "SHARED"]);
-        assert_eq!(names(&alice), ["ACME_KEY", "SHARED"]);
-        assert_eq!(names(&other), ["OTHER_KEY", "SHARED"]);
-        assert_eq!(
-            names(&product),
-            ["SHARED"],
-            "an ungranted secret is nobody's"
-        );
-        assert_eq!(policy.forbidden_in(&acme), None);
-        assert_eq!(policy.forbidden_in(&other).as_deref(), Some("ACME_KEY"));
-        assert_eq!(
-            SecretPolicy::unscoped(&secrets)
-                .for_integration(&other)
-                .len(),
-            4
-        );
-    }
-
-    #[test]
-    fn names_match_whole_identifiers_only() {
-        assert!(names("{{{KEY}}}", "KEY"));
-        assert!(!names("{{{MY_KEY}}}", "KEY"));
-        assert!(!names("{{{KEY2}}}", "KEY"));
-        assert!(names("\"signingSecret\":\"KEY\"", "KEY"));
-    }
+    text
 }

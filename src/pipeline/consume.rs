@@ -19,8 +19,8 @@
 //! are abandoned at once, to be read again by the next owner); then the commit
 //! points are committed synchronously and [`Worker::run`] returns.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::model::event::{DeviceEvent, InvalidEvent, InvalidReason, Origin};
-use crate::model::secrets::SecretPolicy;
+use crate::model::secret_scopes::SecretPolicy;
 use crate::pipeline::deliver::Deliverer;
 use crate::pipeline::dispatch::{Attempt, Dispatcher, Intake, Meters, Settled};
 use crate::pipeline::offsets::{CommitPoint, OffsetLedger, Ticket};
@@ -53,6 +53,7 @@ use crate::policy::throttle::Throttle;
 use crate::runtime::clock::MonotonicClock;
 use crate::runtime::config::IntegrationSource;
 use crate::runtime::config::Settings;
+use crate::runtime::health::Readiness;
 use crate::runtime::telemetry::{
     EVENTS_CONSUMED, EVENTS_FAILED, EVENTS_INVALID, EVENTS_UNMATCHED, PARTITIONS_STALLED,
     RECORDS_DROPPED, RETRIES_DROPPED,
@@ -64,49 +65,6 @@ use crate::template::TemplateLimits;
 pub enum WorkerError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-}
-
-/// Set once the worker consumes with its integrations loaded; `/readyz`
-/// answers from it. `/healthz` asks it for stalled partitions.
-#[derive(Debug, Clone, Default)]
-pub struct Readiness {
-    ready: Arc<AtomicBool>,
-    /// The ledgers of the worker's consumers and `worker.stall_after`, once
-    /// it runs.
-    watched: Arc<OnceLock<(Vec<Arc<OffsetLedger>>, Duration)>>,
-}
-
-impl Readiness {
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Release);
-    }
-
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    fn watch(&self, ledgers: Vec<Arc<OffsetLedger>>, stall_after: Duration) {
-        let _ = self.watched.set((ledgers, stall_after));
-    }
-
-    /// Partitions whose commit point has not moved for `worker.stall_after`
-    /// with records in flight, described for a person
-    /// (`device-events/3 at offset 1509 for 312s`).
-    pub fn stalled(&self) -> Vec<String> {
-        let Some((ledgers, after)) = self.watched.get() else {
-            return Vec::new();
-        };
-        ledgers
-            .iter()
-            .flat_map(|l| l.stalled(*after))
-            .map(|(topic, partition, offset, still)| {
-                format!(
-                    "{topic}/{partition} at offset {offset} for {}s",
-                    still.as_secs()
-                )
-            })
-            .collect()
-    }
 }
 
 /// This worker's share of the fleet's rate limits: the partitions it owns
@@ -454,8 +412,20 @@ impl Worker {
         let ledgers = std::iter::once(&events)
             .chain(&retries)
             .map(|s| s.ledger.clone())
-            .collect();
-        self.readiness.watch(ledgers, s.worker.stall_after);
+            .collect::<Vec<_>>();
+        let stall_after = s.worker.stall_after;
+        self.readiness.watch(move || {
+            ledgers
+                .iter()
+                .flat_map(|l| l.stalled(stall_after))
+                .map(|(topic, partition, offset, still)| {
+                    format!(
+                        "{topic}/{partition} at offset {offset} for {}s",
+                        still.as_secs()
+                    )
+                })
+                .collect()
+        });
         tasks.spawn(report_stalls(self.readiness.clone(), shutdown.clone()));
         self.readiness.set_ready();
         tracing::info!(topic = %k.events_topic, group = %k.group_id, partitions, "worker consuming");

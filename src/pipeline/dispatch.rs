@@ -18,10 +18,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::event::Origin;
+use crate::model::outcome::OutcomeKind;
 use crate::pipeline::deliver::{Deliverer, DeliveryError, Outcome};
 use crate::pipeline::render::{render, url_host, EventContext, RenderFailure};
 use crate::pipeline::resolve::Match;
-use crate::pipeline::tally::{OutcomeKind, Recorder};
+use crate::pipeline::tally::Recorder;
 use crate::policy::dead_letter::DeadLetter;
 use crate::policy::responses::{
     error_event, error_message, hook_sent, response_chunks, ResponseEvent, ResponseReports,

@@ -612,13 +612,13 @@ mod tests {
                 .unwrap();
             let decoded = String::from_utf8_lossy(&decoded);
             assert!(
-                decoded.contains(crate::pipeline::render::SENSITIVE) && !decoded.contains(secret),
+                decoded.contains(crate::model::secrets::SENSITIVE) && !decoded.contains(secret),
                 "{echoed:?}: {decoded}"
             );
             // What is left of the base64, read at every alignment, holds
             // no secret.
             let b64 = url.trim_start_matches("data:text/plain;base64,");
-            for piece in b64.split(crate::pipeline::render::SENSITIVE) {
+            for piece in b64.split(crate::model::secrets::SENSITIVE) {
                 for start in 0..4.min(piece.len()) {
                     let s = &piece[start..];
                     if let Ok(b) =

@@ -427,7 +427,7 @@ impl Settings {
             ));
         }
         for name in self.secrets.keys() {
-            if !crate::pipeline::render::is_secret_name(name) {
+            if !crate::model::secrets::is_secret_name(name) {
                 return Err(invalid(
                     &format!("secrets.{name}"),
                     format!("secret name {name:?} must match [A-Z_][A-Z0-9_]*"),

@@ -2,6 +2,8 @@
 //! (503 naming any partition whose commit point is stuck), `/livez` (the
 //! process answers) and `/readyz` (integrations loaded and consuming).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::extract::State;
@@ -12,7 +14,47 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::consume::Readiness;
+/// Set once the worker consumes with its integrations loaded; `/readyz`
+/// answers from it. `/healthz` asks it for stalled partitions, which the
+/// worker describes once it runs ([`Readiness::watch`]).
+#[derive(Clone, Default)]
+pub struct Readiness {
+    ready: Arc<AtomicBool>,
+    stalled: Arc<OnceLock<Stalled>>,
+}
+
+/// Partitions whose commit point is stuck, described for a person.
+type Stalled = Box<dyn Fn() -> Vec<String> + Send + Sync>;
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness")
+            .field("ready", &self.is_ready())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// How to find stalled partitions; the first call wins.
+    pub fn watch(&self, stalled: impl Fn() -> Vec<String> + Send + Sync + 'static) {
+        let _ = self.stalled.set(Box::new(stalled));
+    }
+
+    /// Partitions whose commit point has not moved for `worker.stall_after`
+    /// with records in flight, described for a person
+    /// (`device-events/3 at offset 1509 for 312s`).
+    pub fn stalled(&self) -> Vec<String> {
+        self.stalled.get().map(|f| f()).unwrap_or_default()
+    }
+}
 
 #[derive(Clone)]
 struct Endpoints {

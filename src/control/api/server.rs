@@ -16,7 +16,7 @@ use super::{handlers, particle};
 use crate::control::config_log::follower::{ConfigLog, ConfigLogError};
 use crate::control::config_log::writer::ConfigWriter;
 use crate::control::traffic::history::History;
-use crate::model::secrets::SecretPolicy;
+use crate::model::secret_scopes::SecretPolicy;
 use crate::pipeline::deliver::Deliverer;
 use crate::policy::throttle::{LimitSettings, Throttle};
 use crate::runtime::config::Settings;

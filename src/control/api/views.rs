@@ -13,7 +13,7 @@ use super::auth::Place;
 use crate::control::config_log::state::ConfigState;
 use crate::control::traffic::history::{today, History};
 use crate::model::integration::{Integration, IntegrationSpec, Scope};
-use crate::pipeline::tally::Counts;
+use crate::model::outcome::Counts;
 
 /// Fields of a record that say where it executes and which version it is:
 /// set by the path and the api, never part of the config a user edits.
@@ -185,8 +185,8 @@ fn day_counts(day: NaiveDate, c: Counts) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::traffic::book::minute_of;
     use crate::control::traffic::book::StatsDelta;
-    use crate::control::traffic::history::minute_of;
 
     /// Every day of every series, with traffic on several past days: each
     /// day shows that day's counts, per product and summed, not another

@@ -27,18 +27,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::event::DeviceEvent;
 use crate::model::integration::Integration;
-use crate::model::secrets::SecretPolicy;
+use crate::model::outcome::{Counts, OutcomeKind};
+use crate::model::secret_scopes::SecretPolicy;
+use crate::model::secrets::Secrets;
 use crate::pipeline::deliver::Outcome;
-use crate::pipeline::render::{render, EventContext, SecretMode, Secrets};
-use crate::pipeline::tally::{Counts, OutcomeKind};
+use crate::pipeline::render::{render, EventContext, SecretMode};
 
 /// Samples kept per (integration, product) and kind between flushes; the
 /// api keeps as many.
 pub const KEPT: usize = 10;
 /// Response bodies are shown up to this many bytes.
 pub const BODY_SHOWN: usize = 4096;
-/// What secrets are replaced with wherever a delivery is shown.
-pub use crate::pipeline::render::SENSITIVE;
 
 /// One minute of one (integration, product) from one worker: a delta to add.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -102,7 +101,7 @@ pub struct TrafficBook {
 
 impl TrafficBook {
     pub fn count(&self, integration: &Arc<str>, product: Option<u32>, kind: OutcomeKind) {
-        let minute = super::history::minute_of(Utc::now());
+        let minute = minute_of(Utc::now());
         let mut minutes = self.minutes.lock().expect("traffic lock is never poisoned");
         minutes
             .entry(((integration.clone(), product), minute))
@@ -314,13 +313,17 @@ pub fn shown_body(body: &[u8], secrets: &Secrets) -> String {
 }
 
 /// Replaces every configured secret's value in `text`, raw or in the
-/// encodings destinations echo it in ([`crate::pipeline::render::secret_forms`]).
+/// encodings destinations echo it in ([`crate::model::secrets::secret_forms`]).
 pub fn mask(text: &str, secrets: &Secrets) -> String {
-    crate::pipeline::render::mask_forms(
-        text.into(),
-        &crate::pipeline::render::secret_forms(secrets),
-    )
-    .into_owned()
+    crate::model::secrets::mask_forms(text.into(), &crate::model::secrets::secret_forms(secrets))
+        .into_owned()
+}
+
+/// The minute a delta is counted under.
+pub fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
+    use chrono::DurationRound;
+    at.duration_trunc(chrono::TimeDelta::minutes(1))
+        .expect("a minute divides any time")
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{NaiveDate, Utc};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -22,7 +22,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use super::book::{LogEntry, StatsDelta, KEPT};
-use crate::pipeline::tally::Counts;
+use crate::model::outcome::Counts;
 use crate::runtime::config::KafkaSettings;
 
 /// The newest successes and errors of one integration (or one product of it).
@@ -229,16 +229,11 @@ pub fn today() -> NaiveDate {
     Utc::now().date_naive()
 }
 
-/// The minute a delta is counted under.
-pub fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
-    use chrono::DurationRound;
-    at.duration_trunc(chrono::TimeDelta::minutes(1))
-        .expect("a minute divides any time")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::traffic::book::minute_of;
+    use chrono::DateTime;
 
     fn delta(integration: &str, product: u32, minute: DateTime<Utc>, success: u64) -> StatsDelta {
         StatsDelta {

@@ -11,7 +11,6 @@
 //! log), so displayed requests never contain a secret's value.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
@@ -21,28 +20,14 @@ use serde_json::{Map, Value};
 
 use crate::model::event::DeviceEvent;
 use crate::model::integration::{BodyTemplate, Integration, JsonTemplate, Method, RequestTemplate};
+use crate::model::secrets::{mask_forms, secret_forms, Secrets, SENSITIVE};
 use crate::template::{Budget, Found, RenderError, Scope, Template, TemplateLimits};
-
-/// What `{{{SECRET}}}` shows wherever a request is displayed.
-pub const SENSITIVE: &str = "[[SENSITIVE]]";
 
 /// `User-Agent` of every request: hookd and its version.
 pub const USER_AGENT: &str = concat!("hookd/", env!("CARGO_PKG_VERSION"));
 
 /// Header carrying the idempotency key; identical when an event is redelivered.
 pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
-
-/// Named secret values from config, usable as `{{{NAME}}}` in any field.
-pub type Secrets = Arc<BTreeMap<String, String>>;
-
-/// Secret names are `[A-Z_][A-Z0-9_]*` (README, "Integrations": variables).
-pub fn is_secret_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_uppercase() || c == '_')
-        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
-}
 
 /// The host of a rendered URL, without credentials or port: the key of the
 /// per-host rate limit and the sleeping-host rating. Rendered URLs are
@@ -294,82 +279,6 @@ impl EventContext {
     pub(crate) fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
         t.render(self).map_err(|e| RenderFailure::of(field, e))
     }
-}
-
-/// Every form a secret value may appear in, in text a device or a person
-/// sees: raw, form-encoded, percent-encoded, JSON-escaped, and inside
-/// base64 (standard or URL-safe) at any offset, as a Basic `Authorization`
-/// header or a data URL carries it; longest first, so a form containing
-/// another is masked whole. Values under 4 bytes are left out: they would
-/// mask innocent text.
-pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE};
-    let mut forms = Vec::new();
-    for value in secrets.values().filter(|v| v.len() >= 4) {
-        forms.push(value.clone());
-        // As a URL's host carries it: hosts are lowercased.
-        forms.push(value.to_ascii_lowercase());
-        forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
-        forms.push(percent_encoded(value, |b| {
-            b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
-        }));
-        // As a URL's path and query carry it (the `url` crate's sets).
-        forms.push(percent_encoded(value, |b| {
-            b.is_ascii_graphic() && !b"\"#<>?`{}".contains(&b)
-        }));
-        forms.push(percent_encoded(value, |b| {
-            b.is_ascii_graphic() && !b"\"#<>'".contains(&b)
-        }));
-        let json = serde_json::to_string(value).expect("a string always serializes");
-        forms.push(json[1..json.len() - 1].to_owned());
-        for engine in [&STANDARD, &URL_SAFE] {
-            forms.extend((0..3).map(|offset| base64_core(engine, value.as_bytes(), offset)));
-        }
-    }
-    forms.retain(|f| f.len() >= 4);
-    forms.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    forms.dedup();
-    forms
-}
-
-/// The base64 characters that depend only on `value` when it starts
-/// `offset` bytes (0-2) into a 3-byte group of a longer encoded text: the
-/// same wherever in that text it sits, whatever surrounds it.
-fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], offset: usize) -> String {
-    let mut padded = vec![0u8; offset];
-    padded.extend_from_slice(value);
-    let encoded = engine.encode(&padded);
-    // A character holds 6 bits: the first whose bits are all the value's
-    // follows the offset's 8 bits each; the last ends at the value's end.
-    let first = (8 * offset).div_ceil(6);
-    let end = 8 * padded.len() / 6;
-    encoded[first..end].to_owned()
-}
-
-/// `value` percent-encoded, the bytes `kept` left as they are
-/// (`encodeURIComponent` keeps `A-Z a-z 0-9 - _ . ! ~ * ' ( )`).
-fn percent_encoded(value: &str, kept: impl Fn(u8) -> bool) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if kept(b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-/// `text` with each of `forms` replaced by `[[SENSITIVE]]`; borrowed back
-/// when none occurs.
-pub fn mask_forms<'t>(text: Cow<'t, str>, forms: &[String]) -> Cow<'t, str> {
-    let mut text = text;
-    for form in forms {
-        if text.contains(form.as_str()) {
-            text = Cow::Owned(text.replace(form.as_str(), SENSITIVE));
-        }
-    }
-    text
 }
 
 /// An event's variables without its budget.
@@ -991,6 +900,7 @@ mod tests {
     use super::*;
     use crate::model::event::Origin;
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn event(data: &str) -> DeviceEvent {
         let raw = json!({"name": "temperature/basement", "data": data, "published_at": "2016-04-16T13:37:08.728Z",
