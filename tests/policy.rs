@@ -432,3 +432,68 @@ async fn a_retry_sends_the_same_body_as_the_first_attempt() {
     assert!(seen[0].body.contains("published_at="), "{}", seen[0].body);
     assert_eq!(seen[0].body, seen[1].body, "the same request, retried");
 }
+
+/// A request that cannot be signed (its `signingSecret` names no configured
+/// secret, or a key too short) is never sent: it is counted as an error,
+/// told to the device as an error event, and dead-lettered at once as
+/// `signing_failed` with the reason and not a byte of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsignable_request_is_dead_lettered_as_signing_failed() {
+    let broker = Broker::start();
+    let receiver = Receiver::start().await;
+    let mut s = settings(&broker);
+    // Decodes to 12 bytes: under the 16 a key needs.
+    s.secrets
+        .insert("SHORT_KEY".into(), "whsec_c2hvcnRzZWNyZXQh".into());
+    create_topics(&broker, &s, 1).await;
+    let worker = start_worker(
+        &s,
+        vec![
+            json!({"id": "unknown", "product_id": 5, "event": "temp", "url": receiver.url("/a"), "signingSecret": "NO_SUCH_KEY"}),
+            json!({"id": "short", "product_id": 5, "event": "temp", "url": receiver.url("/b"), "signingSecret": "SHORT_KEY"}),
+        ],
+    );
+    produce(&broker, &s.kafka.events_topic, &events("u", 2, 5)).await;
+    let read = broker
+        .read_all(&s.kafka.dead_letter_topic, 4, Duration::from_secs(60))
+        .await;
+    let responses = broker
+        .read_all(&s.kafka.responses_topic, 4, Duration::from_secs(30))
+        .await;
+    let tally = worker.tally.clone();
+    worker.stop().await;
+    assert_eq!(read.len(), 4, "two events × two integrations dead-lettered");
+    for (_, v) in &read {
+        let l: DeadLetter = serde_json::from_slice(v).unwrap();
+        assert_eq!(l.reason, "signing_failed", "{l:?}");
+        assert_eq!(l.history.len(), 0, "dead-lettered at once: {l:?}");
+        let expected = match l.integration.as_deref() {
+            Some("unknown") => "NO_SUCH_KEY",
+            Some("short") => "12 bytes",
+            other => panic!("unexpected integration {other:?}"),
+        };
+        assert!(l.error.contains(expected), "{l:?}");
+        assert!(!l.error.contains("c2hvcnRzZWNyZXQh"), "{l:?}");
+    }
+    let errors: Vec<Value> = responses
+        .iter()
+        .map(|(_, v)| serde_json::from_slice(v).unwrap())
+        .filter(|e: &Value| {
+            e["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("hook-error/"))
+        })
+        .collect();
+    assert_eq!(
+        errors.len(),
+        4,
+        "one error event per failed delivery: {errors:?}"
+    );
+    assert!(errors.iter().all(|e| e["data"]
+        .as_str()
+        .unwrap()
+        .contains("error signing the request")));
+    assert_eq!(receiver.count(), 0, "nothing unsigned was sent");
+    assert_eq!(tally.get("unknown", Some(5)).error, 2);
+    assert_eq!(tally.get("short", Some(5)).error, 2);
+}

@@ -230,6 +230,19 @@ pub enum InvalidReason {
 }
 
 impl InvalidReason {
+    pub const ALL: [InvalidReason; 10] = [
+        InvalidReason::NotJson,
+        InvalidReason::BadField,
+        InvalidReason::MissingName,
+        InvalidReason::NameTooLong,
+        InvalidReason::BadName,
+        InvalidReason::DataTooLarge,
+        InvalidReason::BadPublishedAt,
+        InvalidReason::MissingDevice,
+        InvalidReason::RecordTooLarge,
+        InvalidReason::Panicked,
+    ];
+
     pub fn as_label(self) -> &'static str {
         match self {
             InvalidReason::NotJson => "not_json",

@@ -46,8 +46,8 @@ use crate::pipeline::offsets::{CommitPoint, OffsetLedger, Ticket};
 use crate::pipeline::render::{EventContext, SecretMode};
 use crate::pipeline::resolve::{IndexHandle, Match};
 use crate::pipeline::tally::{Recorder, Tally};
-use crate::policy::dead_letter::DeadLetter;
-use crate::policy::retry::RetryRecord;
+use crate::policy::dead_letter::{DeadLetter, Dropped};
+use crate::policy::retry::{RetryDropped, RetryRecord};
 use crate::policy::sleeping::SleepingHosts;
 use crate::policy::throttle::Throttle;
 use crate::runtime::clock::MonotonicClock;
@@ -821,7 +821,7 @@ fn panicked(origin: &Origin, payload: &[u8], panic: &(dyn std::any::Any + Send))
         .copied()
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("a panic without a message");
-    metrics::counter!(EVENTS_FAILED, "reason" => "panic").increment(1);
+    metrics::counter!(EVENTS_FAILED, "reason" => InvalidReason::Panicked.as_label()).increment(1);
     let message = crate::policy::dead_letter::cap(message);
     tracing::error!(topic = %origin.topic, partition = origin.partition, offset = origin.offset, panic = %message, "handling a record panicked; dead-lettering it");
     let invalid = InvalidEvent {
@@ -945,12 +945,14 @@ impl Pipeline {
         }
         let index = self.index.load();
         let Some(integration) = index.get(&r.integration).cloned() else {
-            metrics::counter!(RETRIES_DROPPED, "reason" => "deleted").increment(1);
+            metrics::counter!(RETRIES_DROPPED, "reason" => RetryDropped::Deleted.as_label())
+                .increment(1);
             tracing::info!(integration = %r.integration, "retry dropped: the integration no longer exists");
             return Settled::Done;
         };
         if integration.disabled {
-            metrics::counter!(RETRIES_DROPPED, "reason" => "disabled").increment(1);
+            metrics::counter!(RETRIES_DROPPED, "reason" => RetryDropped::Disabled.as_label())
+                .increment(1);
             tracing::info!(integration = %r.integration, "retry dropped: the integration is disabled");
             return Settled::Done;
         }
@@ -964,7 +966,8 @@ impl Pipeline {
         let event = match DeviceEvent::decode(r.event.as_bytes(), &r.origin, first_seen) {
             Ok(e) => e,
             Err(e) => {
-                metrics::counter!(RETRIES_DROPPED, "reason" => "invalid").increment(1);
+                metrics::counter!(RETRIES_DROPPED, "reason" => RetryDropped::Invalid.as_label())
+                    .increment(1);
                 tracing::error!(error = %e, "retry record carries an invalid event; dropped");
                 return Settled::Done;
             }
@@ -974,11 +977,11 @@ impl Pipeline {
         // its owner or device changed, or its prefix no longer matches.
         if let Err(miss) = crate::pipeline::resolve::check(&integration, &event) {
             let reason = if index.was_separated(&integration.id, event.product_id) {
-                "separated"
+                RetryDropped::Separated
             } else {
-                "out_of_scope"
+                RetryDropped::OutOfScope
             };
-            metrics::counter!(RETRIES_DROPPED, "reason" => reason).increment(1);
+            metrics::counter!(RETRIES_DROPPED, "reason" => reason.as_label()).increment(1);
             tracing::info!(integration = %r.integration, reason = %miss, "retry dropped: the integration no longer executes on this event");
             return Settled::Done;
         }
@@ -1023,7 +1026,8 @@ fn panic_letter(
         // Writing the dead letter itself panicked: there is nothing
         // safer left to write.
         Work::DeadLetter(letter, _) => {
-            metrics::counter!(RECORDS_DROPPED, "reason" => "panic").increment(1);
+            metrics::counter!(RECORDS_DROPPED, "reason" => Dropped::Panicked.as_label())
+                .increment(1);
             tracing::error!(reason = %letter.reason, topic = %origin.topic, partition = origin.partition, offset = origin.offset, "writing a dead letter panicked; record dropped");
             return None;
         }

@@ -46,8 +46,6 @@ pub enum DeliveryError {
     Request(String),
     #[error("the request could not be built: {0}")]
     Invalid(String),
-    #[error("{0}")]
-    Render(String),
 }
 
 /// What one attempt came to.

@@ -19,16 +19,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::event::Origin;
 use crate::model::outcome::OutcomeKind;
-use crate::pipeline::deliver::{Deliverer, DeliveryError, Outcome};
+use crate::pipeline::deliver::{Deliverer, Outcome};
 use crate::pipeline::render::{render, url_host, EventContext, RenderFailure};
 use crate::pipeline::resolve::Match;
 use crate::pipeline::tally::Recorder;
-use crate::policy::dead_letter::DeadLetter;
+use crate::policy::dead_letter::{DeadLetter, DeliveryFailure, Dropped};
 use crate::policy::responses::{
     error_event, error_message, hook_sent, response_chunks, ResponseEvent, ResponseReports,
     SLEEPING_MESSAGE,
 };
-use crate::policy::retry::{AttemptLog, Next, RetryRecord, RetrySettings};
+use crate::policy::retry::{AttemptLog, AttemptOutcome, Next, RetryRecord, RetrySettings};
 use crate::policy::sign::Signer;
 use crate::policy::sleeping::SleepingHosts;
 use crate::policy::throttle::{Decision, Throttle};
@@ -37,9 +37,6 @@ use crate::runtime::telemetry::{
     DEFERRED, DELIVERIES_DEAD_LETTERED, INFLIGHT_DELIVERIES, RECORDS_DROPPED, RETRIES_SCHEDULED,
     THROTTLE_WAIT,
 };
-
-/// The outcome a deferral leaves in an attempt's history.
-const DEFERRED_OUTCOME: &str = "deferred";
 
 /// The intake permit of the record an attempt belongs to. Released as soon
 /// as one of its deliveries starts waiting for a rate-limited host, so the
@@ -143,14 +140,14 @@ impl Dispatcher {
                 if let RenderFailure::EventBudget { .. } = e {
                     // Other integrations of the event spent its budget; the
                     // retry renders with one of its own.
-                    return Box::pin(self.after_failure(ctx, a, e.to_string(), None, shutdown))
-                        .await;
+                    let failed = AttemptOutcome::Failed(e.to_string());
+                    return Box::pin(self.after_failure(ctx, a, failed, None, shutdown)).await;
                 }
                 // Otherwise deterministic: retrying would fail the same way.
                 return Box::pin(self.dead_letter(
                     ctx,
                     a,
-                    "render_failed",
+                    DeliveryFailure::RenderFailed,
                     e.to_string(),
                     shutdown,
                 ))
@@ -164,7 +161,8 @@ impl Dispatcher {
                 .record_kind(&a.matched, OutcomeKind::Skipped, Duration::ZERO);
             self.sample_failure(ctx, &a, SLEEPING_MESSAGE);
             self.respond(ctx, error_event(&i, ctx, SLEEPING_MESSAGE.into()));
-            return Box::pin(self.after_failure(ctx, a, "skipped".into(), None, shutdown)).await;
+            let skipped = AttemptOutcome::Skipped;
+            return Box::pin(self.after_failure(ctx, a, skipped, None, shutdown)).await;
         }
 
         // What bounds this delivery in memory until it is sent: the intake
@@ -187,8 +185,12 @@ impl Dispatcher {
         if let Err(e) = Signer::sign_for(&i, ctx, &mut request) {
             self.recorder
                 .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
-            self.sample_failure(ctx, &a, &e);
-            return Box::pin(self.dead_letter(ctx, a, "render_failed", e, shutdown)).await;
+            let message = format!("error signing the request: {e}");
+            self.sample_failure(ctx, &a, &message);
+            self.respond(ctx, error_event(&i, ctx, message));
+            // Deterministic until the operator changes the secret.
+            let failure = DeliveryFailure::SigningFailed;
+            return Box::pin(self.dead_letter(ctx, a, failure, e.to_string(), shutdown)).await;
         }
 
         self.respond(ctx, hook_sent(ctx));
@@ -231,14 +233,11 @@ impl Dispatcher {
             }
             Err(e) => {
                 self.respond(ctx, error_event(&i, ctx, error_message(e, &host)));
-                let label = match e {
-                    DeliveryError::Render(m) => m.clone(),
-                    e => e.to_string(),
-                };
                 // A connection error may name a host built from a secret.
-                let label = ctx.mask(label.into()).into_owned();
+                let label = ctx.mask(e.to_string().into()).into_owned();
                 tracing::debug!(integration = %i.id, event = %ctx.event().id, attempt = a.number, error = %label, "webhook failed");
-                Box::pin(self.after_failure(ctx, a, label, outcome.retry_after, shutdown)).await
+                let failed = AttemptOutcome::Failed(label);
+                Box::pin(self.after_failure(ctx, a, failed, outcome.retry_after, shutdown)).await
             }
         }
     }
@@ -300,7 +299,7 @@ impl Dispatcher {
         &self,
         ctx: &EventContext,
         mut a: Attempt,
-        outcome: String,
+        outcome: AttemptOutcome,
         retry_after: Option<Duration>,
         shutdown: &CancellationToken,
     ) -> Settled {
@@ -321,7 +320,8 @@ impl Dispatcher {
                     .await
             }
             Next::DeadLetter => {
-                self.dead_letter(ctx, a, "retries_exhausted", outcome, shutdown)
+                let error = outcome.as_str().to_owned();
+                self.dead_letter(ctx, a, DeliveryFailure::RetriesExhausted, error, shutdown)
                     .await
             }
         }
@@ -342,7 +342,7 @@ impl Dispatcher {
         let deferrals = a
             .history
             .iter()
-            .filter(|h| h.outcome == DEFERRED_OUTCOME)
+            .filter(|h| h.outcome == AttemptOutcome::Deferred)
             .count();
         let max = self.throttle.settings().max_deferrals as usize;
         // Without retry topics there is nowhere to defer to.
@@ -352,14 +352,14 @@ impl Dispatcher {
             );
             self.sample_failure(ctx, &a, &error);
             return self
-                .dead_letter(ctx, a, "rate_limited", error, shutdown)
+                .dead_letter(ctx, a, DeliveryFailure::RateLimited, error, shutdown)
                 .await;
         }
         metrics::counter!(DEFERRED).increment(1);
         a.history.push(AttemptLog {
             attempt: a.number,
             at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            outcome: DEFERRED_OUTCOME.to_owned(),
+            outcome: AttemptOutcome::Deferred,
         });
         // In the topic of a delay at least as long as the wait, so it never
         // holds up records behind it there (see `RetrySettings::step_for`).
@@ -401,8 +401,11 @@ impl Dispatcher {
             // refused for good): the delivery is dead-lettered instead, in
             // a form that always fits.
             Err(SendError::Permanent(e)) => {
+                let reason = DeliveryFailure::ProduceFailed;
+                metrics::counter!(DELIVERIES_DEAD_LETTERED, "reason" => reason.as_label())
+                    .increment(1);
                 let letter = DeadLetter::delivery(
-                    "produce_failed",
+                    reason,
                     format!("the retry record could not be produced to {topic}: {e}"),
                     &record.event,
                     &record.origin,
@@ -418,15 +421,15 @@ impl Dispatcher {
         &self,
         ctx: &EventContext,
         a: Attempt,
-        reason: &str,
+        reason: DeliveryFailure,
         error: String,
         shutdown: &CancellationToken,
     ) -> Settled {
-        metrics::counter!(DELIVERIES_DEAD_LETTERED, "reason" => reason.to_owned()).increment(1);
+        metrics::counter!(DELIVERIES_DEAD_LETTERED, "reason" => reason.as_label()).increment(1);
         // Masked before it reaches the log and the dead letter: a render
         // error may quote what was rendered.
         let error = crate::policy::dead_letter::cap(&ctx.mask(error.into()));
-        tracing::warn!(integration = %a.matched.integration.id, event = %ctx.event().id, reason, error = %error, "delivery dead-lettered");
+        tracing::warn!(integration = %a.matched.integration.id, event = %ctx.event().id, reason = reason.as_label(), error = %error, "delivery dead-lettered");
         let letter = DeadLetter::delivery(
             reason,
             error,
@@ -461,7 +464,8 @@ impl Dispatcher {
             Ok(()) => Settled::Done,
             Err(SendError::Abandoned) => Settled::Abandoned,
             Err(SendError::Permanent(e)) => {
-                metrics::counter!(RECORDS_DROPPED, "reason" => "unproducible").increment(1);
+                metrics::counter!(RECORDS_DROPPED, "reason" => Dropped::Unproducible.as_label())
+                    .increment(1);
                 tracing::error!(error = %e, reason = %shrunk.reason, topic = %shrunk.topic, partition = shrunk.partition, offset = shrunk.offset, "dead letter cannot be produced even shrunk; dropped");
                 Settled::Done
             }

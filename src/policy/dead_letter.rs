@@ -12,14 +12,128 @@
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use crate::model::event::{InvalidEvent, Origin};
+use crate::model::event::{InvalidEvent, InvalidReason, Origin};
 use crate::policy::retry::AttemptLog;
+
+/// Why a delivery was given up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeliveryFailure {
+    /// Every attempt of the retry schedule failed.
+    RetriesExhausted,
+    /// The request cannot be rendered; another attempt would fail the same
+    /// way.
+    RenderFailed,
+    /// The request cannot be signed: its `signingSecret` is not a
+    /// configured secret, or not a usable key.
+    SigningFailed,
+    /// Deferred by its host's rate limit `limits.max_deferrals` times.
+    RateLimited,
+    /// Its retry record could not be produced.
+    ProduceFailed,
+}
+
+impl DeliveryFailure {
+    pub const ALL: [DeliveryFailure; 5] = [
+        DeliveryFailure::RetriesExhausted,
+        DeliveryFailure::RenderFailed,
+        DeliveryFailure::SigningFailed,
+        DeliveryFailure::RateLimited,
+        DeliveryFailure::ProduceFailed,
+    ];
+
+    pub fn as_label(self) -> &'static str {
+        match self {
+            DeliveryFailure::RetriesExhausted => "retries_exhausted",
+            DeliveryFailure::RenderFailed => "render_failed",
+            DeliveryFailure::SigningFailed => "signing_failed",
+            DeliveryFailure::RateLimited => "rate_limited",
+            DeliveryFailure::ProduceFailed => "produce_failed",
+        }
+    }
+}
+
+/// Why a record went nowhere, not even to the dead-letter topic
+/// (`hookd_records_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// Its dead letter was refused by the broker even shrunk.
+    Unproducible,
+    /// Writing its dead letter panicked (a bug).
+    Panicked,
+}
+
+impl Dropped {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Dropped::Unproducible => "unproducible",
+            Dropped::Panicked => "panic",
+        }
+    }
+}
+
+/// Why a record is in the dead-letter topic: a record refused as an event,
+/// or a delivery given up on. Written as its label (`not_json`,
+/// `retries_exhausted`, …), a closed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    Event(InvalidReason),
+    Delivery(DeliveryFailure),
+}
+
+impl Reason {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            Reason::Event(r) => r.as_label(),
+            Reason::Delivery(f) => f.as_label(),
+        }
+    }
+
+    /// The reason a label names; `None` for a label hookd does not write.
+    pub fn from_label(label: &str) -> Option<Reason> {
+        InvalidReason::ALL
+            .into_iter()
+            .map(Reason::Event)
+            .chain(DeliveryFailure::ALL.into_iter().map(Reason::Delivery))
+            .find(|r| r.as_label() == label)
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_label())
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, label: &&str) -> bool {
+        self.as_label() == *label
+    }
+}
+
+impl PartialEq<Reason> for &str {
+    fn eq(&self, reason: &Reason) -> bool {
+        *self == reason.as_label()
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_label())
+    }
+}
+
+impl<'de> Deserialize<'de> for Reason {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Reason, D::Error> {
+        let label = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Reason::from_label(&label)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown reason {label:?}")))
+    }
+}
 
 /// One dead-letter record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
-    /// Bounded label (`not_json`, `name_too_long`, …).
-    pub reason: String,
+    pub reason: Reason,
     /// Human-readable explanation.
     pub error: String,
     pub topic: String,
@@ -45,12 +159,17 @@ pub struct DeadLetter {
 
 impl DeadLetter {
     pub fn invalid_event(invalid: &InvalidEvent, origin: &Origin, payload: &[u8]) -> DeadLetter {
-        DeadLetter::record(invalid.reason.as_label(), &invalid.message, origin, payload)
+        DeadLetter::record(
+            Reason::Event(invalid.reason),
+            &invalid.message,
+            origin,
+            payload,
+        )
     }
 
-    /// A record whose handling failed for `reason` (a bounded label), with
-    /// the record as it was read.
-    pub fn record(reason: &str, error: &str, origin: &Origin, payload: &[u8]) -> DeadLetter {
+    /// A record whose handling failed for `reason`, with the record as it
+    /// was read.
+    pub fn record(reason: Reason, error: &str, origin: &Origin, payload: &[u8]) -> DeadLetter {
         let truncated = payload.len() > MAX_PAYLOAD_BYTES;
         let kept = &payload[..payload.len().min(MAX_PAYLOAD_BYTES)];
         let (text, b64) = match std::str::from_utf8(kept) {
@@ -66,7 +185,7 @@ impl DeadLetter {
             ),
         };
         DeadLetter {
-            reason: reason.to_owned(),
+            reason,
             error: cap(error),
             topic: origin.topic.clone(),
             partition: origin.partition,
@@ -80,10 +199,9 @@ impl DeadLetter {
         }
     }
 
-    /// A delivery given up on: retries exhausted, or a request that cannot be
-    /// rendered.
+    /// A delivery given up on.
     pub fn delivery(
-        reason: &str,
+        reason: DeliveryFailure,
         error: String,
         event_raw: &str,
         origin: &Origin,
@@ -93,7 +211,12 @@ impl DeadLetter {
         DeadLetter {
             integration: Some(integration.to_owned()),
             history,
-            ..DeadLetter::record(reason, &error, origin, event_raw.as_bytes())
+            ..DeadLetter::record(
+                Reason::Delivery(reason),
+                &error,
+                origin,
+                event_raw.as_bytes(),
+            )
         }
     }
 
@@ -146,4 +269,30 @@ pub fn cap(text: &str) -> String {
 
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_written_as_distinct_labels_and_read_back() {
+        let all: Vec<Reason> = InvalidReason::ALL
+            .into_iter()
+            .map(Reason::Event)
+            .chain(DeliveryFailure::ALL.into_iter().map(Reason::Delivery))
+            .collect();
+        let labels: std::collections::BTreeSet<&str> = all.iter().map(|r| r.as_label()).collect();
+        assert_eq!(labels.len(), all.len(), "{labels:?}");
+        for r in all {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json, format!("\"{}\"", r.as_label()));
+            assert_eq!(serde_json::from_str::<Reason>(&json).unwrap(), r);
+        }
+        assert_eq!(
+            serde_json::to_string(&Reason::Delivery(DeliveryFailure::RetriesExhausted)).unwrap(),
+            "\"retries_exhausted\""
+        );
+        assert!(serde_json::from_str::<Reason>("\"no_such_reason\"").is_err());
+    }
 }

@@ -99,8 +99,80 @@ pub struct AttemptLog {
     pub attempt: u32,
     /// RFC 3339.
     pub at: String,
-    /// `success`, `skipped`, `deferred`, or the error.
-    pub outcome: String,
+    pub outcome: AttemptOutcome,
+}
+
+/// How a past attempt ended. Written as `skipped`, `deferred`, or the
+/// error's text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Its host was asleep.
+    Skipped,
+    /// Its host's rate limit sent it to a retry topic.
+    Deferred,
+    /// Sent or rendered, and failed.
+    Failed(String),
+}
+
+impl AttemptOutcome {
+    pub fn as_str(&self) -> &str {
+        match self {
+            AttemptOutcome::Skipped => "skipped",
+            AttemptOutcome::Deferred => "deferred",
+            AttemptOutcome::Failed(error) => error,
+        }
+    }
+}
+
+impl From<&str> for AttemptOutcome {
+    fn from(text: &str) -> AttemptOutcome {
+        match text {
+            "skipped" => AttemptOutcome::Skipped,
+            "deferred" => AttemptOutcome::Deferred,
+            error => AttemptOutcome::Failed(error.to_owned()),
+        }
+    }
+}
+
+impl Serialize for AttemptOutcome {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for AttemptOutcome {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<AttemptOutcome, D::Error> {
+        Ok(AttemptOutcome::from(
+            <std::borrow::Cow<'de, str>>::deserialize(d)?.as_ref(),
+        ))
+    }
+}
+
+/// Why a retry was dropped rather than attempted: its integration no
+/// longer executes on its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDropped {
+    Deleted,
+    Disabled,
+    /// The retry record's event no longer decodes.
+    Invalid,
+    /// Its product was separated from the org integration.
+    Separated,
+    /// Its product left the integration's list, or its owner, device or
+    /// prefix changed.
+    OutOfScope,
+}
+
+impl RetryDropped {
+    pub fn as_label(self) -> &'static str {
+        match self {
+            RetryDropped::Deleted => "deleted",
+            RetryDropped::Disabled => "disabled",
+            RetryDropped::Invalid => "invalid",
+            RetryDropped::Separated => "separated",
+            RetryDropped::OutOfScope => "out_of_scope",
+        }
+    }
 }
 
 /// A delivery waiting for its next attempt. The event travels whole (its
@@ -132,6 +204,25 @@ impl RetryRecord {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn attempt_outcomes_are_written_as_before() {
+        for (outcome, text) in [
+            (AttemptOutcome::Skipped, "skipped"),
+            (AttemptOutcome::Deferred, "deferred"),
+            (
+                AttemptOutcome::Failed("error status 503".into()),
+                "error status 503",
+            ),
+        ] {
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, format!("\"{text}\""));
+            assert_eq!(
+                serde_json::from_str::<AttemptOutcome>(&json).unwrap(),
+                outcome
+            );
+        }
+    }
     use super::*;
 
     fn settings() -> RetrySettings {

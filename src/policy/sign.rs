@@ -13,6 +13,17 @@ use sha2::Sha256;
 
 use crate::pipeline::render::RenderedRequest;
 
+/// Why a request could not be signed. Never carries a byte of the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SigningError {
+    #[error("signingSecret names {0:?}, which is not a configured secret")]
+    NotConfigured(String),
+    #[error("the signing secret is not base64 (whsec_<base64>)")]
+    NotBase64,
+    #[error("the signing secret is {0} bytes; use at least 16 (24-64 recommended)")]
+    TooShort(usize),
+}
+
 /// A signing key, decoded once.
 #[derive(Clone)]
 pub struct Signer {
@@ -27,18 +38,15 @@ impl std::fmt::Debug for Signer {
 
 impl Signer {
     /// `secret` as Standard Webhooks writes it: `whsec_` and base64.
-    pub fn try_new(secret: &str) -> Result<Signer, String> {
+    pub fn try_new(secret: &str) -> Result<Signer, SigningError> {
         let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
         let key = STANDARD
             .decode(encoded)
             // The decoder's message quotes the offending byte: it would put a
             // piece of the secret in the dead letter and the log.
-            .map_err(|_| "the signing secret is not base64 (whsec_<base64>)".to_owned())?;
+            .map_err(|_| SigningError::NotBase64)?;
         if key.len() < 16 {
-            return Err(format!(
-                "the signing secret is {} bytes; use at least 16 (24-64 recommended)",
-                key.len()
-            ));
+            return Err(SigningError::TooShort(key.len()));
         }
         Ok(Signer { key })
     }
@@ -62,15 +70,13 @@ impl Signer {
         integration: &crate::model::integration::Integration,
         ctx: &crate::pipeline::render::EventContext,
         request: &mut RenderedRequest,
-    ) -> Result<(), String> {
+    ) -> Result<(), SigningError> {
         let Some(name) = &integration.signing_secret else {
             return Ok(());
         };
         let signer = ctx
             .secret(name)
-            .ok_or_else(|| {
-                format!("signingSecret names {name:?}, which is not a configured secret")
-            })
+            .ok_or_else(|| SigningError::NotConfigured(name.clone()))
             .and_then(Signer::try_new)?;
         let id = crate::pipeline::render::idempotency_key(&ctx.event().id, &integration.id);
         signer.sign(request, &id, chrono::Utc::now().timestamp());
@@ -101,9 +107,11 @@ mod tests {
     fn refuses_bad_secrets() {
         assert!(Signer::try_new("whsec_%%%")
             .unwrap_err()
+            .to_string()
             .contains("not base64"));
         assert!(Signer::try_new("whsec_c2hvcnQ=")
             .unwrap_err()
+            .to_string()
             .contains("5 bytes"));
         assert_eq!(
             format!(

@@ -586,7 +586,7 @@ pub async fn test(State(api): State<Arc<Api>>, headers: HeaderMap, Path(params):
     // byte of the key.
     if let Err(error) = crate::policy::sign::Signer::sign_for(&i, &ctx, &mut request) {
         return Ok(Json(
-            json!({"outcome": "error", "request": shown, "error": error}),
+            json!({"outcome": "error", "request": shown, "error": error.to_string()}),
         ));
     }
     let outcome = api.deliverer.send(&request, i.reject_unauthorized).await;
