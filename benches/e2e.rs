@@ -24,6 +24,11 @@
 //! `E2E_HOOKD=<path>` runs another `hookd` binary as the worker (to compare
 //! builds); `E2E_PERF=<file>` records a CPU profile of the worker's drain.
 
+// The tests' helpers; not their `Receiver`, which keeps every request (the
+// one here only counts and times them).
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -32,6 +37,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{free_port, wait_until_every};
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
@@ -49,6 +55,9 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const DEVICES: usize = 10_000;
 const CONCURRENCY: usize = 256;
+/// How often a wait polls: what the bench times when a wait ends (the
+/// reload seen, the drain done) is off by up to this much.
+const POLL: Duration = Duration::from_millis(20);
 
 struct Args {
     events: usize,
@@ -99,14 +108,6 @@ fn now_us() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_micros() as u64
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Requests received; latencies (µs) of those carrying `x-produced-at`.
@@ -295,14 +296,6 @@ fn percentile(sorted: &[u64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize] as f64 / 1000.0
 }
 
-async fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
-    let end = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Writes the bench's integrations and 100k more to `staged`. Done before
 /// the latency phase: this process is also the receiver and the producer,
 /// and building the file here during the window would delay the events it
@@ -341,7 +334,7 @@ async fn reload(
         .args(["-HUP", &pid.to_string()])
         .status()
         .unwrap();
-    wait_for("the reload", Duration::from_secs(120), || {
+    wait_until_every("the reload", Duration::from_secs(120), POLL, || {
         reloads().len() >= nth
     })
     .await;
@@ -611,7 +604,7 @@ async fn run(args: Args, root: PathBuf) {
     let pid = worker.id();
 
     // Throughput: drain the backlog.
-    wait_for("the first webhook", Duration::from_secs(60), || {
+    wait_until_every("the first webhook", Duration::from_secs(60), POLL, || {
         received.count.load(Ordering::Relaxed) > 0
     })
     .await;
@@ -639,7 +632,7 @@ async fn run(args: Args, root: PathBuf) {
             .spawn()
             .expect("perf")
     });
-    wait_for("the backlog", Duration::from_secs(1800), || {
+    wait_until_every("the backlog", Duration::from_secs(1800), POLL, || {
         received.count.load(Ordering::Relaxed) >= n
     })
     .await;
@@ -716,7 +709,7 @@ async fn run(args: Args, root: PathBuf) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let during_edit: Vec<u64> = received.latencies.lock().unwrap()[edit_mark..].to_vec();
     producing.await.unwrap();
-    wait_for("the steady phase", Duration::from_secs(120), || {
+    wait_until_every("the steady phase", Duration::from_secs(120), POLL, || {
         received.count.load(Ordering::Relaxed) >= steady
     })
     .await;

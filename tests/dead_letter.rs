@@ -84,7 +84,7 @@ async fn malformed_events_are_dead_lettered_and_the_partition_flows_on() {
             .iter()
             .find(|(r, _)| *r == letter.reason)
             .unwrap_or_else(|| panic!("unexpected {letter:?}"));
-        reasons.push(letter.reason.clone());
+        reasons.push(letter.reason.to_string());
         assert!(!letter.error.is_empty());
         assert_eq!(
             letter.payload.as_deref(),

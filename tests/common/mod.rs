@@ -1,6 +1,8 @@
 //! Shared by the integration tests: a broker (the embedded mock cluster, or a
 //! real one named by `E2E_BROKERS`), worker settings on unique topics, and a
-//! real HTTP receiver on loopback whose behaviour a test can change.
+//! real HTTP receiver on loopback whose behaviour a test can change; the
+//! control-plane tests start from `ControlPlane`. benches/e2e.rs includes it
+//! too, for `free_port` and `wait_until_every`.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
@@ -499,14 +501,25 @@ impl Receiver {
 /// Waits until `done` holds, polling every 50 ms; panics with `what` after
 /// `limit` (a deadline so a broken test fails instead of hanging, not a
 /// performance assertion).
-pub async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, limit: Duration, done: impl FnMut() -> bool) {
+    wait_until_every(what, limit, Duration::from_millis(50), done).await;
+}
+
+/// `wait_until`, polling every `every` (benches/e2e.rs times what it waits
+/// for, so it polls more often).
+pub async fn wait_until_every(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut done: impl FnMut() -> bool,
+) {
     let end = tokio::time::Instant::now() + limit;
     while !done() {
         assert!(
             tokio::time::Instant::now() < end,
             "timed out waiting for {what}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -661,6 +674,59 @@ pub async fn catalog(operator: &ApiClient) {
             .await
             .expect("product saved");
     }
+}
+
+/// What the control-plane tests start from: a broker of the test's own with
+/// the worker's topics, a receiver, and an api with the test tokens and the
+/// `catalog`; `acme` is the api as org acme. Bind `broker` (as `_broker` if
+/// unused) for the whole test: an embedded broker stops when it is dropped.
+pub struct ControlPlane {
+    pub broker: Broker,
+    /// The api's settings; workers started from them (`start_log_worker`)
+    /// follow its config log.
+    pub s: Settings,
+    pub receiver: Receiver,
+    pub api: RunningApi,
+    pub acme: ApiClient,
+}
+
+impl ControlPlane {
+    /// On the test settings, one events partition.
+    pub async fn start() -> ControlPlane {
+        ControlPlane::start_with(1, |_| {}).await
+    }
+
+    /// With `partitions` events partitions, the settings changed by `tune`
+    /// before the topics are created and the api starts.
+    pub async fn start_with(partitions: i32, tune: impl FnOnce(&mut Settings)) -> ControlPlane {
+        let broker = Broker::start();
+        let mut s = with_api(settings(&broker));
+        tune(&mut s);
+        create_topics(&broker, &s, partitions).await;
+        let receiver = Receiver::start().await;
+        let api = start_api(&s).await;
+        catalog(&api.client).await;
+        let acme = api.as_token(ACME);
+        ControlPlane {
+            broker,
+            s,
+            receiver,
+            api,
+            acme,
+        }
+    }
+}
+
+/// A `temp/x` event of `product` carrying `data`, as (key, payload); the
+/// device id follows from both.
+pub fn event(product: u32, data: &str) -> (String, String) {
+    let device = format!(
+        "{:024x}",
+        u64::from(product) * 1000 + (data.len() as u64 % 7)
+    );
+    let e = json!({"name": "temp/x", "data": data, "published_at": "2024-05-13T10:55:40.306Z",
+                   "coreid": device, "userid": "", "productID": product});
+    (device, e.to_string())
 }
 
 /// Which paths each event's data reached.

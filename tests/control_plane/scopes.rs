@@ -1,0 +1,356 @@
+//! Tenants kept apart: no token reaches another scope's records, and a
+//! tenant never gets another tenant's secret, through the api or past it.
+
+use std::time::Duration;
+
+use crate::common::*;
+use hyper::Method;
+use serde_json::{json, Value};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_token_reaches_another_scope() {
+    let ControlPlane {
+        broker: _broker,
+        api,
+        acme,
+        ..
+    } = ControlPlane::start().await;
+    let secret_url = "https://acme.example.com/private-hook";
+    let org_hook = acme
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/integrations",
+            Some(&json!({"event": "t", "url": secret_url, "products": [1]})),
+        )
+        .await
+        .unwrap();
+    let product_hook = acme
+        .call(
+            Method::POST,
+            "/v1/products/1/integrations",
+            Some(&json!({"event": "t", "url": secret_url})),
+        )
+        .await
+        .unwrap();
+    let alice = api.as_token(ALICE);
+    let sandbox = alice
+        .call(
+            Method::POST,
+            "/v1/integrations",
+            Some(&json!({"event": "t", "url": secret_url})),
+        )
+        .await
+        .unwrap();
+    let (o, p, u) = (
+        org_hook["id"].as_str().unwrap(),
+        product_hook["id"].as_str().unwrap(),
+        sandbox["id"].as_str().unwrap(),
+    );
+    let body = json!({"event": "t", "url": "https://evil.example.com/", "name": "stolen"});
+    let mut tried = 0;
+    // (token, method, path, expected status)
+    let mut cases: Vec<(&str, Method, String, u16)> = Vec::new();
+    for (token, org_status) in [(OTHER, 403), (BOB, 403), (ALICE, 403)] {
+        cases.push((
+            token,
+            Method::GET,
+            "/v1/orgs/acme/integrations".into(),
+            org_status,
+        ));
+        cases.push((
+            token,
+            Method::POST,
+            "/v1/orgs/acme/integrations".into(),
+            org_status,
+        ));
+        cases.push((
+            token,
+            Method::GET,
+            "/v1/orgs/acme/products".into(),
+            org_status,
+        ));
+        cases.push((token, Method::GET, "/v1/orgs/acme".into(), org_status));
+        cases.push((token, Method::PUT, "/v1/orgs/acme".into(), org_status));
+        cases.push((
+            token,
+            Method::GET,
+            "/v1/orgs/acme/products/1".into(),
+            org_status,
+        ));
+        for tail in ["", "/history", "/log"] {
+            cases.push((
+                token,
+                Method::GET,
+                format!("/v1/orgs/acme/integrations/{o}{tail}"),
+                org_status,
+            ));
+        }
+        cases.push((
+            token,
+            Method::PUT,
+            format!("/v1/orgs/acme/integrations/{o}"),
+            org_status,
+        ));
+        cases.push((
+            token,
+            Method::DELETE,
+            format!("/v1/orgs/acme/integrations/{o}"),
+            org_status,
+        ));
+        cases.push((
+            token,
+            Method::POST,
+            format!("/v1/orgs/acme/integrations/{o}/test"),
+            org_status,
+        ));
+    }
+    for token in [OTHER, BOB, ALICE] {
+        let status = if token == OTHER { 404 } else { 403 };
+        cases.push((
+            token,
+            Method::GET,
+            "/v1/products/1/integrations".into(),
+            status,
+        ));
+        cases.push((
+            token,
+            Method::POST,
+            "/v1/products/1/integrations".into(),
+            status,
+        ));
+        for id in [o, p] {
+            for tail in ["", "/history", "/log"] {
+                cases.push((
+                    token,
+                    Method::GET,
+                    format!("/v1/products/1/integrations/{id}{tail}"),
+                    status,
+                ));
+            }
+            cases.push((
+                token,
+                Method::PUT,
+                format!("/v1/products/1/integrations/{id}"),
+                status,
+            ));
+            cases.push((
+                token,
+                Method::DELETE,
+                format!("/v1/products/1/integrations/{id}"),
+                status,
+            ));
+            cases.push((
+                token,
+                Method::POST,
+                format!("/v1/products/1/integrations/{id}/test"),
+                status,
+            ));
+        }
+        cases.push((
+            token,
+            Method::POST,
+            format!("/v1/products/1/integrations/{o}/separate"),
+            status,
+        ));
+    }
+    // Another org's own paths: acme's records are not found there.
+    for id in [o, p, u] {
+        cases.push((
+            OTHER,
+            Method::GET,
+            format!("/v1/orgs/other/integrations/{id}"),
+            404,
+        ));
+        cases.push((
+            OTHER,
+            Method::PUT,
+            format!("/v1/orgs/other/integrations/{id}"),
+            404,
+        ));
+        cases.push((
+            OTHER,
+            Method::DELETE,
+            format!("/v1/orgs/other/integrations/{id}"),
+            404,
+        ));
+    }
+    cases.push((OTHER, Method::GET, "/v1/orgs/other/products/1".into(), 404));
+    // Alice's sandbox: another user finds nothing, an org token is refused.
+    for (token, status) in [(BOB, 404), (ACME, 403), (OTHER, 403)] {
+        for tail in ["", "/history", "/log"] {
+            cases.push((
+                token,
+                Method::GET,
+                format!("/v1/integrations/{u}{tail}"),
+                status,
+            ));
+        }
+        cases.push((token, Method::PUT, format!("/v1/integrations/{u}"), status));
+        cases.push((
+            token,
+            Method::DELETE,
+            format!("/v1/integrations/{u}"),
+            status,
+        ));
+        cases.push((
+            token,
+            Method::POST,
+            format!("/v1/integrations/{u}/test"),
+            status,
+        ));
+    }
+    for (token, method, path, status) in cases {
+        let (got, answer) = api
+            .as_token(token)
+            .raw(method.clone(), &path, Some(&body))
+            .await
+            .unwrap();
+        assert_eq!(got, status, "{token} {method} {path}: {answer}");
+        let text = answer.to_string();
+        assert!(
+            !text.contains(secret_url) && !text.contains("acme.example.com"),
+            "{path}: {text}"
+        );
+        tried += 1;
+    }
+    assert!(tried > 80);
+    // Lists never show another scope's records.
+    for (token, path) in [
+        (BOB, "/v1/integrations"),
+        (OTHER, "/v1/orgs/other/integrations"),
+    ] {
+        let list = api
+            .as_token(token)
+            .call(Method::GET, path, None)
+            .await
+            .unwrap();
+        assert_eq!(list["integrations"], json!([]), "{path}");
+    }
+    // No token, an unknown one.
+    let (status, _) = api
+        .as_token("")
+        .raw(Method::GET, "/v1/integrations", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = api
+        .as_token("not-a-token-at-all")
+        .raw(Method::GET, "/v1/integrations", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    // Org other cannot put acme's product in its integration.
+    let (status, message, field) = refused(
+        &api.as_token(OTHER),
+        Method::POST,
+        "/v1/orgs/other/integrations",
+        json!({"event": "t", "url": "https://x.example.com/", "products": [1]}),
+    )
+    .await;
+    assert_eq!(
+        (status, message.as_str(), field.as_deref()),
+        (
+            400,
+            "products[0]: product 1 is not a product of org \"other\"",
+            Some("products[0]")
+        )
+    );
+    // Nothing changed.
+    let still = acme
+        .call(
+            Method::GET,
+            &format!("/v1/orgs/acme/integrations/{o}"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (still["url"].as_str(), still["version"].as_u64()),
+        (Some(secret_url), Some(1))
+    );
+    let still = alice
+        .call(Method::GET, &format!("/v1/integrations/{u}"), None)
+        .await
+        .unwrap();
+    assert_eq!(still["version"], 1);
+    api.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_never_gets_another_tenants_secret() {
+    let ControlPlane {
+        broker,
+        s,
+        receiver,
+        api,
+        acme: _,
+    } = ControlPlane::start_with(1, |s| {
+        s.secrets
+            .insert("ACME_KEY".into(), "acme-only-secret-77".into());
+        s.secret_scopes
+            .insert("ACME_KEY".into(), vec!["org:acme".into()]);
+    })
+    .await;
+    let hook = |path: &str, products: Value| {
+        json!({"event": "temp", "url": receiver.url(&format!("{path}?k={{{{{{ACME_KEY}}}}}}")),
+               "headers": {"X-Key": "{{{ACME_KEY}}}"}, "products": products})
+    };
+    // Through the api: refused, naming the secret.
+    let (status, message, field) = refused(
+        &api.as_token(OTHER),
+        Method::POST,
+        "/v1/orgs/other/integrations",
+        hook("/leak", json!([9])),
+    )
+    .await;
+    assert_eq!(
+        (status, message.as_str(), field.as_deref()),
+        (
+            400,
+            "secret ACME_KEY is not granted to org:other ([secret_scopes] in the api's config)",
+            Some("secrets")
+        )
+    );
+    api.as_token(ACME)
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/integrations",
+            Some(&hook("/acme", json!([1]))),
+        )
+        .await
+        .unwrap();
+    // Past the api, straight into the log: the worker renders it without
+    // the secret.
+    let mut record = hook("/leak", json!([9]));
+    record["id"] = "leak".into();
+    record["version"] = 1.into();
+    record["org"] = "other".into();
+    produce(
+        &broker,
+        &s.kafka.config_topic,
+        &[("integration/leak".into(), record.to_string())],
+    )
+    .await;
+    let worker = start_log_worker(&s).await;
+    produce(
+        &broker,
+        &s.kafka.events_topic,
+        &[event(9, "to-other"), event(1, "to-acme")],
+    )
+    .await;
+    wait_until("both deliveries", Duration::from_secs(30), || {
+        receiver.count() == 2
+    })
+    .await;
+    let seen = receiver.seen();
+    let leak = seen.iter().find(|x| x.target.starts_with("/leak")).unwrap();
+    assert_eq!(leak.target, "/leak?k=");
+    assert_eq!(leak.headers.get("x-key").map(String::as_str), Some(""));
+    let acme = seen.iter().find(|x| x.target.starts_with("/acme")).unwrap();
+    assert_eq!(
+        acme.target, "/acme?k=acme-only-secret-77",
+        "the granted tenant gets it"
+    );
+    worker.stop().await;
+    api.stop().await;
+}
