@@ -39,10 +39,25 @@ impl Principal {
 /// What a path addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Place {
-    /// The caller's sandbox.
-    Sandbox,
+    /// A user's sandbox, by its owner: `/v1/integrations` is the caller's
+    /// own ([`Place::sandbox_of`]).
+    Sandbox(String),
     Product(u32),
     Org(String),
+}
+
+impl Place {
+    /// The sandbox of `who`: a user has one, no other token does.
+    pub fn sandbox_of(who: &Principal) -> Result<Place, ApiError> {
+        match who {
+            Principal::User(u) => Ok(Place::Sandbox(u.clone())),
+            _ => Err(no_sandbox()),
+        }
+    }
+}
+
+fn no_sandbox() -> ApiError {
+    ApiError::forbidden("/v1/integrations holds a user's sandbox integrations; use a user token")
 }
 
 pub struct Tokens(HashMap<[u8; 32], Principal>);
@@ -86,13 +101,11 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Whether `who` may use `place`; the sandbox owner for [`Place::Sandbox`].
+/// Whether `who` may use `place`; a sandbox is its owner's only.
 pub fn authorize(who: &Principal, place: &Place, state: &ConfigState) -> Result<(), ApiError> {
     match (place, who) {
-        (Place::Sandbox, Principal::User(_)) => Ok(()),
-        (Place::Sandbox, _) => Err(ApiError::forbidden(
-            "/v1/integrations holds a user's sandbox integrations; use a user token",
-        )),
+        (Place::Sandbox(owner), Principal::User(u)) if u == owner => Ok(()),
+        (Place::Sandbox(_), _) => Err(no_sandbox()),
         (Place::Org(_), Principal::Operator) => Ok(()),
         (Place::Org(org), Principal::Org(mine)) if org == mine => Ok(()),
         (Place::Org(org), _) => Err(ApiError::forbidden(format!(

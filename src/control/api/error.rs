@@ -3,18 +3,24 @@
 //! naming the field at fault when there is one (`ok` and
 //! `error_description` are what Particle's SDK and CLI print).
 
+use axum::extract::rejection::PathRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use crate::control::config_log::state::RecordRefused;
 use crate::control::config_log::writer::WriteError;
+use crate::model::integration::InvalidIntegration;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
     pub error: String,
     pub field: Option<String>,
+    /// axum's own refusal of a path it cannot read (not UTF-8 once
+    /// decoded): answered as axum answers it, in plain text, as it was
+    /// before the api's extractors read paths themselves.
+    plain: bool,
 }
 
 impl ApiError {
@@ -23,15 +29,15 @@ impl ApiError {
             status,
             error: error.into(),
             field: None,
+            plain: false,
         }
     }
 
     /// 400 naming `field`.
     pub fn invalid(field: &str, error: impl Into<String>) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
-            error: error.into(),
             field: Some(field.to_owned()),
+            ..ApiError::new(StatusCode::BAD_REQUEST, error)
         }
     }
 
@@ -45,6 +51,21 @@ impl ApiError {
 
     pub fn conflict(error: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::CONFLICT, error)
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> ApiError {
+        ApiError {
+            plain: true,
+            ..ApiError::new(r.status(), r.body_text())
+        }
+    }
+}
+
+impl From<InvalidIntegration> for ApiError {
+    fn from(e: InvalidIntegration) -> ApiError {
+        ApiError::invalid(&e.field, e.to_string())
     }
 }
 
@@ -70,6 +91,9 @@ impl From<WriteError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.plain {
+            return (self.status, self.error).into_response();
+        }
         let mut body = serde_json::json!({
             "ok": false,
             "error": self.error,

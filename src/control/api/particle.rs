@@ -7,23 +7,25 @@
 //! In: requests as those tools send them. Out: the same requests as the
 //! api's own handlers take them (a Bearer header, a JSON body), and the
 //! webhooks API's answers in its shapes (`{"ok": true, "id": …}`, a bare
-//! list). The tenant rules are the handlers'; nothing here decides access.
+//! list). The tenant rules are the handlers' and their extractors';
+//! nothing here decides access.
 
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
 
+use super::app::Api;
 use super::error::ApiError;
-use super::handlers;
-use super::server::Api;
+use super::extract::{At, ItemId};
+use super::integrations;
 
 /// The largest form body taken (as axum's JSON bodies).
 const MAX_FORM_BYTES: usize = 2 * 1024 * 1024;
@@ -42,7 +44,7 @@ const BOOLEAN_FIELDS: &[&str] = &[
 /// `Authorization` header (a header already there wins) and turns a form
 /// body into the JSON object it stands for. The token leaves the URI, so
 /// nothing downstream can log it.
-pub async fn particle_clients(request: Request, next: Next) -> Response {
+pub(super) async fn particle_clients(request: Request, next: Next) -> Response {
     // The api's paths only: the console's forms are its own.
     if !request.uri().path().starts_with("/v1/") {
         return next.run(request).await;
@@ -280,43 +282,38 @@ fn insert(object: &mut Map<String, Value>, path: &[String], value: Value) -> Res
     }
 }
 
-type Params = Path<HashMap<String, String>>;
-
 /// `POST /v1/webhooks`: an integration created, answered as the webhooks
 /// API does (`{"ok": true, "id": …}` and the integration).
-pub async fn create_webhook(
+pub(super) async fn create_webhook(
     state: State<Arc<Api>>,
-    headers: HeaderMap,
-    params: Params,
+    at: At,
     body: Bytes,
-) -> Response {
-    match handlers::create(state, headers, params, body).await {
-        Ok((status, Json(mut created))) => {
-            created["ok"] = true.into();
-            (status, Json(created)).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (status, Json(mut created)) = integrations::create(state, at, body).await?;
+    created["ok"] = true.into();
+    Ok((status, Json(created)))
 }
 
 /// `GET /v1/webhooks`: the integrations as a bare list.
-pub async fn list_webhooks(state: State<Arc<Api>>, headers: HeaderMap, params: Params) -> Response {
-    match handlers::list(state, headers, params).await {
-        Ok(Json(mut listed)) => Json(listed["integrations"].take()).into_response(),
-        Err(e) => e.into_response(),
-    }
+pub(super) async fn list_webhooks(state: State<Arc<Api>>, at: At) -> Json<Vec<Value>> {
+    let Json(listed) = integrations::list(state, at).await;
+    Json(listed.integrations)
+}
+
+/// `{"ok": true}`.
+#[derive(Serialize)]
+pub(super) struct Deleted {
+    ok: bool,
 }
 
 /// `DELETE /v1/webhooks/:id`: `{"ok": true}`.
-pub async fn delete_webhook(
+pub(super) async fn delete_webhook(
     state: State<Arc<Api>>,
-    headers: HeaderMap,
-    params: Params,
-) -> Response {
-    match handlers::delete(state, headers, params).await {
-        Ok(_) => Json(serde_json::json!({"ok": true})).into_response(),
-        Err(e) => e.into_response(),
-    }
+    at: At,
+    id: ItemId,
+) -> Result<Json<Deleted>, ApiError> {
+    integrations::delete(state, at, id).await?;
+    Ok(Json(Deleted { ok: true }))
 }
 
 #[cfg(test)]

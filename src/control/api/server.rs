@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
@@ -11,35 +10,15 @@ use rdkafka::producer::FutureProducer;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::app::{test_call_limit, Api};
 use super::auth::Tokens;
-use super::{handlers, particle};
+use super::{catalog, console, integrations, particle, traffic};
 use crate::control::config_log::follower::{ConfigLog, ConfigLogError};
 use crate::control::config_log::writer::ConfigWriter;
 use crate::control::traffic::history::History;
 use crate::model::secret_scopes::SecretPolicy;
 use crate::pipeline::deliver::Deliverer;
-use crate::policy::throttle::{LimitSettings, Throttle};
 use crate::runtime::config::Settings;
-
-/// What every handler shares.
-pub struct Api {
-    pub(super) log: Arc<ConfigLog>,
-    pub(super) writer: ConfigWriter,
-    pub(super) history: Arc<History>,
-    pub(super) tokens: Tokens,
-    /// For `test` sends: the workers' delivery client and outbound policy.
-    pub(super) deliverer: Deliverer,
-    pub(super) secrets: SecretPolicy,
-    /// `api.max_integrations_per_tenant`.
-    pub(super) max_per_tenant: usize,
-    /// `test` calls per scope (`api.test_calls_per_minute`), keyed by the
-    /// caller's scope.
-    pub(super) test_calls: Throttle,
-    /// The web console's signed-in sessions.
-    pub(super) console: super::console::Sessions,
-    /// `api.secure_cookies`.
-    pub(super) secure_cookies: bool,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiStartError {
@@ -54,32 +33,22 @@ pub enum ApiStartError {
     },
 }
 
-/// A limiter of `per_minute` calls per key, all of them at once at most.
-pub(super) fn test_call_limit(per_minute: u32) -> Throttle {
-    Throttle::new(LimitSettings {
-        rate: f64::from(per_minute) / 60.0,
-        burst: per_minute,
-        max_wait: Duration::ZERO,
-        max_deferrals: 0,
-        max_waiting: 1,
-        hosts: Default::default(),
-    })
-}
-
-pub fn router(api: Arc<Api>) -> Router {
-    use handlers as h;
+fn router(api: Arc<Api>) -> Router {
+    use catalog as c;
+    use integrations as i;
     use particle as p;
+    use traffic as t;
     let integration_routes = |base: &str| {
         Router::new()
-            .route(base, get(h::list).post(h::create))
+            .route(base, get(i::list).post(i::create))
             .route(
                 &format!("{base}/{{id}}"),
-                get(h::get).put(h::edit).delete(h::delete),
+                get(i::get).put(i::edit).delete(i::delete),
             )
-            .route(&format!("{base}/{{id}}/test"), post(h::test))
-            .route(&format!("{base}/{{id}}/preview"), get(h::preview))
-            .route(&format!("{base}/{{id}}/history"), get(h::history))
-            .route(&format!("{base}/{{id}}/log"), get(h::log))
+            .route(&format!("{base}/{{id}}/test"), post(t::test))
+            .route(&format!("{base}/{{id}}/preview"), get(t::preview))
+            .route(&format!("{base}/{{id}}/history"), get(t::history))
+            .route(&format!("{base}/{{id}}/log"), get(t::log))
     };
     Router::new()
         .merge(integration_routes("/v1/integrations"))
@@ -87,7 +56,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .merge(integration_routes("/v1/orgs/{org}/integrations"))
         .route(
             "/v1/products/{product}/integrations/{id}/separate",
-            post(h::separate),
+            post(i::separate),
         )
         // The older webhooks API of Particle's SDK and CLI, over the same
         // integrations.
@@ -95,24 +64,24 @@ pub fn router(api: Arc<Api>) -> Router {
             "/v1/webhooks",
             get(p::list_webhooks).post(p::create_webhook),
         )
-        .route("/v1/webhooks/{id}", get(h::get).delete(p::delete_webhook))
+        .route("/v1/webhooks/{id}", get(i::get).delete(p::delete_webhook))
         .route(
             "/v1/products/{product}/webhooks",
             get(p::list_webhooks).post(p::create_webhook),
         )
         .route(
             "/v1/products/{product}/webhooks/{id}",
-            get(h::get).delete(p::delete_webhook),
+            get(i::get).delete(p::delete_webhook),
         )
-        .route("/v1/orgs/{org}", get(h::get_org).put(h::put_org))
-        .route("/v1/orgs/{org}/products", get(h::list_products))
+        .route("/v1/orgs/{org}", get(c::get_org).put(c::put_org))
+        .route("/v1/orgs/{org}/products", get(c::list_products))
         .route(
             "/v1/orgs/{org}/products/{id}",
-            get(h::get_product)
-                .put(h::put_product)
-                .delete(h::delete_product),
+            get(c::get_product)
+                .put(c::put_product)
+                .delete(c::delete_product),
         )
-        .merge(super::console::routes())
+        .merge(console::routes())
         .with_state(api)
         .layer(axum::middleware::from_fn(p::particle_clients))
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::auth::Place;
 use crate::control::config_log::state::ConfigState;
-use crate::control::traffic::history::{today, History};
+use crate::control::traffic::history::{today, History, Products};
 use crate::model::integration::{Integration, IntegrationSpec, Scope};
 use crate::model::outcome::Counts;
 
@@ -34,18 +34,18 @@ pub fn counts(c: Counts) -> Value {
     json!({"success": c.success, "error": c.error, "skipped": c.skipped})
 }
 
-/// The product filter for traffic of `i` shown under `place`: a shared
-/// integration listed under one product shows that product's traffic.
-fn product_filter(i: &Integration, place: &Place) -> Option<Option<u32>> {
+/// Whose traffic of `i` is shown under `place`: a shared integration
+/// listed under one product shows that product's traffic.
+pub fn products_shown(i: &Integration, place: &Place) -> Products {
     match (place, &i.scope) {
-        (Place::Product(p), Scope::Org { .. }) => Some(Some(*p)),
-        _ => None,
+        (Place::Product(p), Scope::Org { .. }) => Products::One(*p),
+        _ => Products::All,
     }
 }
 
 /// One line of a list.
 pub fn summary(i: &Integration, place: &Place, history: &History) -> Value {
-    let filter = product_filter(i, place);
+    let filter = products_shown(i, place);
     let mut v = json!({
         "id": &*i.id,
         "name": i.name,
@@ -123,13 +123,13 @@ pub fn history_view(
     let last = today();
     let first = last - chrono::Days::new(u64::from(days.max(1)) - 1);
     let daily = history.daily(&i.id);
-    let series = |want: Option<Option<u32>>| -> Vec<Value> {
+    let series = |want: Products| -> Vec<Value> {
         let mut day = first;
         let mut out = Vec::new();
         while day <= last {
             let c = daily
                 .iter()
-                .filter(|(d, p, _)| *d == day && (want.is_none() || want == Some(*p)))
+                .filter(|(d, p, _)| *d == day && want.admits(*p))
                 .fold(Counts::default(), |mut acc, (_, _, c)| {
                     acc += *c;
                     acc
@@ -168,12 +168,12 @@ pub fn history_view(
                 ),
                 None => (Value::Null, Value::Null),
             };
-            json!({"product": p, "name": name, "link": link, "days": series(Some(Some(*p)))})
+            json!({"product": p, "name": name, "link": link, "days": series(Products::One(*p))})
         })
         .collect();
     json!({
         "days": days,
-        "aggregate": series(product_filter(i, place)),
+        "aggregate": series(products_shown(i, place)),
         "per_product": per_product,
     })
 }

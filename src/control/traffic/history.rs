@@ -25,6 +25,24 @@ use super::book::{LogEntry, StatsDelta, KEPT};
 use crate::model::outcome::Counts;
 use crate::runtime::config::KafkaSettings;
 
+/// Whose traffic of an integration is shown: all of it, or one product's
+/// (an org integration seen under one of its products).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Products {
+    All,
+    One(u32),
+}
+
+impl Products {
+    /// Whether traffic counted under `product` is shown.
+    pub fn admits(self, product: Option<u32>) -> bool {
+        match self {
+            Products::All => true,
+            Products::One(p) => product == Some(p),
+        }
+    }
+}
+
 /// The newest successes and errors of one integration (or one product of it).
 #[derive(Debug, Default, Clone)]
 pub struct Recent {
@@ -138,15 +156,10 @@ impl History {
 
     /// Counts of `integration` summed over its products (or of one product),
     /// since `since` (a UTC day).
-    pub fn total(
-        &self,
-        integration: &str,
-        product: Option<Option<u32>>,
-        since: NaiveDate,
-    ) -> Counts {
+    pub fn total(&self, integration: &str, products: Products, since: NaiveDate) -> Counts {
         self.daily(integration)
             .into_iter()
-            .filter(|(day, p, _)| *day >= since && (product.is_none() || product == Some(*p)))
+            .filter(|(day, p, _)| *day >= since && products.admits(*p))
             .fold(Counts::default(), |mut acc, (_, _, c)| {
                 acc += c;
                 acc
@@ -154,13 +167,13 @@ impl History {
     }
 
     /// The newest deliveries of `integration`, or of one of its products.
-    pub fn recent(&self, integration: &str, product: Option<Option<u32>>) -> Recent {
+    pub fn recent(&self, integration: &str, products: Products) -> Recent {
         let inner = self.inner.read().expect("history lock is never poisoned");
-        match product {
-            None => inner.recent.get(integration).cloned(),
-            Some(p) => inner
+        match products {
+            Products::All => inner.recent.get(integration).cloned(),
+            Products::One(p) => inner
                 .recent_by_product
-                .get(&(integration.to_owned(), p))
+                .get(&(integration.to_owned(), Some(p)))
                 .cloned(),
         }
         .unwrap_or_default()
@@ -255,14 +268,14 @@ mod tests {
         h.add_delta(&delta("o", 2, now, 3));
         h.add_delta(&delta("o", 2, now - chrono::Days::new(2), 4));
         h.add_delta(&delta("o", 2, now - chrono::Days::new(45), 100));
-        assert_eq!(h.total("o", None, today()).success, 15);
-        assert_eq!(h.total("o", Some(Some(1)), today()).success, 12);
+        assert_eq!(h.total("o", Products::All, today()).success, 15);
+        assert_eq!(h.total("o", Products::One(1), today()).success, 12);
         assert_eq!(
-            h.total("o", None, h.window_start()).success,
+            h.total("o", Products::All, h.window_start()).success,
             19,
             "45 days ago is outside"
         );
-        assert_eq!(h.total("o", None, h.window_start()).error, 4);
+        assert_eq!(h.total("o", Products::All, h.window_start()).error, 4);
         assert_eq!(h.daily("o").len(), 3);
     }
 
@@ -282,7 +295,7 @@ mod tests {
                 error: None,
             });
         }
-        let r = h.recent("o", None);
+        let r = h.recent("o", Products::All);
         assert_eq!(r.successes.len(), 10);
         assert_eq!(
             r.successes.back().unwrap().at,
@@ -292,7 +305,7 @@ mod tests {
             r.successes.front().unwrap().at,
             base + chrono::TimeDelta::seconds(5)
         );
-        assert_eq!(h.recent("o", Some(Some(1))).successes.len(), 7);
-        assert!(h.recent("o", None).errors.is_empty());
+        assert_eq!(h.recent("o", Products::One(1)).successes.len(), 7);
+        assert!(h.recent("o", Products::All).errors.is_empty());
     }
 }
