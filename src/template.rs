@@ -2,8 +2,8 @@
 //!
 //! In: a template string as users wrote it for Particle (mustache) and the
 //! [`TemplateLimits`] in force. Out: a [`Template`] compiled once at load and
-//! rendered per event in a [`Scope`] (the event's variables, looked up by
-//! name as the template asks for them).
+//! rendered per event against its [`Variables`] (looked up by name as the
+//! template asks for them).
 //!
 //! The language is mustache's and nothing else: variables `{{x}}` (escaped)
 //! and `{{{x}}}` / `{{& x}}` (raw), dot paths with array indices (`c.0.ca`),
@@ -126,7 +126,7 @@ pub enum RenderError {
 
 /// What the renders of one event have spent together, against the event's
 /// bounds (`max_event_render_steps`, `max_event_output_bytes`). Shared by
-/// every render in one [`Scope`]. Atomics, for `Sync`; but charged with a
+/// every render against one event's [`Variables`]. Atomics, for `Sync`; but charged with a
 /// load and a store rather than a locked add: an event's renders run in its
 /// one task, one at a time, and a locked add per template rendered cost
 /// 15 % of a 10-field JSON body.
@@ -212,7 +212,7 @@ struct VarPath(Box<[Box<str>]>);
 
 /// Where template variables come from: the value of a top-level name, and
 /// the budget the renders in this scope share (an event's).
-pub trait Scope {
+pub trait Variables {
     fn lookup(&self, name: &str) -> Option<Found<'_>>;
 
     /// `None`: only each template's own bounds apply.
@@ -228,13 +228,13 @@ pub enum Found<'a> {
 }
 
 /// A JSON object's keys as variables (tests, response templates).
-impl Scope for Map<String, Value> {
+impl Variables for Map<String, Value> {
     fn lookup(&self, name: &str) -> Option<Found<'_>> {
         self.get(name).map(Found::Json)
     }
 }
 
-impl Scope for Value {
+impl Variables for Value {
     fn lookup(&self, name: &str) -> Option<Found<'_>> {
         match self {
             Value::Object(map) => map.lookup(name),
@@ -297,7 +297,7 @@ impl Template {
         }
     }
 
-    pub fn render(&self, scope: &(impl Scope + ?Sized)) -> Result<String, RenderError> {
+    pub fn render(&self, scope: &(impl Variables + ?Sized)) -> Result<String, RenderError> {
         match self {
             Template::Literal(s) => Ok(s.clone()),
             Template::Compiled(c) => {
@@ -586,7 +586,7 @@ struct Renderer<'s, S: ?Sized> {
     max_output: usize,
 }
 
-impl<'s, S: Scope + ?Sized> Renderer<'s, S> {
+impl<'s, S: Variables + ?Sized> Renderer<'s, S> {
     fn step(&mut self) -> Result<(), RenderError> {
         self.steps += 1;
         if self.steps > self.max_steps {
@@ -1103,7 +1103,7 @@ mod tests {
     /// A scope with an event's budget over `data`.
     struct Event(Value, Budget);
 
-    impl Scope for Event {
+    impl Variables for Event {
         fn lookup(&self, name: &str) -> Option<Found<'_>> {
             self.0.lookup(name)
         }
