@@ -27,6 +27,10 @@ impl OutcomeKind {
     }
 }
 
+/// An integration id and the product of the event (`None` for sandbox
+/// deliveries of non-product devices): what counts are kept per.
+pub type CountKey = (std::sync::Arc<str>, Option<u32>);
+
 /// Counts of one (integration, product).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Counts {

@@ -1,87 +1,101 @@
-//! Record: count every delivery's outcome per integration and per product.
+//! Tally: count every delivery's outcome per integration and per product.
 //!
 //! In: a [`Match`] and its [`Outcome`]. Out: Prometheus series
 //! (`hookd_webhook_attempts_total`, `hookd_webhook_duration_seconds`) and an
 //! in-process [`Tally`] of success / error / skipped per (integration,
 //! product), which the demo prints and the stats publisher reads.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use dashmap::DashMap;
 
 use crate::control::traffic::book::TrafficBook;
-use crate::model::outcome::{Counts, OutcomeKind};
+use crate::model::outcome::{CountKey, Counts, OutcomeKind};
 use crate::pipeline::deliver::Outcome;
 use crate::pipeline::resolve::Match;
 use crate::runtime::telemetry::{WEBHOOK_ATTEMPTS, WEBHOOK_DURATION};
 
-/// Key of a tally row: integration id and the product the event came from
-/// (`None` for sandbox deliveries of non-product devices).
-pub type TallyKey = (Arc<str>, Option<u32>);
-
-/// A row of the tally, with its Prometheus counters made once (a labelled
-/// counter looked up by name per attempt costs a key built, hashed and
-/// compared).
+/// The counts of one (integration, product), with its Prometheus counters
+/// made once (a labelled counter looked up by name per attempt costs a key
+/// built, hashed and compared).
 #[derive(Debug, Default)]
-struct Row {
+struct Entry {
     counts: Counts,
     /// Success, error, skipped.
     attempts: Option<[metrics::Counter; 3]>,
 }
 
-/// In-process counters. A plain mutex: the critical section is one hash
-/// update, far shorter than anything that would justify a sharded map.
+/// Whether an attempt also goes to `hookd_webhook_attempts_total`, and with
+/// which labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Series {
+    /// The tally only (the demo's, tests').
+    None,
+    /// Labelled by product and outcome.
+    PerProduct,
+    /// Also by integration (`metrics.integration_label`).
+    PerIntegration,
+}
+
+/// In-process counters, on a sharded map: every delivery counts here, so
+/// concurrent deliveries of different integrations must not queue on one
+/// lock.
 #[derive(Debug, Default, Clone)]
-pub struct Tally(Arc<Mutex<HashMap<TallyKey, Row>>>);
+pub struct Tally(Arc<DashMap<CountKey, Entry>>);
 
 impl Tally {
     pub fn add(&self, integration: &Arc<str>, product: Option<u32>, kind: OutcomeKind) {
-        self.add_counted(integration, product, kind, None);
+        self.add_to(integration, product, kind, Series::None);
     }
 
-    /// Adds one and increments the row's Prometheus counter, made on the
-    /// row's first attempt (`integration_label`: with the integration id).
-    fn add_counted(
+    /// Adds one and increments the entry's Prometheus counter of `series`,
+    /// made on the entry's first attempt.
+    fn add_to(
         &self,
         integration: &Arc<str>,
         product: Option<u32>,
         kind: OutcomeKind,
-        prometheus: Option<bool>,
+        series: Series,
     ) {
-        let mut map = self.0.lock().expect("tally lock is never poisoned");
-        let row = map.entry((integration.clone(), product)).or_default();
-        row.counts.add(kind);
-        if let Some(integration_label) = prometheus {
-            let counters = row
-                .attempts
-                .get_or_insert_with(|| attempt_counters(integration, product, integration_label));
-            counters[kind as usize].increment(1);
-        }
+        let mut entry = self.0.entry((integration.clone(), product)).or_default();
+        entry.counts.add(kind);
+        let per_integration = match series {
+            Series::None => return,
+            Series::PerProduct => false,
+            Series::PerIntegration => true,
+        };
+        let counters = entry
+            .attempts
+            .get_or_insert_with(|| attempt_counters(integration, product, per_integration));
+        counters[kind as usize].increment(1);
     }
 
-    /// A copy of every row, sorted by integration then product.
-    pub fn snapshot(&self) -> Vec<(TallyKey, Counts)> {
-        let map = self.0.lock().expect("tally lock is never poisoned");
-        let mut rows: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.counts)).collect();
+    /// A copy of every entry, sorted by integration then product.
+    pub fn snapshot(&self) -> Vec<(CountKey, Counts)> {
+        let mut rows: Vec<_> = self
+            .0
+            .iter()
+            .map(|e| (e.key().clone(), e.value().counts))
+            .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         rows
     }
 
     /// Sum over every integration for one product.
     pub fn product_total(&self, product: u32) -> Counts {
-        let map = self.0.lock().expect("tally lock is never poisoned");
-        map.iter().filter(|((_, p), _)| *p == Some(product)).fold(
+        self.0.iter().filter(|e| e.key().1 == Some(product)).fold(
             Counts::default(),
-            |mut acc, (_, row)| {
-                acc += row.counts;
+            |mut acc, e| {
+                acc += e.value().counts;
                 acc
             },
         )
     }
 
     pub fn get(&self, integration: &str, product: Option<u32>) -> Counts {
-        let map = self.0.lock().expect("tally lock is never poisoned");
-        map.get(&(Arc::from(integration), product))
-            .map(|row| row.counts)
+        self.0
+            .get(&(Arc::from(integration), product))
+            .map(|e| e.counts)
             .unwrap_or_default()
     }
 }
@@ -151,12 +165,13 @@ impl Recorder {
 
     /// Counts an attempt of `kind` that took `elapsed` (zero for skipped).
     pub fn record_kind(&self, m: &Match, kind: OutcomeKind, elapsed: std::time::Duration) {
-        self.tally.add_counted(
-            &m.integration.id,
-            m.product,
-            kind,
-            Some(self.integration_label),
-        );
+        let series = if self.integration_label {
+            Series::PerIntegration
+        } else {
+            Series::PerProduct
+        };
+        self.tally
+            .add_to(&m.integration.id, m.product, kind, series);
         if let Some(book) = &self.traffic {
             book.count(&m.integration.id, m.product, kind);
         }

@@ -13,12 +13,13 @@
 //! are lost (the counts in Prometheus and the deliveries themselves are not);
 //! a worker killed outright loses the counts of its last interval.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde::{Deserialize, Serialize};
@@ -27,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::event::DeviceEvent;
 use crate::model::integration::Integration;
-use crate::model::outcome::{Counts, OutcomeKind};
+use crate::model::outcome::{CountKey, Counts, OutcomeKind};
 use crate::model::secret_scopes::SecretPolicy;
 use crate::model::secrets::Secrets;
 use crate::pipeline::deliver::Outcome;
@@ -84,26 +85,24 @@ struct Samples {
     errors: VecDeque<Sample>,
 }
 
-type Row = (Arc<str>, Option<u32>);
-
 impl std::fmt::Debug for TrafficBook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TrafficBook").finish_non_exhaustive()
     }
 }
 
-/// Counts and samples since the last flush.
+/// Counts and samples since the last flush, on sharded maps: every delivery
+/// counts and samples here.
 #[derive(Default)]
 pub struct TrafficBook {
-    minutes: Mutex<HashMap<(Row, DateTime<Utc>), Counts>>,
-    samples: Mutex<HashMap<Row, Samples>>,
+    minutes: DashMap<(CountKey, DateTime<Utc>), Counts>,
+    samples: DashMap<CountKey, Samples>,
 }
 
 impl TrafficBook {
     pub fn count(&self, integration: &Arc<str>, product: Option<u32>, kind: OutcomeKind) {
         let minute = minute_of(Utc::now());
-        let mut minutes = self.minutes.lock().expect("traffic lock is never poisoned");
-        minutes
+        self.minutes
             .entry(((integration.clone(), product), minute))
             .or_default()
             .add(kind);
@@ -156,8 +155,8 @@ impl TrafficBook {
     }
 
     fn keep(&self, integration: &Arc<Integration>, product: Option<u32>, s: Sample, success: bool) {
-        let mut samples = self.samples.lock().expect("traffic lock is never poisoned");
-        let row = samples
+        let mut row = self
+            .samples
             .entry((integration.id.clone(), product))
             .or_default();
         let list = if success {
@@ -173,8 +172,7 @@ impl TrafficBook {
 
     /// Takes what was counted and sampled since the last call.
     fn drain(&self) -> (Vec<StatsDelta>, Vec<Sample>) {
-        let minutes = std::mem::take(&mut *self.minutes.lock().expect("traffic lock"));
-        let deltas = minutes
+        let deltas = take_all(&self.minutes)
             .into_iter()
             .map(|(((id, product), minute), c)| StatsDelta {
                 integration: id.to_string(),
@@ -185,10 +183,9 @@ impl TrafficBook {
                 skipped: c.skipped,
             })
             .collect();
-        let samples = std::mem::take(&mut *self.samples.lock().expect("traffic lock"));
-        let kept = samples
-            .into_values()
-            .flat_map(|s| s.successes.into_iter().chain(s.errors))
+        let kept = take_all(&self.samples)
+            .into_iter()
+            .flat_map(|(_, s)| s.successes.into_iter().chain(s.errors))
             .collect();
         (deltas, kept)
     }
@@ -259,6 +256,16 @@ impl TrafficBook {
             }
         }
     }
+}
+
+/// Every entry of `map`, removed. An entry added meanwhile is taken now or
+/// by the next call, never lost: each is removed under its shard's lock.
+fn take_all<K, V>(map: &DashMap<K, V>) -> Vec<(K, V)>
+where
+    K: Eq + std::hash::Hash + Clone,
+{
+    let keys: Vec<K> = map.iter().map(|e| e.key().clone()).collect();
+    keys.into_iter().filter_map(|k| map.remove(&k)).collect()
 }
 
 /// The sample as the delivery log shows it: the request re-rendered with
