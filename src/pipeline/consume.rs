@@ -31,7 +31,6 @@ use rdkafka::consumer::{
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::FutureProducer;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -40,8 +39,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::model::event::{DeviceEvent, InvalidEvent, InvalidReason, Origin};
 use crate::model::secret_scopes::SecretPolicy;
-use crate::pipeline::deliver::Deliverer;
-use crate::pipeline::dispatch::{Attempt, Dispatcher, Intake, Meters, Settled};
+use crate::pipeline::dispatch::{Attempt, Dispatcher, Intake, Settled};
 use crate::pipeline::offsets::{CommitPoint, OffsetLedger, Ticket};
 use crate::pipeline::render::{EventContext, SecretMode};
 use crate::pipeline::resolve::{IndexHandle, Match};
@@ -176,9 +174,9 @@ impl ConsumerContext for WorkerContext {
 
 type RecordConsumer = StreamConsumer<WorkerContext>;
 
-/// A consumer and the offsets of what it handed out.
+/// A consumer of one topic set and the offsets of what it handed out.
 #[derive(Clone)]
-struct Source {
+struct Subscription {
     consumer: Arc<RecordConsumer>,
     ledger: Arc<OffsetLedger>,
 }
@@ -214,7 +212,7 @@ fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, mode: CommitMode) {
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
-impl Source {
+impl Subscription {
     /// Marks a record handled; its commit point is stored with the next batch.
     fn finish(&self, ticket: &Ticket) {
         self.ledger.finish(ticket);
@@ -309,6 +307,15 @@ impl Worker {
 
     /// Runs until `shutdown` is cancelled, then drains and commits.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let running = self.wire(&shutdown).await?;
+        running.consume(&self.settings, &shutdown).await;
+        running.drain(self.settings.worker.shutdown_grace).await;
+        Ok(())
+    }
+
+    /// Topics made, consumers subscribed, the pipeline built and the
+    /// background tasks started: everything [`Running::consume`] needs.
+    async fn wire(&self, shutdown: &CancellationToken) -> Result<Running, WorkerError> {
         let s = &self.settings;
         let k = &s.kafka;
         let retry_topics = s.retry.topics();
@@ -335,7 +342,7 @@ impl Worker {
         });
         // Until the first assignment this worker owns nothing: the least share.
         throttle.set_share(0, 0);
-        let events = source(crate::runtime::kafka::consumer_config(k), &share, EVENTS)?;
+        let events = subscription(crate::runtime::kafka::consumer_config(k), &share, EVENTS)?;
         let partitions = count_partitions(&events.consumer, std::slice::from_ref(&k.events_topic))?;
         share.set(&share.total, EVENTS, partitions);
         events.consumer.subscribe(&[&k.events_topic])?;
@@ -344,7 +351,7 @@ impl Worker {
         } else {
             let mut config = crate::runtime::kafka::consumer_config(k);
             config.set("group.id", format!("{}.retry", k.group_id));
-            let retries = source(config, &share, RETRIES)?;
+            let retries = subscription(config, &share, RETRIES)?;
             share.set(
                 &share.total,
                 RETRIES,
@@ -355,31 +362,18 @@ impl Worker {
             Some(retries)
         };
 
-        let producer: FutureProducer = crate::runtime::kafka::producer_config(k).create()?;
         let pipeline = Pipeline {
             index: self.index.clone(),
             secrets: match s.integrations.source {
                 IntegrationSource::File => SecretPolicy::unscoped(&s.secrets),
                 IntegrationSource::Kafka => SecretPolicy::scoped(&s.secrets, &s.secret_scopes),
             },
-            dispatcher: Arc::new(Dispatcher {
-                deliverer: Deliverer::new(&s.delivery, &s.outbound),
-                recorder: self.recorder.clone(),
-                deliveries: Arc::new(Semaphore::new(s.worker.max_inflight_deliveries)),
-                throttle: throttle.clone(),
-                waiting: Arc::new(Semaphore::new(s.limits.max_waiting)),
-                sleeping: sleeping.clone(),
-                producer,
-                // Reports only for failures: a report per record is an
-                // allocation and a callback per webhook for nothing.
-                responder: crate::runtime::kafka::producer_config(k)
-                    .set("delivery.report.only.error", "true")
-                    .create_with_context(crate::policy::responses::ResponseReports)?,
-                retry: s.retry.clone(),
-                responses_topic: k.responses_topic.clone(),
-                dead_letter_topic: k.dead_letter_topic.clone(),
-                meters: Meters::default(),
-            }),
+            dispatcher: Arc::new(Dispatcher::new(
+                s,
+                self.recorder.clone(),
+                throttle.clone(),
+                sleeping.clone(),
+            )?),
             consumed: metrics::counter!(EVENTS_CONSUMED),
             unmatched: metrics::counter!(EVENTS_UNMATCHED),
             max_event_bytes: s.worker.max_event_bytes,
@@ -402,7 +396,7 @@ impl Worker {
         let traffic_stop = CancellationToken::new();
         let traffic = self.recorder.traffic().cloned().map(|book| {
             tokio::spawn(book.run(
-                pipeline.dispatcher.producer.clone(),
+                pipeline.dispatcher.producer().clone(),
                 (k.stats_topic.clone(), k.log_topic.clone()),
                 pipeline.secrets.clone(),
                 s.traffic.flush_interval,
@@ -429,71 +423,105 @@ impl Worker {
         tasks.spawn(report_stalls(self.readiness.clone(), shutdown.clone()));
         self.readiness.set_ready();
         tracing::info!(topic = %k.events_topic, group = %k.group_id, partitions, "worker consuming");
+        Ok(Running {
+            events,
+            retries,
+            pipeline,
+            tasks,
+            storing,
+            stores,
+            traffic_stop,
+            traffic,
+        })
+    }
+}
 
+/// A wired worker: its subscriptions, its pipeline and its tasks.
+struct Running {
+    events: Subscription,
+    retries: Option<Subscription>,
+    pipeline: Pipeline,
+    /// Every record's work, and the periodic tasks.
+    tasks: TaskTracker,
+    /// Stops the offset-store tasks, once the work has drained.
+    storing: CancellationToken,
+    stores: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the traffic publisher, once the work has drained.
+    traffic_stop: CancellationToken,
+    traffic: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    /// The consume loops of the events and the retries, until `shutdown`.
+    async fn consume(&self, s: &Settings, shutdown: &CancellationToken) {
         let events_loop = consume(
-            &events,
-            &pipeline,
-            &tasks,
+            &self.events,
+            &self.pipeline,
+            &self.tasks,
             s.worker.max_inflight_events,
-            &shutdown,
+            shutdown,
             accept_event,
         );
-        match &retries {
+        match &self.retries {
             Some(r) => {
                 let retry_loop = consume(
                     r,
-                    &pipeline,
-                    &tasks,
+                    &self.pipeline,
+                    &self.tasks,
                     s.retry.max_waiting,
-                    &shutdown,
+                    shutdown,
                     accept_retry,
                 );
                 tokio::join!(events_loop, retry_loop);
             }
             None => events_loop.await,
         }
+    }
 
-        tasks.close();
-        let grace = s.worker.shutdown_grace;
+    /// Lets the work in flight finish within `grace`, then commits what was
+    /// handled, publishes the last traffic and flushes the producers.
+    async fn drain(self, grace: Duration) {
+        self.tasks.close();
+        let events = &self.events;
         tracing::info!(in_flight = events.ledger.in_flight(), ?grace, "draining");
-        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 unfinished = events.ledger.in_flight(),
                 "shutdown grace ran out; unfinished events will be redelivered"
             );
         }
-        storing.cancel();
+        self.storing.cancel();
         // Joined, so no task still holds a consumer once `run` returns (its
         // close would then talk to a broker the caller may have stopped).
-        join_all(stores).await;
+        join_all(self.stores).await;
         events.commit_final();
-        if let Some(r) = &retries {
+        if let Some(r) = &self.retries {
             r.commit_final();
         }
-        traffic_stop.cancel();
-        if let Some(t) = traffic {
+        self.traffic_stop.cancel();
+        if let Some(t) = self.traffic {
             let _ = t.await;
         }
         // Fire-and-forget response events still queued get out too.
-        let d = &pipeline.dispatcher;
-        let _ = rdkafka::producer::Producer::flush(&d.responder, Duration::from_secs(5));
-        let _ = rdkafka::producer::Producer::flush(&d.producer, Duration::from_secs(5));
-        Ok(())
+        self.pipeline.dispatcher.flush(Duration::from_secs(5));
     }
 }
 
-fn source(
+fn subscription(
     config: rdkafka::ClientConfig,
     share: &Arc<Share>,
     which: usize,
-) -> Result<Source, KafkaError> {
+) -> Result<Subscription, KafkaError> {
     let ledger = Arc::new(OffsetLedger::default());
     let consumer: RecordConsumer = config.create_with_context(WorkerContext {
         ledger: ledger.clone(),
         share: share.clone(),
         consumer: which,
     })?;
-    Ok(Source {
+    Ok(Subscription {
         consumer: Arc::new(consumer),
         ledger,
     })
@@ -520,7 +548,7 @@ const PARTITION_COUNT_INTERVAL: Duration = Duration::from_secs(60);
 /// Reads the partition counts of each consumer's topics every
 /// [`PARTITION_COUNT_INTERVAL`] until `shutdown`, updating the share.
 async fn refresh_partition_counts(
-    sources: Vec<(Source, Vec<String>, usize)>,
+    subscriptions: Vec<(Subscription, Vec<String>, usize)>,
     share: Arc<Share>,
     shutdown: CancellationToken,
 ) {
@@ -531,8 +559,8 @@ async fn refresh_partition_counts(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        for (source, topics, which) in &sources {
-            let consumer = source.consumer.clone();
+        for (subscription, topics, which) in &subscriptions {
+            let consumer = subscription.consumer.clone();
             let topics = topics.clone();
             let counted =
                 tokio::task::spawn_blocking(move || count_partitions(&consumer, &topics)).await;
@@ -595,9 +623,9 @@ enum Work {
 /// Permits the intake takes at once (see [`consume`]).
 const PERMIT_BATCH: usize = 32;
 
-/// The intake loop of one source: a permit, a record, a task.
+/// The intake loop of one subscription: a permit, a record, a task.
 async fn consume(
-    source: &Source,
+    subscription: &Subscription,
     pipeline: &Pipeline,
     tasks: &TaskTracker,
     max_inflight: usize,
@@ -635,7 +663,7 @@ async fn consume(
         let message = tokio::select! {
             biased;
             _ = shutdown.cancelled() => return,
-            m = source.consumer.recv() => m,
+            m = subscription.consumer.recv() => m,
         };
         let message = match message {
             Ok(m) => m,
@@ -652,7 +680,7 @@ async fn consume(
             partition: message.partition(),
             offset: message.offset(),
         };
-        let ticket = source
+        let ticket = subscription
             .ledger
             .begin(&origin.topic, origin.partition, origin.offset);
         // A bug that panics on some record must not end the intake loop:
@@ -671,7 +699,7 @@ async fn consume(
                 });
         drop(message);
         if let Work::Done = work {
-            source.finish(&ticket);
+            subscription.finish(&ticket);
             continue;
         }
         // A retry not yet due pauses its partition until it is: only this
@@ -684,12 +712,13 @@ async fn consume(
             _ => None,
         };
         if let Some(wait) = due_in {
-            set_paused(&source.consumer, &origin, true);
-            source
+            set_paused(&subscription.consumer, &origin, true);
+            subscription
                 .ledger
                 .waiting_until(&ticket, std::time::Instant::now() + wait);
         }
-        let (pipeline, source, shutdown) = (pipeline.clone(), source.clone(), shutdown.clone());
+        let (pipeline, subscription, shutdown) =
+            (pipeline.clone(), subscription.clone(), shutdown.clone());
         let resumed = resumed.clone();
         tasks.spawn(async move {
             let mut permit = Some(permit);
@@ -706,11 +735,11 @@ async fn consume(
                 // librdkafka may keep a partition's pause across a
                 // reassignment to this worker, and then nothing else would
                 // resume it.
-                set_paused(&source.consumer, &origin, false);
+                set_paused(&subscription.consumer, &origin, false);
                 // Shutdown, or the partition was revoked meanwhile: its next
                 // owner reads the record again, so it is not handled here
                 // (that would deliver it twice).
-                if !due || !source.ledger.is_current(&ticket) {
+                if !due || !subscription.ledger.is_current(&ticket) {
                     return;
                 }
                 // Handled under a permit of its own kind, so retries being
@@ -739,7 +768,7 @@ async fn consume(
                 },
             };
             if settled == Settled::Done {
-                source.finish(&ticket);
+                subscription.finish(&ticket);
             }
             drop(intake);
         });

@@ -33,6 +33,7 @@ use crate::policy::sign::Signer;
 use crate::policy::sleeping::SleepingHosts;
 use crate::policy::throttle::{Decision, Throttle};
 use crate::runtime::clock::MonotonicClock;
+use crate::runtime::config::Settings;
 use crate::runtime::telemetry::{
     DEFERRED, DELIVERIES_DEAD_LETTERED, INFLIGHT_DELIVERIES, RECORDS_DROPPED, RETRIES_SCHEDULED,
     THROTTLE_WAIT,
@@ -83,27 +84,27 @@ pub enum Settled {
 
 /// Everything an attempt needs, shared by every delivery of a worker.
 pub struct Dispatcher {
-    pub deliverer: Deliverer,
-    pub recorder: Recorder,
+    deliverer: Deliverer,
+    recorder: Recorder,
     /// Requests in flight across the worker.
-    pub deliveries: Arc<Semaphore>,
-    pub throttle: Arc<Throttle>,
+    deliveries: Arc<Semaphore>,
+    throttle: Arc<Throttle>,
     /// Places for deliveries waiting for their hosts' quotas
     /// (`limits.max_waiting`).
-    pub waiting: Arc<Semaphore>,
-    pub sleeping: Arc<SleepingHosts<MonotonicClock>>,
+    waiting: Arc<Semaphore>,
+    sleeping: Arc<SleepingHosts<MonotonicClock>>,
     /// Retries and dead letters: awaited.
-    pub producer: FutureProducer,
+    producer: FutureProducer,
     /// Response events: fire and forget.
-    pub responder: ThreadedProducer<ResponseReports>,
-    pub retry: RetrySettings,
-    pub responses_topic: String,
-    pub dead_letter_topic: String,
-    pub meters: Meters,
+    responder: ThreadedProducer<ResponseReports>,
+    retry: RetrySettings,
+    responses_topic: String,
+    dead_letter_topic: String,
+    meters: Meters,
 }
 
 /// The unlabelled series every attempt touches, looked up once.
-pub struct Meters {
+struct Meters {
     throttle_wait: metrics::Histogram,
     inflight: metrics::Gauge,
 }
@@ -119,6 +120,49 @@ impl Default for Meters {
 }
 
 impl Dispatcher {
+    /// A worker's dispatcher, sharing its rate limits and host ratings and
+    /// counting with its recorder; its Kafka producers made from `s.kafka`.
+    pub fn new(
+        s: &Settings,
+        recorder: Recorder,
+        throttle: Arc<Throttle>,
+        sleeping: Arc<SleepingHosts<MonotonicClock>>,
+    ) -> Result<Dispatcher, KafkaError> {
+        let k = &s.kafka;
+        Ok(Dispatcher {
+            deliverer: Deliverer::new(&s.delivery, &s.outbound),
+            recorder,
+            deliveries: Arc::new(Semaphore::new(s.worker.max_inflight_deliveries)),
+            throttle,
+            waiting: Arc::new(Semaphore::new(s.limits.max_waiting)),
+            sleeping,
+            producer: crate::runtime::kafka::producer_config(k).create()?,
+            // Reports only for failures: a report per record is an
+            // allocation and a callback per webhook for nothing.
+            responder: crate::runtime::kafka::producer_config(k)
+                .set("delivery.report.only.error", "true")
+                .create_with_context(ResponseReports)?,
+            retry: s.retry.clone(),
+            responses_topic: k.responses_topic.clone(),
+            dead_letter_topic: k.dead_letter_topic.clone(),
+            meters: Meters::default(),
+        })
+    }
+
+    /// The producer retries and dead letters go through, for other records
+    /// the worker writes (its traffic).
+    pub fn producer(&self) -> &FutureProducer {
+        &self.producer
+    }
+
+    /// Sends what the producers still hold, for at most `timeout` each:
+    /// fire-and-forget response events included.
+    pub fn flush(&self, timeout: Duration) {
+        use rdkafka::producer::Producer;
+        let _ = self.responder.flush(timeout);
+        let _ = self.producer.flush(timeout);
+    }
+
     pub async fn attempt(
         &self,
         ctx: &EventContext,
