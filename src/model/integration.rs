@@ -17,6 +17,7 @@ use crate::template::{Template, TemplateError, TemplateLimits};
 
 /// An integration record as users write it. Unknown fields are refused, so a
 /// typo (`requesttype`) is an error and not a silently ignored setting.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntegrationSpec {
@@ -24,106 +25,52 @@ pub struct IntegrationSpec {
     /// Config-log version (issue of the control plane); 0 for file-sourced records.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub version: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub product_id: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub org: Option<String>,
     /// Kept as raw JSON so that a wildcard (`"*"`) gets its own error message.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub products: Option<Value>,
     /// `eventName` is its older name, in Particle's CLI examples.
     #[serde(alias = "eventName")]
     pub event: Option<String>,
     pub url: Option<String>,
-    #[serde(
-        rename = "requestType",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "requestType")]
     pub request_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub json: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub form: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub headers: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Value>,
     /// `deviceid` is how Particle's CLI and SDK send it.
-    #[serde(
-        rename = "deviceID",
-        alias = "deviceid",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "deviceID", alias = "deviceid")]
     pub device_id: Option<String>,
-    #[serde(
-        rename = "noDefaults",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "noDefaults")]
     pub no_defaults: Option<bool>,
-    #[serde(
-        rename = "rejectUnauthorized",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "rejectUnauthorized")]
     pub reject_unauthorized: Option<bool>,
-    #[serde(
-        rename = "responseTopic",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "responseTopic")]
     pub response_topic: Option<String>,
-    #[serde(
-        rename = "errorResponseTopic",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "errorResponseTopic")]
     pub error_response_topic: Option<String>,
     /// A template, or a JSON object (or array) of templates.
-    #[serde(
-        rename = "responseTemplate",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "responseTemplate")]
     pub response_template: Option<Value>,
     /// Publish the response as one event rather than 512-byte chunks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unchunked: Option<bool>,
     /// Publish the response body as a `data:` URL.
-    #[serde(
-        rename = "dataUrlResponseEvent",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "dataUrlResponseEvent")]
     pub data_url_response_event: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<bool>,
     /// Name of a configured secret to sign requests with (Standard Webhooks).
-    #[serde(
-        rename = "signingSecret",
-        default,
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(rename = "signingSecret")]
     pub signing_secret: Option<String>,
     /// Particle exports carry these; accepted so exports load unchanged.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integration_type: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mydevices: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_at: Option<String>,
     /// `"webhook"` in exports from Particle's console.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
 }
 

@@ -131,6 +131,7 @@ impl<'de> Deserialize<'de> for Reason {
 }
 
 /// One dead-letter record.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub reason: Reason,
@@ -141,17 +142,13 @@ pub struct DeadLetter {
     pub offset: i64,
     /// The original record: as text when it is UTF-8, else base64 in
     /// `payload_base64`.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub payload: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub payload_base64: Option<String>,
     /// Set when the payload was cut: the original record's size in bytes.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub payload_truncated_from: Option<usize>,
     /// When hookd gave up on it (RFC 3339).
     pub dead_lettered_at: String,
     /// For deliveries: the integration and every attempt made.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub integration: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub history: Vec<AttemptLog>,
