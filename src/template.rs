@@ -35,7 +35,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -249,7 +249,16 @@ impl Template {
         Template::compile_with(source, &TemplateLimits::default())
     }
 
+    /// Compiles `source` under `limits`, on its own.
     pub fn compile_with(source: &str, limits: &TemplateLimits) -> Result<Template, TemplateError> {
+        Template::compile_cached(source, limits, None)
+    }
+
+    fn compile_cached(
+        source: &str,
+        limits: &TemplateLimits,
+        cache: Option<&TemplateCache>,
+    ) -> Result<Template, TemplateError> {
         if source.len() > limits.max_template_bytes {
             return Err(TemplateError::TooLarge {
                 bytes: source.len(),
@@ -260,7 +269,7 @@ impl Template {
             return Ok(Template::Literal(source.to_owned()));
         }
         let key = (*limits, source.to_owned());
-        if let Some(c) = cache().get(&key) {
+        if let Some(c) = cache.and_then(|c| c.get(&key)) {
             return Ok(Template::Compiled(c));
         }
         let nodes = parse(source, limits.max_section_depth)?;
@@ -277,7 +286,9 @@ impl Template {
             max_output_bytes: limits.max_output_bytes,
             max_render_steps: limits.max_render_steps,
         });
-        cache().insert(key, &compiled);
+        if let Some(c) = cache {
+            c.insert(key, &compiled);
+        }
         Ok(Template::Compiled(compiled))
     }
 
@@ -802,9 +813,15 @@ fn escape_html_into(out: &mut String, s: &str) {
     }
 }
 
-/// Compiled templates by limits and source, while some integration holds
-/// them: entries are weak, so a template no integration uses any more is
-/// freed with its last integration, and its entry pruned on a later insert.
+/// Compiled templates by limits and source, shared by the integrations of
+/// one config (a config log's readers, a file source), so that a template
+/// many integrations repeat is compiled and held once. Entries are weak: a
+/// template no integration uses any more is freed with its last
+/// integration, and its entry pruned on a later insert. Clones share the
+/// cache.
+#[derive(Clone, Default)]
+pub struct TemplateCache(Arc<Mutex<Cache>>);
+
 #[derive(Default)]
 struct Cache {
     entries: HashMap<(TemplateLimits, String), Weak<Compiled>>,
@@ -813,39 +830,54 @@ struct Cache {
     live_after_prune: usize,
 }
 
-fn cache() -> CacheHandle {
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    CacheHandle(CACHE.get_or_init(Mutex::default))
+impl std::fmt::Debug for TemplateCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (live, all) = self.stats();
+        f.debug_struct("TemplateCache")
+            .field("live", &live)
+            .field("entries", &all)
+            .finish()
+    }
 }
 
-struct CacheHandle(&'static Mutex<Cache>);
+impl TemplateCache {
+    /// Compiles `source` under `limits`, or gives back the copy compiled
+    /// earlier while some integration still holds it.
+    pub fn compile(
+        &self,
+        source: &str,
+        limits: &TemplateLimits,
+    ) -> Result<Template, TemplateError> {
+        Template::compile_cached(source, limits, Some(self))
+    }
 
-impl CacheHandle {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn get(&self, key: &(TemplateLimits, String)) -> Option<Arc<Compiled>> {
-        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        cache.entries.get(key).and_then(Weak::upgrade)
+        self.lock().entries.get(key).and_then(Weak::upgrade)
     }
 
     fn insert(&self, key: (TemplateLimits, String), compiled: &Arc<Compiled>) {
-        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.lock();
         if cache.entries.len() >= (2 * cache.live_after_prune).max(1024) {
             cache.entries.retain(|_, w| w.strong_count() > 0);
             cache.live_after_prune = cache.entries.len();
         }
         cache.entries.insert(key, Arc::downgrade(compiled));
     }
-}
 
-/// Entries in the compiled-template cache whose template is still in use, and
-/// all entries (tests and benches).
-pub fn cache_stats() -> (usize, usize) {
-    let cache = cache().0.lock().unwrap_or_else(|p| p.into_inner());
-    let live = cache
-        .entries
-        .values()
-        .filter(|w| w.strong_count() > 0)
-        .count();
-    (live, cache.entries.len())
+    /// Entries whose template is still in use, and all entries.
+    pub fn stats(&self) -> (usize, usize) {
+        let cache = self.lock();
+        let live = cache
+            .entries
+            .values()
+            .filter(|w| w.strong_count() > 0)
+            .count();
+        (live, cache.entries.len())
+    }
 }
 
 #[cfg(test)]
@@ -1209,8 +1241,10 @@ mod tests {
     #[test]
     fn templates_no_integration_holds_leave_the_cache() {
         let source = "{{a}}-only-in-this-test-{{b}}";
-        let t = Template::compile(source).unwrap();
-        let again = Template::compile(source).unwrap();
+        let cache = TemplateCache::default();
+        let limits = TemplateLimits::default();
+        let t = cache.compile(source, &limits).unwrap();
+        let again = cache.compile(source, &limits).unwrap();
         let (Template::Compiled(x), Template::Compiled(y)) = (&t, &again) else {
             panic!("compiled");
         };
@@ -1218,6 +1252,14 @@ mod tests {
         let weak = Arc::downgrade(x);
         drop((t, again));
         assert!(weak.upgrade().is_none(), "freed with its last holder");
+        assert_eq!(cache.stats(), (0, 1), "an entry left to prune, none live");
+        let alone = Template::compile(source).unwrap();
+        assert_eq!(
+            cache.stats(),
+            (0, 1),
+            "compiled on its own, outside the cache"
+        );
+        drop(alone);
     }
 
     proptest! {

@@ -5,5 +5,5 @@ pub mod demo;
 pub mod integrations;
 pub mod publish;
 pub mod render;
-pub mod simulate;
+pub(crate) mod simulate;
 pub mod worker;

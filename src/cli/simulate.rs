@@ -42,10 +42,6 @@ impl Fleet {
         }
     }
 
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
-    }
-
     /// The `n`th event of the fleet: device `n % count`, a rotating name, and
     /// JSON data of a few readings.
     pub fn event(&self, n: u64, rng: &mut impl Rng) -> (String, String) {

@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::model::integration::{Integration, InvalidIntegration};
 use crate::pipeline::resolve::{DuplicateId, Index};
-use crate::template::TemplateLimits;
+use crate::template::{TemplateCache, TemplateLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -52,6 +52,8 @@ pub struct FileSource {
     pub last_compiled: usize,
     /// What the records' templates are compiled under.
     pub limits: TemplateLimits,
+    /// Templates compiled once for every record that repeats them.
+    templates: TemplateCache,
 }
 
 impl FileSource {
@@ -79,7 +81,11 @@ impl FileSource {
                 Some(same) => same.clone(),
                 None => {
                     fresh += 1;
-                    Arc::new(Integration::from_json_with(text.as_bytes(), &self.limits)?)
+                    Arc::new(Integration::from_json_in(
+                        text.as_bytes(),
+                        &self.limits,
+                        Some(&self.templates),
+                    )?)
                 }
             };
             next.insert(key, integration.clone());

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::model::event::{MAX_NAME_LEN, RESPONSE_EVENT_PREFIXES};
-use crate::template::{Template, TemplateError, TemplateLimits};
+use crate::template::{Template, TemplateCache, TemplateError, TemplateLimits};
 
 /// An integration record as users write it. Unknown fields are refused, so a
 /// typo (`requesttype`) is an error and not a silently ignored setting.
@@ -330,8 +330,18 @@ impl Integration {
         bytes: &[u8],
         limits: &TemplateLimits,
     ) -> Result<Integration, InvalidIntegration> {
+        Integration::from_json_in(bytes, limits, None)
+    }
+
+    /// As [`Integration::from_json_with`], sharing compiled templates
+    /// through `cache`.
+    pub fn from_json_in(
+        bytes: &[u8],
+        limits: &TemplateLimits,
+        cache: Option<&TemplateCache>,
+    ) -> Result<Integration, InvalidIntegration> {
         let spec: IntegrationSpec = serde_json::from_slice(bytes).map_err(|e| serde_refusal(&e))?;
-        Integration::compile(spec, limits)
+        Integration::compile_in(spec, limits, cache)
     }
 
     /// As [`Integration::from_json`], from an already parsed value.
@@ -344,8 +354,18 @@ impl Integration {
         value: Value,
         limits: &TemplateLimits,
     ) -> Result<Integration, InvalidIntegration> {
+        Integration::from_value_in(value, limits, None)
+    }
+
+    /// As [`Integration::from_value_with`], sharing compiled templates
+    /// through `cache`.
+    pub fn from_value_in(
+        value: Value,
+        limits: &TemplateLimits,
+        cache: Option<&TemplateCache>,
+    ) -> Result<Integration, InvalidIntegration> {
         let spec: IntegrationSpec = serde_json::from_value(value).map_err(|e| serde_refusal(&e))?;
-        Integration::compile(spec, limits)
+        Integration::compile_in(spec, limits, cache)
     }
 
     /// The product this integration counts a delivery under for `product`
@@ -377,8 +397,19 @@ impl Integration {
         spec: IntegrationSpec,
         limits: &TemplateLimits,
     ) -> Result<Integration, InvalidIntegration> {
+        Integration::compile_in(spec, limits, None)
+    }
+
+    /// As [`Integration::compile`], sharing compiled templates through
+    /// `cache` with the other integrations of its config.
+    pub fn compile_in(
+        spec: IntegrationSpec,
+        limits: &TemplateLimits,
+        cache: Option<&TemplateCache>,
+    ) -> Result<Integration, InvalidIntegration> {
         let t = &Templates {
             limits,
+            cache,
             bytes: Cell::new(0),
         };
         validate_plain_id("id", &spec.id)?;
@@ -646,10 +677,12 @@ fn scope_of(spec: &IntegrationSpec) -> Result<Scope, InvalidIntegration> {
     })
 }
 
-/// Compiles one integration's templates under the configured limits,
-/// counting their bytes against the integration's total.
+/// Compiles one integration's templates under the configured limits (in a
+/// config's shared cache, when it has one), counting their bytes against
+/// the integration's total.
 struct Templates<'l> {
     limits: &'l TemplateLimits,
+    cache: Option<&'l TemplateCache>,
     bytes: Cell<usize>,
 }
 
@@ -665,7 +698,11 @@ fn compile_field(t: &Templates, field: &str, source: &str) -> Result<Template, I
             ),
         ));
     }
-    Template::compile_with(source, t.limits).map_err(|e| template_error(field, source, e))
+    match t.cache {
+        Some(cache) => cache.compile(source, t.limits),
+        None => Template::compile_with(source, t.limits),
+    }
+    .map_err(|e| template_error(field, source, e))
 }
 
 fn template_error(field: &str, source: &str, e: TemplateError) -> InvalidIntegration {

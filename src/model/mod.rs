@@ -5,5 +5,5 @@
 pub mod event;
 pub mod integration;
 pub mod outcome;
-pub mod secret_scopes;
-pub mod secrets;
+pub(crate) mod secret_scopes;
+pub(crate) mod secrets;

@@ -50,11 +50,6 @@ impl Intake {
         Intake(Mutex::new(Some(permit)))
     }
 
-    /// For attempts that hold no intake permit (tests, the api's `test`).
-    pub fn none() -> Intake {
-        Intake(Mutex::new(None))
-    }
-
     fn release(&self) {
         let permit = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
         drop(permit);

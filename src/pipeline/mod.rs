@@ -12,8 +12,8 @@
 
 pub mod consume;
 pub mod deliver;
-pub mod dispatch;
-pub mod offsets;
+pub(crate) mod dispatch;
+pub(crate) mod offsets;
 pub mod render;
 pub mod resolve;
 pub mod tally;

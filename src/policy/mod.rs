@@ -4,9 +4,9 @@
 //! [`outbound`] guard off private networks, and request [`sign`]ing.
 
 pub mod dead_letter;
-pub mod outbound;
-pub mod responses;
-pub mod retry;
-pub mod sign;
+pub(crate) mod outbound;
+pub(crate) mod responses;
+pub(crate) mod retry;
+pub(crate) mod sign;
 pub mod sleeping;
 pub mod throttle;

@@ -3,9 +3,9 @@
 //! worker's HTTP endpoints ([`health`]), low-priority threads
 //! ([`background`]) and the time seam ([`clock`]).
 
-pub mod background;
+pub(crate) mod background;
 pub mod clock;
 pub mod config;
-pub mod health;
+pub(crate) mod health;
 pub mod kafka;
 pub mod telemetry;

@@ -3,4 +3,4 @@
 
 pub mod follower;
 pub mod state;
-pub mod writer;
+pub(crate) mod writer;

@@ -35,7 +35,7 @@ use serde_json::Value;
 
 use crate::model::integration::{Integration, IntegrationSpec, InvalidIntegration, Scope};
 use crate::pipeline::resolve::Index;
-use crate::template::TemplateLimits;
+use crate::template::{TemplateCache, TemplateLimits};
 
 /// A product of the catalog.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,6 +205,8 @@ pub struct ConfigState {
     separations: HashSet<(Arc<str>, u32)>,
     /// What every integration's templates are compiled under.
     limits: TemplateLimits,
+    /// Templates compiled once for every integration that repeats them.
+    templates: TemplateCache,
 }
 
 impl ConfigState {
@@ -407,7 +409,7 @@ impl ConfigState {
             })?),
             None => None,
         };
-        let integration = Integration::from_value_with(value, &self.limits)?;
+        let integration = Integration::from_value_in(value, &self.limits, Some(&self.templates))?;
         if &*integration.id != id {
             return Err(RecordRefused::invalid(
                 "id",
@@ -556,7 +558,7 @@ impl ConfigState {
                 ));
             }
         }
-        let new = Integration::compile(s.into, &self.limits)?;
+        let new = Integration::compile_in(s.into, &self.limits, Some(&self.templates))?;
         if new.version != 1 || new.scope != (Scope::Product { product: p }) {
             return Err(RecordRefused::invalid(
                 "separated.into",

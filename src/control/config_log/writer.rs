@@ -46,10 +46,6 @@ impl ConfigWriter {
         }
     }
 
-    pub fn log(&self) -> &Arc<ConfigLog> {
-        &self.log
-    }
-
     pub async fn write(&self, key: &str, value: Option<&[u8]>) -> Result<Applied, WriteError> {
         let mut record = FutureRecord::<str, [u8]>::to(self.log.topic()).key(key);
         if let Some(v) = value {

@@ -2,4 +2,4 @@
 //! and delivery samples; the api's [`history`] aggregates them.
 
 pub mod book;
-pub mod history;
+pub(crate) mod history;
