@@ -77,7 +77,7 @@ async fn no_token_reaches_another_scope() {
             "/v1/orgs/acme/products/1".into(),
             org_status,
         ));
-        for tail in ["", "/history", "/log"] {
+        for tail in ["", "/history", "/log", "/preview"] {
             cases.push((
                 token,
                 Method::GET,
@@ -119,7 +119,7 @@ async fn no_token_reaches_another_scope() {
             status,
         ));
         for id in [o, p] {
-            for tail in ["", "/history", "/log"] {
+            for tail in ["", "/history", "/log", "/preview"] {
                 cases.push((
                     token,
                     Method::GET,
@@ -177,7 +177,7 @@ async fn no_token_reaches_another_scope() {
     cases.push((OTHER, Method::GET, "/v1/orgs/other/products/1".into(), 404));
     // Alice's sandbox: another user finds nothing, an org token is refused.
     for (token, status) in [(BOB, 404), (ACME, 403), (OTHER, 403)] {
-        for tail in ["", "/history", "/log"] {
+        for tail in ["", "/history", "/log", "/preview"] {
             cases.push((
                 token,
                 Method::GET,
@@ -198,6 +198,28 @@ async fn no_token_reaches_another_scope() {
             format!("/v1/integrations/{u}/test"),
             status,
         ));
+    }
+    // The older webhooks routes over the same integrations.
+    for (token, status) in [(BOB, 404), (ACME, 403), (OTHER, 403)] {
+        cases.push((token, Method::GET, format!("/v1/webhooks/{u}"), status));
+        cases.push((token, Method::DELETE, format!("/v1/webhooks/{u}"), status));
+    }
+    for (token, status) in [(OTHER, 404), (BOB, 403), (ALICE, 403)] {
+        cases.push((token, Method::GET, "/v1/products/1/webhooks".into(), status));
+        for id in [o, p] {
+            cases.push((
+                token,
+                Method::GET,
+                format!("/v1/products/1/webhooks/{id}"),
+                status,
+            ));
+            cases.push((
+                token,
+                Method::DELETE,
+                format!("/v1/products/1/webhooks/{id}"),
+                status,
+            ));
+        }
     }
     for (token, method, path, status) in cases {
         let (got, answer) = api
@@ -353,4 +375,90 @@ async fn a_tenant_never_gets_another_tenants_secret() {
     );
     worker.stop().await;
     api.stop().await;
+}
+
+/// What a request is refused for comes in one order, whoever asks: a body
+/// over the limit (413) before the token, a bad query (400) before the
+/// token, the token (401) before the path's product, a product that is not
+/// a number (404) before access.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_come_in_one_order() {
+    let ControlPlane {
+        broker: _broker,
+        api,
+        acme,
+        ..
+    } = ControlPlane::start().await;
+    let hook = acme
+        .call(
+            Method::POST,
+            "/v1/orgs/acme/integrations",
+            Some(&json!({"event": "t", "url": "https://acme.example.com/h", "products": [1]})),
+        )
+        .await
+        .unwrap();
+    let id = hook["id"].as_str().unwrap();
+    let big = json!({"event": "t", "url": "https://x.example.com/", "name": "x".repeat(3 << 20)});
+    let nobody = api.as_token("");
+    for (path, method) in [
+        ("/v1/orgs/acme/integrations".to_owned(), Method::POST),
+        (format!("/v1/orgs/acme/integrations/{id}"), Method::PUT),
+        ("/v1/products/1/integrations".to_owned(), Method::POST),
+        (
+            format!("/v1/products/1/integrations/{id}/separate"),
+            Method::POST,
+        ),
+        ("/v1/webhooks".to_owned(), Method::POST),
+        ("/v1/orgs/acme".to_owned(), Method::PUT),
+    ] {
+        for client in [&nobody, &api.as_token(OTHER), &acme] {
+            let (status, _) = client.raw(method.clone(), &path, Some(&big)).await.unwrap();
+            assert_eq!(status, 413, "{method} {path}");
+        }
+    }
+    let (status, answer) = nobody
+        .raw(
+            Method::GET,
+            &format!("/v1/orgs/acme/integrations/{id}/history?days=abc"),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{answer}");
+    for path in [
+        "/v1/products/abc/integrations".to_owned(),
+        format!("/v1/products/abc/integrations/{id}/preview"),
+    ] {
+        let (status, answer) = nobody.raw(Method::GET, &path, None).await.unwrap();
+        assert_eq!(status, 401, "{path}: {answer}");
+        let (status, answer) = acme.raw(Method::GET, &path, None).await.unwrap();
+        assert_eq!(status, 404, "{path}: {answer}");
+        assert_eq!(answer["error"], "product \"abc\" not found", "{path}");
+    }
+    // Product 0 and 05: numbers, so access decides (0 is no product; 05 is 5,
+    // which no org has).
+    for path in [
+        "/v1/products/0/integrations",
+        "/v1/products/05/integrations",
+    ] {
+        let (status, answer) = acme.raw(Method::GET, path, None).await.unwrap();
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+    // %31 is 1: acme's own product.
+    let (status, answer) = acme
+        .raw(Method::GET, "/v1/products/%31/integrations", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["integrations"][0]["id"], id, "{answer}");
+    // The catalog: the operator keeps it (403 before the product's 404).
+    let (status, answer) = acme
+        .raw(
+            Method::PUT,
+            "/v1/orgs/acme/products/abc",
+            Some(&json!({"name": "n"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403, "{answer}");
 }

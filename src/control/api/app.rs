@@ -14,8 +14,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::auth::{Place, Tokens};
-use super::console::session::Sessions;
 use super::error::ApiError;
+use super::sessions::Sessions;
 use super::views::detail;
 use crate::control::config_log::follower::ConfigLog;
 use crate::control::config_log::state::{ConfigState, Key};

@@ -138,9 +138,10 @@ struct OrgBody {
 /// `PUT /v1/orgs/:org`: the operator keeps orgs and their plans.
 pub(super) async fn put_org(
     State(api): State<Arc<Api>>,
-    at: OrgAt,
+    at: Result<OrgAt, ApiError>,
     body: Bytes,
 ) -> Result<Json<Org>, ApiError> {
+    let at = at?;
     let org = at.operator("orgs and their plans are kept by the operator")?;
     let b: OrgBody = serde_json::from_slice(&body).map_err(|err| {
         ApiError::invalid(

@@ -125,8 +125,20 @@ impl FromRequestParts<Arc<Api>> for OrgAt {
 /// there: [`At`] at [`Place::Product`] of `product`.
 #[derive(Debug, Clone)]
 pub(super) struct ProductAt {
-    pub(super) at: At,
-    pub(super) product: u32,
+    at: At,
+    product: u32,
+}
+
+impl ProductAt {
+    /// The caller admitted at the product.
+    pub(super) fn at(&self) -> &At {
+        &self.at
+    }
+
+    /// The caller admitted at the product, and the product.
+    pub(super) fn into_parts(self) -> (At, u32) {
+        (self.at, self.product)
+    }
 }
 
 /// The product segment of a path, as given.

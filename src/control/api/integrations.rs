@@ -56,9 +56,10 @@ pub(super) async fn get(State(api): State<Arc<Api>>, at: At, ItemId(id): ItemId)
 
 pub(super) async fn create(
     State(api): State<Arc<Api>>,
-    at: At,
+    at: Result<At, ApiError>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let at = at?;
     let is_org = matches!(at.place(), Place::Org(_));
     let mut config = config_body(&body, if is_org { &["products"] } else { &[] }, true)?;
     let products = config.remove("products");
@@ -87,10 +88,11 @@ pub(super) async fn create(
 
 pub(super) async fn edit(
     State(api): State<Arc<Api>>,
-    at: At,
+    at: Result<At, ApiError>,
     ItemId(id): ItemId,
     body: Bytes,
 ) -> Reply {
+    let at = at?;
     let current = api.find(at.place(), &id)?;
     refuse_shared(&current, at.place(), "edit")?;
     let is_org = matches!(at.place(), Place::Org(_));
@@ -174,10 +176,11 @@ fn refuse_shared(i: &Integration, place: &Place, what: &str) -> Result<(), ApiEr
 /// org integration and gets its own integration with the edited config.
 pub(super) async fn separate(
     State(api): State<Arc<Api>>,
-    ProductAt { at, product: p }: ProductAt,
+    caller: Result<ProductAt, ApiError>,
     ItemId(id): ItemId,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (at, p) = caller?.into_parts();
     // The org integration of the product's org, with its products.
     let (shared, products) = {
         let state = api.log.state();

@@ -24,5 +24,6 @@ mod extract;
 mod integrations;
 mod particle;
 pub mod server;
+mod sessions;
 mod traffic;
 mod views;

@@ -286,7 +286,7 @@ fn insert(object: &mut Map<String, Value>, path: &[String], value: Value) -> Res
 /// API does (`{"ok": true, "id": …}` and the integration).
 pub(super) async fn create_webhook(
     state: State<Arc<Api>>,
-    at: At,
+    at: Result<At, ApiError>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let (status, Json(mut created)) = integrations::create(state, at, body).await?;

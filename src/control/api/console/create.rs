@@ -20,11 +20,11 @@ use super::form::{
 };
 use super::layout::{csrf_input, page, redirect, PageResult};
 use super::request::{field, fields, posted_at, product_names, session_at, Here};
-use super::session::Session;
 use crate::control::api::app::Api;
 use crate::control::api::error::ApiError;
 use crate::control::api::extract::PlacePath;
 use crate::control::api::integrations;
+use crate::control::api::sessions::Session;
 
 pub(super) async fn new(
     State(api): State<Arc<Api>>,
@@ -100,7 +100,7 @@ fn custom_template_form(s: &Session, here: &Here, text: &str, error: Option<&str
 /// to its page.
 async fn create_at(api: &Arc<Api>, here: &Here, body: Bytes) -> Result<Response, ApiError> {
     let (_, Json(created)) =
-        integrations::create(State(api.clone()), here.at.clone(), body).await?;
+        integrations::create(State(api.clone()), Ok(here.at.clone()), body).await?;
     Ok(redirect(&format!(
         "{}/integrations/{}",
         here.base,

@@ -24,10 +24,10 @@ use super::layout::{not_found, page, product_list, redirect, Failure, PageResult
 use super::request::{
     field, fields, posted, posted_at, product_names, session, session_at, shown, Here,
 };
-use super::session::Session;
 use crate::control::api::app::Api;
 use crate::control::api::extract::{ItemId, PlacePath, ProductAt, ProductPath};
 use crate::control::api::integrations;
+use crate::control::api::sessions::Session;
 
 pub(super) async fn edit_form(
     State(api): State<Arc<Api>>,
@@ -109,7 +109,7 @@ pub(super) async fn edit(
     config.insert("version".into(), version);
     match integrations::edit(
         State(api.clone()),
-        here.at.clone(),
+        Ok(here.at.clone()),
         ItemId(id.clone()),
         Bytes::from(Value::Object(config.clone()).to_string()),
     )
@@ -149,7 +149,7 @@ pub(super) async fn separate_form(
 ) -> PageResult {
     let s = session(&api, &headers)?;
     let leaving = separating(&api, &s, path)?;
-    let i = shown(&api, &leaving.caller.at, &id).await?;
+    let i = shown(&api, leaving.caller.at(), &id).await?;
     // Only a shared integration has a product to separate.
     if i["shared"] != true {
         return Err(not_found());
@@ -170,7 +170,7 @@ async fn separate_page(
     error: Option<(String, String)>,
 ) -> PageResult {
     let p = &leaving.product;
-    let names = product_names(api, &leaving.caller.at).await;
+    let names = product_names(api, leaving.caller.at()).await;
     let spec = FormSpec {
         version: None,
         action: format!("/products/{p}/integrations/{id}/separate"),
@@ -213,7 +213,7 @@ pub(super) async fn separate(
     let f = fields(&body);
     let s = posted(&api, &headers, &f)?;
     let leaving = separating(&api, &s, path)?;
-    let i = shown(&api, &leaving.caller.at, &id).await?;
+    let i = shown(&api, leaving.caller.at(), &id).await?;
     // The product's own integration: it names no products.
     let mut config = match config_from_form(&f, false) {
         Ok(c) => c,
@@ -227,7 +227,7 @@ pub(super) async fn separate(
     }
     match integrations::separate(
         State(api.clone()),
-        leaving.caller.clone(),
+        Ok(leaving.caller.clone()),
         ItemId(id.clone()),
         Bytes::from(Value::Object(config.clone()).to_string()),
     )

@@ -13,8 +13,8 @@ use serde_json::{Map, Value};
 
 use super::layout::{csrf_input, Failure};
 use super::request::field;
-use super::session::Session;
 use crate::control::api::error::ApiError;
+use crate::control::api::sessions::Session;
 
 /// The create/edit form's fields, as the person left them.
 #[derive(Default)]

@@ -10,9 +10,9 @@ use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use serde_json::Value;
 
-use super::session::Session;
 use crate::control::api::auth::Principal;
 use crate::control::api::error::ApiError;
+use crate::control::api::sessions::Session;
 
 /// A page for a signed-in person, or why there is none.
 pub(super) enum Failure {

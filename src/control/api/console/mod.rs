@@ -20,7 +20,6 @@ mod form;
 mod layout;
 mod list;
 mod request;
-pub(super) mod session;
 mod sign_in;
 mod view;
 

@@ -20,11 +20,11 @@ use axum::Json;
 use serde_json::Value;
 
 use super::layout::{not_found, Failure};
-use super::session::Session;
 use crate::control::api::app::Api;
 use crate::control::api::auth::{Place, Principal};
 use crate::control::api::error::ApiError;
 use crate::control::api::extract::{At, ItemId, OrgAt, PlacePath};
+use crate::control::api::sessions::Session;
 use crate::control::api::{catalog, integrations};
 
 pub(super) const SESSION_COOKIE: &str = "hookd_session";

@@ -20,10 +20,10 @@ use super::request::{
     cookie, cookie_name, field, fields, posted, same, session, set_cookie, SESSION_COOKIE,
     SIGN_IN_COOKIE,
 };
-use super::session::random_hex;
 use crate::control::api::app::Api;
 use crate::control::api::auth::Principal;
 use crate::control::api::error::ApiError;
+use crate::control::api::sessions::random_hex;
 
 pub(super) async fn home(State(api): State<Arc<Api>>, headers: HeaderMap) -> PageResult {
     let s = session(&api, &headers)?;

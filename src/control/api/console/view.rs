@@ -19,10 +19,10 @@ use serde_json::Value;
 
 use super::layout::{counts, csrf_input, page, product_list, redirect, PageResult};
 use super::request::{field, fields, posted_at, product_names, session_at, shown, Here};
-use super::session::Session;
 use crate::control::api::app::Api;
 use crate::control::api::auth::Principal;
 use crate::control::api::extract::{ItemId, PlacePath};
+use crate::control::api::sessions::Session;
 use crate::control::api::{integrations, traffic};
 
 /// A stacked bar chart of daily success (blue), error (red) and skipped
@@ -255,7 +255,7 @@ pub(super) async fn toggle(
         serde_json::json!({"disabled": if wanted { Value::Bool(true) } else { Value::Null }});
     let _edited = integrations::edit(
         State(api.clone()),
-        here.at.clone(),
+        Ok(here.at.clone()),
         ItemId(id.clone()),
         Bytes::from(change.to_string()),
     )

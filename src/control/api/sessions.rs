@@ -22,7 +22,7 @@ const MAX_SESSIONS_PER_SCOPE: usize = 32;
 
 /// Signed-in sessions by id.
 #[derive(Default)]
-pub(crate) struct Sessions(Mutex<HashMap<String, Session>>);
+pub(super) struct Sessions(Mutex<HashMap<String, Session>>);
 
 #[derive(Clone)]
 pub(super) struct Session {
