@@ -37,15 +37,15 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput,
 };
-use hookd::control::traffic::book::TrafficBook;
 use hookd::model::event::{DeviceEvent, Origin};
 use hookd::model::integration::Integration;
+use hookd::model::outcome::Outcome;
 use hookd::model::outcome::OutcomeKind;
-use hookd::pipeline::deliver::Outcome;
 use hookd::pipeline::resolve::Match;
 use hookd::pipeline::tally::{Recorder, Tally};
+use hookd::pipeline::traffic::TrafficBook;
+use hookd::policy::clock::MonotonicClock;
 use hookd::policy::sleeping::{SleepRule, SleepingHosts};
-use hookd::runtime::clock::MonotonicClock;
 use serde_json::json;
 
 /// The allocator of the `hookd` binary, so figures are what it runs.
@@ -73,7 +73,7 @@ fn key(t: usize, i: u64) -> usize {
 
 /// One attempt in 16 is an error, the rest succeed.
 fn kind(i: u64) -> OutcomeKind {
-    if i % 16 == 0 {
+    if i.is_multiple_of(16) {
         OutcomeKind::Error
     } else {
         OutcomeKind::Success
@@ -203,7 +203,7 @@ fn bench_contention(c: &mut Criterion) {
         let k = key(t, i);
         let m = &matches[k];
         let event = &events[k % PRODUCTS];
-        if i % 16 == 0 {
+        if i.is_multiple_of(16) {
             book.sample_failure(&m.integration, m.product, event, "host asleep".to_owned());
         } else {
             book.sample(&m.integration, m.product, event, &sent);
@@ -228,7 +228,7 @@ fn bench_contention(c: &mut Criterion) {
         let tenant = &matches[k].integration.tenant;
         let host = &hosts[n % HOSTS];
         if sleeping.admit(tenant, host) {
-            sleeping.observe(tenant, host, n % 8 != 0);
+            sleeping.observe(tenant, host, !n.is_multiple_of(8));
         }
     });
     g.finish();

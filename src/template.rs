@@ -177,7 +177,8 @@ const QUOTE_LIMIT: usize = 40;
 pub enum Template {
     Literal(String),
     /// Shared: integrations repeat the same templates (the defaults, common
-    /// variables), and each distinct source is compiled once while in use.
+    /// variables), and within a config ([`TemplateCache`]) each distinct
+    /// source is compiled once while in use.
     Compiled(Arc<Compiled>),
 }
 

@@ -13,7 +13,8 @@ use serde_json::{json, Value};
 
 use crate::model::event::{DeviceEvent, Origin};
 use crate::model::integration::Integration;
-use crate::pipeline::render::{render, EventContext, SecretMode};
+use crate::model::variables::{EventContext, SecretMode};
+use crate::pipeline::render::render;
 use crate::pipeline::resolve::check;
 use crate::runtime::config::Settings;
 

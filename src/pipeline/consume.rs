@@ -39,16 +39,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::model::event::{DeviceEvent, InvalidEvent, InvalidReason, Origin};
 use crate::model::secret_scopes::SecretPolicy;
+use crate::model::variables::{EventContext, SecretMode};
 use crate::pipeline::dispatch::{Attempt, Dispatcher, Intake, Settled};
 use crate::pipeline::offsets::{CommitPoint, OffsetLedger, Ticket};
-use crate::pipeline::render::{EventContext, SecretMode};
 use crate::pipeline::resolve::{IndexHandle, Match};
 use crate::pipeline::tally::{Recorder, Tally};
+use crate::policy::clock::MonotonicClock;
 use crate::policy::dead_letter::{DeadLetter, Dropped};
 use crate::policy::retry::{RetryDropped, RetryRecord};
 use crate::policy::sleeping::SleepingHosts;
 use crate::policy::throttle::Throttle;
-use crate::runtime::clock::MonotonicClock;
 use crate::runtime::config::IntegrationSource;
 use crate::runtime::config::Settings;
 use crate::runtime::health::Readiness;

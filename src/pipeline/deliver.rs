@@ -23,62 +23,12 @@ use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
 
 use crate::model::integration::Method;
-use crate::pipeline::render::RenderedRequest;
+use crate::model::outcome::{DeliveryError, Outcome};
+use crate::model::request::RenderedRequest;
 use crate::policy::outbound::{refusal_in, AddressPolicy, GuardedConnector};
 use crate::runtime::config::{DeliverySettings, OutboundSettings};
 
 type HttpsClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
-
-/// Why a delivery did not succeed. Messages never include the URL or headers,
-/// which may carry secrets.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DeliveryError {
-    #[error("error status {0}")]
-    Status(u16),
-    #[error("timed out after {0:?}")]
-    Timeout(Duration),
-    #[error("connection failed: {0}")]
-    Connect(String),
-    /// The destination is not a public address (outbound safety).
-    #[error("{0}")]
-    Refused(String),
-    #[error("request failed: {0}")]
-    Request(String),
-    #[error("the request could not be built: {0}")]
-    Invalid(String),
-}
-
-/// What one attempt came to.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The response status on success, or why it failed.
-    pub result: Result<u16, DeliveryError>,
-    /// Response body, at most `max_response_bytes`.
-    pub body: Bytes,
-    pub elapsed: Duration,
-    /// The response's `Retry-After`, in seconds or as an HTTP date.
-    pub retry_after: Option<Duration>,
-    /// The response's `Content-Type` as it came (checked only where a data
-    /// URL needs it: `responses::media_type`).
-    pub content_type: Option<http::HeaderValue>,
-}
-
-impl Outcome {
-    pub fn is_success(&self) -> bool {
-        self.result.is_ok()
-    }
-
-    /// An attempt that never left because its request could not be rendered.
-    pub fn not_sent(error: DeliveryError) -> Outcome {
-        Outcome {
-            result: Err(error),
-            body: Bytes::new(),
-            elapsed: Duration::ZERO,
-            retry_after: None,
-            content_type: None,
-        }
-    }
-}
 
 /// The HTTP sender: pooled clients and the limits every request runs under.
 #[derive(Clone)]

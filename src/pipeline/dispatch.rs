@@ -18,11 +18,15 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::event::Origin;
+use crate::model::outcome::Outcome;
 use crate::model::outcome::OutcomeKind;
-use crate::pipeline::deliver::{Deliverer, Outcome};
-use crate::pipeline::render::{render, url_host, EventContext, RenderFailure};
+use crate::model::request::RenderFailure;
+use crate::model::variables::EventContext;
+use crate::pipeline::deliver::Deliverer;
+use crate::pipeline::render::{render, url_host};
 use crate::pipeline::resolve::Match;
 use crate::pipeline::tally::Recorder;
+use crate::policy::clock::MonotonicClock;
 use crate::policy::dead_letter::{DeadLetter, DeliveryFailure, Dropped};
 use crate::policy::responses::{
     error_event, error_message, hook_sent, response_chunks, ResponseEvent, ResponseReports,
@@ -32,7 +36,6 @@ use crate::policy::retry::{AttemptLog, AttemptOutcome, Next, RetryRecord, RetryS
 use crate::policy::sign::Signer;
 use crate::policy::sleeping::SleepingHosts;
 use crate::policy::throttle::{Decision, Throttle};
-use crate::runtime::clock::MonotonicClock;
 use crate::runtime::config::Settings;
 use crate::runtime::telemetry::{
     DEFERRED, DELIVERIES_DEAD_LETTERED, INFLIGHT_DELIVERIES, RECORDS_DROPPED, RETRIES_SCHEDULED,
@@ -224,7 +227,9 @@ impl Dispatcher {
         if let Err(e) = Signer::sign_for(&i, ctx, &mut request) {
             self.recorder
                 .record_kind(&a.matched, OutcomeKind::Error, Duration::ZERO);
-            let message = format!("error signing the request: {e}");
+            // Capped: the error quotes the tenant's own `signingSecret` name.
+            let message =
+                crate::policy::dead_letter::cap(&format!("error signing the request: {e}"));
             self.sample_failure(ctx, &a, &message);
             self.respond(ctx, error_event(&i, ctx, message));
             // Deterministic until the operator changes the secret.

@@ -8,7 +8,9 @@
 //! 4. [`render`]: integration + event → the request to send;
 //! 5. [`dispatch`]: one attempt under the delivery policy ([`crate::policy`]);
 //! 6. [`deliver`]: the pooled HTTP client → an outcome;
-//! 7. [`tally`]: outcomes → metrics and per-(integration, product) counts.
+//! 7. [`tally`]: outcomes → metrics and per-(integration, product) counts,
+//!    and the [`traffic`] book publishing them per minute with delivery
+//!    samples for the api's history.
 
 pub mod consume;
 pub mod deliver;
@@ -17,3 +19,4 @@ pub(crate) mod offsets;
 pub mod render;
 pub mod resolve;
 pub mod tally;
+pub mod traffic;

@@ -3,16 +3,17 @@
 //! In: a [`Match`] and its [`Outcome`]. Out: Prometheus series
 //! (`hookd_webhook_attempts_total`, `hookd_webhook_duration_seconds`) and an
 //! in-process [`Tally`] of success / error / skipped per (integration,
-//! product), which the demo prints and the stats publisher reads.
+//! product), which the demo prints; with a [`TrafficBook`], the per-minute
+//! counts the worker publishes for the api's history.
 
 use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
-use crate::control::traffic::book::TrafficBook;
+use crate::model::outcome::Outcome;
 use crate::model::outcome::{CountKey, Counts, OutcomeKind};
-use crate::pipeline::deliver::Outcome;
 use crate::pipeline::resolve::Match;
+use crate::pipeline::traffic::TrafficBook;
 use crate::runtime::telemetry::{WEBHOOK_ATTEMPTS, WEBHOOK_DURATION};
 
 /// The counts of one (integration, product), with its Prometheus counters

@@ -18,8 +18,9 @@ use serde_json::Value;
 use base64::Engine as _;
 
 use crate::model::integration::{Integration, ResponseTemplate};
-use crate::pipeline::deliver::DeliveryError;
-use crate::pipeline::render::{write_str, EventContext, RenderFailure};
+use crate::model::outcome::DeliveryError;
+use crate::model::request::RenderFailure;
+use crate::model::variables::EventContext;
 
 /// Data of the error event of a skipped attempt.
 pub const SLEEPING_MESSAGE: &str = "Sleeping, too many errors, please wait and try again";
@@ -63,9 +64,9 @@ impl ResponseEvent<'_> {
             .enumerate()
             {
                 out.push(if n == 0 { b'{' } else { b',' });
-                write_str(&mut out, key);
+                serde_json::to_writer(&mut out, key).expect("a string always serializes");
                 out.push(b':');
-                write_str(&mut out, value);
+                serde_json::to_writer(&mut out, value).expect("a string always serializes");
             }
         });
         out.extend_from_slice(b",\"ttl\":60,\"public\":false");
@@ -298,7 +299,7 @@ fn chunks(mut s: &str, size: usize) -> impl Iterator<Item = &str> {
 mod tests {
     use super::*;
     use crate::model::event::{DeviceEvent, Origin};
-    use crate::pipeline::render::SecretMode;
+    use crate::model::variables::SecretMode;
     use serde_json::json;
     use std::sync::Arc;
 

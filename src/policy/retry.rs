@@ -204,6 +204,7 @@ impl RetryRecord {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn attempt_outcomes_are_written_as_before() {
@@ -223,7 +224,6 @@ mod tests {
             );
         }
     }
-    use super::*;
 
     fn settings() -> RetrySettings {
         RetrySettings {

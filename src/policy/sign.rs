@@ -11,7 +11,7 @@ use base64::Engine;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::pipeline::render::RenderedRequest;
+use crate::model::request::RenderedRequest;
 
 /// Why a request could not be signed. Never carries a byte of the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,7 +68,7 @@ impl Signer {
     /// secret is missing or unusable (never a byte of it).
     pub fn sign_for(
         integration: &crate::model::integration::Integration,
-        ctx: &crate::pipeline::render::EventContext,
+        ctx: &crate::model::variables::EventContext,
         request: &mut RenderedRequest,
     ) -> Result<(), SigningError> {
         let Some(name) = &integration.signing_secret else {
@@ -78,7 +78,7 @@ impl Signer {
             .secret(name)
             .ok_or_else(|| SigningError::NotConfigured(name.clone()))
             .and_then(Signer::try_new)?;
-        let id = crate::pipeline::render::idempotency_key(&ctx.event().id, &integration.id);
+        let id = crate::model::request::idempotency_key(&ctx.event().id, &integration.id);
         signer.sign(request, &id, chrono::Utc::now().timestamp());
         Ok(())
     }

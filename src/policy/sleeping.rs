@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use crate::runtime::clock::Clock;
+use crate::policy::clock::Clock;
 
 /// The parameters of the rule (config `[sleeping]`).
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
@@ -183,7 +183,7 @@ impl<C: Clock> SleepingHosts<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::clock::ManualClock;
+    use crate::policy::clock::ManualClock;
     use std::sync::Arc;
 
     /// The tenant of most tests.

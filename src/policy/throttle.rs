@@ -25,7 +25,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use serde::Deserialize;
 
-use crate::runtime::clock::{Clock, MonotonicClock};
+use crate::policy::clock::{Clock, MonotonicClock};
 
 /// A rate and burst for one host (or the default): `rate` requests per
 /// second sustained, `burst` at once. `rate = 0` means no limit.
@@ -267,7 +267,7 @@ impl<C: Clock> Throttle<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::clock::ManualClock;
+    use crate::policy::clock::ManualClock;
     use std::sync::Arc;
 
     fn settings(rate: f64, burst: u32) -> LimitSettings {

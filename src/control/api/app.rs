@@ -20,7 +20,7 @@ use super::views::detail;
 use crate::control::config_log::follower::ConfigLog;
 use crate::control::config_log::state::{ConfigState, Key};
 use crate::control::config_log::writer::ConfigWriter;
-use crate::control::traffic::history::History;
+use crate::control::history::History;
 use crate::model::integration::{Integration, Scope};
 use crate::model::secret_scopes::SecretPolicy;
 use crate::pipeline::deliver::Deliverer;

@@ -106,7 +106,7 @@ pub(super) async fn delete_product(
     let org = at.operator("the product catalog is kept by the operator")?;
     let CatalogProduct(p) = product?;
     let current = api.log.state().product(p).cloned();
-    if !current.is_some_and(|x| x.org == org) {
+    if current.is_none_or(|x| x.org != org) {
         return Err(ApiError::not_found(format!("product {p}")));
     }
     if let Some(i) = api.log.state().product_in_use(p) {

@@ -15,7 +15,7 @@ use super::auth::Tokens;
 use super::{catalog, console, integrations, particle, traffic};
 use crate::control::config_log::follower::{ConfigLog, ConfigLogError};
 use crate::control::config_log::writer::ConfigWriter;
-use crate::control::traffic::history::History;
+use crate::control::history::History;
 use crate::model::secret_scopes::SecretPolicy;
 use crate::pipeline::deliver::Deliverer;
 use crate::runtime::config::Settings;

@@ -83,5 +83,5 @@ impl Sessions {
 /// 32 random bytes in hex: session ids and CSRF tokens.
 pub(super) fn random_hex() -> String {
     let bytes: [u8; 32] = rand::random();
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }

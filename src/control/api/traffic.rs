@@ -24,10 +24,11 @@ use super::error::ApiError;
 use super::extract::{At, ItemId};
 use super::integrations::new_id;
 use super::views::{history_view, products_shown};
-use crate::control::traffic::book::{mask, shown_body, LogEntry};
 use crate::model::event::{DeviceEvent, Origin};
 use crate::model::integration::{Integration, Scope};
-use crate::pipeline::render::{render, EventContext, SecretMode};
+use crate::model::variables::{EventContext, SecretMode};
+use crate::pipeline::render::render;
+use crate::pipeline::traffic::{mask, shown_body, LogEntry};
 use crate::policy::sign::Signer;
 use crate::policy::throttle::Decision;
 

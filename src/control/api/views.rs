@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::auth::Place;
 use crate::control::config_log::state::ConfigState;
-use crate::control::traffic::history::{today, History, Products};
+use crate::control::history::{today, History, Products};
 use crate::model::integration::{Integration, IntegrationSpec, Scope};
 use crate::model::outcome::Counts;
 
@@ -185,8 +185,8 @@ fn day_counts(day: NaiveDate, c: Counts) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::traffic::book::minute_of;
-    use crate::control::traffic::book::StatsDelta;
+    use crate::pipeline::traffic::minute_of;
+    use crate::pipeline::traffic::StatsDelta;
 
     /// Every day of every series, with traffic on several past days: each
     /// day shows that day's counts, per product and summed, not another

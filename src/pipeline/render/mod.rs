@@ -6,18 +6,14 @@
 //! and the body, or a [`RenderFailure`] saying which field failed and why; a
 //! failure is an error outcome of that delivery, never a panic.
 //!
-//! The event's template [`variables`], the [`body`] encoders and the [`urls`]
-//! each have a module; this one puts a request together.
+//! The [`body`] encoders and the [`urls`] each have a module; this one puts a
+//! request together from the event's template variables
+//! ([`crate::model::variables`]).
 
 mod body;
-mod request;
 mod urls;
-mod variables;
 
-pub(crate) use body::write_str;
-pub use request::{RenderFailure, RenderedRequest};
 pub use urls::url_host;
-pub use variables::{EventContext, SecretMode};
 
 use body::{encode_form, json_body, literal_keys, render_json, render_pairs, write_json_body};
 use urls::build_url;
@@ -28,13 +24,11 @@ use serde_json::Value;
 
 use crate::model::event::DeviceEvent;
 use crate::model::integration::{BodyTemplate, Integration, Method};
+use crate::model::request::{
+    idempotency_key, RenderFailure, RenderedRequest, IDEMPOTENCY_HEADER, USER_AGENT,
+};
+use crate::model::variables::EventContext;
 use crate::template::Template;
-
-/// `User-Agent` of every request: hookd and its version.
-pub const USER_AGENT: &str = concat!("hookd/", env!("CARGO_PKG_VERSION"));
-
-/// Header carrying the idempotency key; identical when an event is redelivered.
-pub const IDEMPOTENCY_HEADER: &str = "Idempotency-Key";
 
 /// Renders `integration`'s request for the event in `ctx`.
 pub fn render(
@@ -171,19 +165,6 @@ fn default_fields(event: &DeviceEvent) -> [(&'static str, &str); 4] {
     ]
 }
 
-/// Stable across redeliveries of the same event to the same integration:
-/// the receiver can drop duplicates by it. XXH3-128 (a fixed, documented
-/// algorithm, so keys stay the same across versions and machines) of the event
-/// id and the integration id; not a secret, so a cryptographic hash would only
-/// cost time (SHA-256 was a third of the default body's render time).
-pub fn idempotency_key(event_id: &str, integration_id: &str) -> String {
-    let mut h = xxhash_rust::xxh3::Xxh3::new();
-    h.update(event_id.as_bytes());
-    h.update(&[0]);
-    h.update(integration_id.as_bytes());
-    hex::encode(h.digest128().to_be_bytes())
-}
-
 #[cfg(test)]
 mod tests {
     use std::borrow::Cow;
@@ -191,7 +172,7 @@ mod tests {
 
     use super::body::{encode_form, json_body, literal_keys, render_json, write_json_body};
     use super::urls::plain_path_after;
-    use super::variables::PREDEFINED;
+    use crate::model::variables::{SecretMode, PREDEFINED};
     use serde_json::Map;
 
     use super::*;

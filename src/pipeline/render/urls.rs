@@ -1,8 +1,8 @@
 //! Request URLs: the rendered URL checked and its query added, and the host
 //! a rendered URL names.
 
-use super::request::RenderFailure;
 use crate::model::integration::RequestTemplate;
+use crate::model::request::RenderFailure;
 
 /// The host of a rendered URL, without credentials or port: the key of the
 /// per-host rate limit and the sleeping-host rating. Rendered URLs are

@@ -13,9 +13,9 @@ use std::sync::{Arc, OnceLock};
 use base64::Engine;
 use serde_json::{Map, Value};
 
-use super::request::RenderFailure;
 use crate::model::event::DeviceEvent;
 use crate::model::integration::JsonTemplate;
+use crate::model::request::RenderFailure;
 use crate::model::secrets::{mask_forms, secret_forms, Secrets, SENSITIVE};
 use crate::template::{Budget, Found, RenderError, Template, TemplateLimits, Variables};
 
@@ -47,7 +47,7 @@ pub struct EventContext {
 }
 
 /// The predefined variables (README, "Integrations": variables).
-pub(super) const PREDEFINED: [&str; 12] = [
+pub(crate) const PREDEFINED: [&str; 12] = [
     "PARTICLE_DEVICE_ID",
     "PARTICLE_EVENT_NAME",
     "PARTICLE_EVENT_VALUE",
@@ -127,6 +127,7 @@ impl EventContext {
         self
     }
 
+    #[inline]
     pub fn event(&self) -> &DeviceEvent {
         &self.event
     }
@@ -251,6 +252,8 @@ impl EventContext {
         self.secrets.get(name).map(String::as_str)
     }
 
+    // Inlined into the render stage's encoders, which call it per template.
+    #[inline]
     pub(crate) fn render(&self, field: &str, t: &Template) -> Result<String, RenderFailure> {
         t.render(self).map_err(|e| RenderFailure::of(field, e))
     }
@@ -406,7 +409,7 @@ impl Variables for Overlay<'_> {
 }
 
 /// `t` as a JSON value, each template rendered by `render`.
-pub(super) fn json_value(
+pub(crate) fn json_value(
     t: &JsonTemplate,
     render: &dyn Fn(&Template) -> Result<String, RenderFailure>,
 ) -> Result<Value, RenderFailure> {

@@ -21,8 +21,8 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use super::book::{LogEntry, StatsDelta, KEPT};
 use crate::model::outcome::Counts;
+use crate::pipeline::traffic::{LogEntry, StatsDelta, KEPT};
 use crate::runtime::config::KafkaSettings;
 
 /// Whose traffic of an integration is shown: all of it, or one product's
@@ -245,7 +245,7 @@ pub fn today() -> NaiveDate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::traffic::book::minute_of;
+    use crate::pipeline::traffic::minute_of;
     use chrono::DateTime;
 
     fn delta(integration: &str, product: u32, minute: DateTime<Utc>, success: u64) -> StatsDelta {

@@ -28,11 +28,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::event::DeviceEvent;
 use crate::model::integration::Integration;
+use crate::model::outcome::Outcome;
 use crate::model::outcome::{CountKey, Counts, OutcomeKind};
 use crate::model::secret_scopes::SecretPolicy;
 use crate::model::secrets::Secrets;
-use crate::pipeline::deliver::Outcome;
-use crate::pipeline::render::{render, EventContext, SecretMode};
+use crate::model::variables::{EventContext, SecretMode};
+use crate::pipeline::render::render;
 
 /// Samples kept per (integration, product) and kind between flushes; the
 /// api keeps as many.
@@ -337,7 +338,7 @@ pub fn minute_of(at: DateTime<Utc>) -> DateTime<Utc> {
 mod tests {
     use super::*;
     use crate::model::event::Origin;
-    use crate::pipeline::deliver::Outcome;
+    use crate::model::outcome::Outcome;
 
     fn event() -> DeviceEvent {
         DeviceEvent::decode(
