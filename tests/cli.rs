@@ -39,7 +39,13 @@ fn render_prints_the_request_with_secrets_masked() {
     );
     let event = write(dir.path(), "e.json", &event());
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[secrets]\nAPI_KEY = \"hunter2\"\n").unwrap();
+    common::write_toml(
+        &config,
+        &toml::toml! {
+            [secrets]
+            API_KEY = "hunter2"
+        },
+    );
     let out = hookd(&[
         "render",
         "--integration",
@@ -217,7 +223,13 @@ fn every_command_has_help() {
 fn worker_refuses_bad_config_naming_key_and_value() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[worker]\nmax_inflight_events = \"many\"\n").unwrap();
+    common::write_toml(
+        &config,
+        &toml::toml! {
+            [worker]
+            max_inflight_events = "many"
+        },
+    );
     let out = hookd(&["worker", "--config", config.to_str().unwrap()]);
     assert!(!out.status.success());
     let stderr = String::from_utf8(out.stderr).unwrap();
@@ -226,7 +238,13 @@ fn worker_refuses_bad_config_naming_key_and_value() {
         "{stderr}"
     );
 
-    std::fs::write(&config, "[delivery]\ntimeot = \"5s\"\n").unwrap();
+    common::write_toml(
+        &config,
+        &toml::toml! {
+            [delivery]
+            timeot = "5s"
+        },
+    );
     let out = hookd(&["worker", "--config", config.to_str().unwrap()]);
     assert!(String::from_utf8(out.stderr).unwrap().contains("timeot"));
 
@@ -248,14 +266,14 @@ async fn publish_produces_simulated_and_file_events() {
     broker.create_topic(&s.kafka.events_topic, 3).await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(
+    common::write_toml(
         &config,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\nevents_topic = \"{}\"\n",
-            s.kafka.brokers, s.kafka.events_topic
-        ),
-    )
-    .unwrap();
+        &toml::toml! {
+            [kafka]
+            brokers = (s.kafka.brokers.as_str())
+            events_topic = (s.kafka.events_topic.as_str())
+        },
+    );
     let lines = dir.path().join("events.jsonl");
     std::fs::write(
         &lines,

@@ -11,19 +11,19 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{create_topics, produce, settings, wait_until, Broker, Mode, Receiver};
-use hookd::pipeline::render::idempotency_key;
+use hookd::model::request::idempotency_key;
 use hookd::runtime::config::Settings;
 use serde_json::json;
 
 fn write_config(dir: &Path, s: &Settings, receiver: &Receiver) -> std::path::PathBuf {
-    write_config_with(dir, s, receiver, "")
+    write_config_with(dir, s, receiver, toml::Table::new())
 }
 
 fn write_config_with(
     dir: &Path,
     s: &Settings,
     receiver: &Receiver,
-    extra: &str,
+    extra: toml::Table,
 ) -> std::path::PathBuf {
     let integrations = dir.join("integrations");
     std::fs::create_dir_all(&integrations).unwrap();
@@ -38,14 +38,24 @@ fn write_config_with(
     s.kafka
         .client
         .insert("heartbeat.interval.ms".into(), "500".into());
-    let config = format!(
-        "{}[integrations]\nsource = \"file\"\npath = \"{}\"\n[worker]\nmax_inflight_events = 8\nshutdown_grace = \"10s\"\n\
-         [metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n{extra}",
-        common::config_sections(&s),
-        integrations.display(),
-    );
+    let mut config = toml::toml! {
+        [integrations]
+        source = "file"
+        path = (integrations.display().to_string())
+
+        [worker]
+        max_inflight_events = 8
+        shutdown_grace = "10s"
+
+        [metrics]
+        listen = "127.0.0.1:0"
+
+        [log]
+        filter = "info,rdkafka=warn"
+    };
+    common::merge(&mut config, extra);
     let path = dir.join("hookd.toml");
-    std::fs::write(&path, config).unwrap();
+    common::write_config_file(&path, &s, config);
     path
 }
 
@@ -211,7 +221,10 @@ async fn retries_pending_in_a_killed_worker_are_delivered_after_restart() {
         dir.path(),
         &s,
         &receiver,
-        "[sleeping]\ntrip_errors = 1000000000.0\n",
+        toml::toml! {
+            [sleeping]
+            trip_errors = 1000000000.0
+        },
     );
     let log = dir.path().join("worker.log");
     const N: usize = 20;

@@ -10,8 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Mode, Receiver};
 use hookd::model::integration::Method;
-use hookd::pipeline::deliver::{Deliverer, DeliveryError};
-use hookd::pipeline::render::RenderedRequest;
+use hookd::model::outcome::DeliveryError;
+use hookd::model::request::RenderedRequest;
+use hookd::pipeline::deliver::Deliverer;
 use hookd::runtime::config::Settings;
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -24,7 +25,7 @@ fn request(url: String) -> RenderedRequest {
         url,
         headers: vec![(
             "User-Agent".into(),
-            hookd::pipeline::render::USER_AGENT.into(),
+            hookd::model::request::USER_AGENT.into(),
         )],
         body: Bytes::from_static(b"hello"),
     }
@@ -123,7 +124,7 @@ async fn plain_http_keeps_alive_and_caps_the_response_body() {
     assert_eq!(seen[1].version, "HTTP/1.1");
     assert_eq!(
         seen[1].headers["user-agent"],
-        hookd::pipeline::render::USER_AGENT
+        hookd::model::request::USER_AGENT
     );
     assert_eq!(seen[1].body, "hello");
 }

@@ -41,15 +41,19 @@ async fn health_readiness_and_metrics_without_integration_label() {
     let mut s = s.clone();
     s.kafka.create_topics = create;
     let config = dir.path().join("hookd.toml");
-    std::fs::write(
+    common::write_config_file(
         &config,
-        format!(
-            "{}[integrations]\nsource = \"file\"\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = false\n",
-            common::config_sections(&s),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+        &s,
+        toml::toml! {
+            [integrations]
+            source = "file"
+            path = (dir.path().display().to_string())
+
+            [metrics]
+            listen = (format!("127.0.0.1:{port}"))
+            integration_label = false
+        },
+    );
     let mut worker = spawn_worker(&config);
 
     wait_until("/readyz", Duration::from_secs(30), || {
@@ -118,14 +122,15 @@ async fn readyz_waits_until_the_config_log_is_replayed() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config = dir.path().join("hookd.toml");
-    std::fs::write(
+    common::write_config_file(
         &config,
-        format!(
-            "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\nintegration_label = true\n",
-            common::config_sections(&s),
-        ),
-    )
-    .unwrap();
+        &s,
+        toml::toml! {
+            [metrics]
+            listen = (format!("127.0.0.1:{port}"))
+            integration_label = true
+        },
+    );
     let mut worker = spawn_worker(&config);
     wait_until("/readyz", Duration::from_secs(30), || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)
@@ -164,16 +169,24 @@ async fn healthz_reports_a_stalled_partition() {
     std::fs::write(dir.path().join("h.json"), hook.to_string()).unwrap();
     let port = free_port();
     let config = dir.path().join("hookd.toml");
-    std::fs::write(
+    common::write_config_file(
         &config,
-        format!(
-            "{}[integrations]\nsource = \"file\"\npath = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
-             [worker]\nstall_after = \"1s\"\n[delivery]\ntimeout = \"6s\"\n",
-            common::config_sections(&s),
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+        &s,
+        toml::toml! {
+            [integrations]
+            source = "file"
+            path = (dir.path().display().to_string())
+
+            [metrics]
+            listen = (format!("127.0.0.1:{port}"))
+
+            [worker]
+            stall_after = "1s"
+
+            [delivery]
+            timeout = "6s"
+        },
+    );
     let mut worker = spawn_worker(&config);
     wait_until("/readyz", Duration::from_secs(30), || {
         http_get(port, "/readyz").is_some_and(|(s, _)| s == 200)

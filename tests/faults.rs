@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{free_port, produce, Broker, Receiver};
-use hookd::pipeline::render::idempotency_key;
+use hookd::model::request::idempotency_key;
 use serde_json::{json, Value};
 
 /// The broker of one scenario: tansu on a fixed loopback port with its data in
@@ -239,20 +239,24 @@ fn settings(broker: &Broker) -> hookd::runtime::config::Settings {
     common::settings(broker)
 }
 
-/// A worker config file: `s`'s sections, the integrations of `source`
-/// (`file:<dir>` or `kafka`), and `extra` TOML.
-fn write_config(dir: &Path, s: &hookd::runtime::config::Settings, extra: &str) -> PathBuf {
-    let config = format!(
-        "{}[metrics]\nlisten = \"127.0.0.1:0\"\n[log]\nfilter = \"info,rdkafka=warn\"\n{extra}",
-        common::config_sections(s),
-    );
+/// A worker config file: `s`'s sections, metrics on any port, info logging,
+/// and `extra` (the integrations' source among it) merged over them.
+fn write_config(dir: &Path, s: &hookd::runtime::config::Settings, extra: toml::Table) -> PathBuf {
+    let mut config = toml::toml! {
+        [metrics]
+        listen = "127.0.0.1:0"
+
+        [log]
+        filter = "info,rdkafka=warn"
+    };
+    common::merge(&mut config, extra);
     let path = dir.join("hookd.toml");
-    std::fs::write(&path, config).unwrap();
+    common::write_config_file(&path, s, config);
     path
 }
 
 /// Writes `integrations` as the file source of a worker config.
-fn integrations_dir(dir: &Path, integrations: &[Value]) -> String {
+fn integrations_dir(dir: &Path, integrations: &[Value]) -> toml::Table {
     let path = dir.join("integrations");
     std::fs::create_dir_all(&path).unwrap();
     std::fs::write(
@@ -260,10 +264,11 @@ fn integrations_dir(dir: &Path, integrations: &[Value]) -> String {
         Value::Array(integrations.to_vec()).to_string(),
     )
     .unwrap();
-    format!(
-        "[integrations]\nsource = \"file\"\npath = \"{}\"\n",
-        path.display()
-    )
+    toml::toml! {
+        [integrations]
+        source = "file"
+        path = (path.display().to_string())
+    }
 }
 
 /// `n` events of product 5 named `name`, ids `<prefix>-<i>`, over 64 devices.
@@ -330,7 +335,7 @@ async fn kill_9_under_load() {
     let hook = json!({"id": "h", "product_id": 5, "event": "temp",
         "url": receiver.url("/in"), "json": {"v": "{{{PARTICLE_EVENT_VALUE}}}"}});
     let source = integrations_dir(&dir, &[hook]);
-    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, &source));
+    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, source));
     for slot in 0..3 {
         fleet.start(slot);
     }
@@ -438,7 +443,7 @@ async fn broker_restart_under_load() {
     let hook = json!({"id": "h", "product_id": 5, "event": "temp",
         "url": receiver.url("/in"), "json": {"v": "{{{PARTICLE_EVENT_VALUE}}}"}});
     let source = integrations_dir(&dir, &[hook]);
-    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, &source));
+    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, source));
     fleet.start(0);
     fleet.start(1);
     let want: BTreeSet<String> = (0..n)
@@ -590,7 +595,7 @@ async fn misbehaving_destinations() {
         json!({"id": id, "product_id": 5, "event": "temp", "url": url,
             "json": {"sent": "{{{PARTICLE_EVENT_VALUE}}}"}})
     };
-    let source = integrations_dir(
+    let mut extra = integrations_dir(
         &dir,
         &[
             hook("good", good.url("/in")),
@@ -599,8 +604,15 @@ async fn misbehaving_destinations() {
             hook("resets", format!("{resets}/in")),
         ],
     );
-    let extra = format!("{source}[delivery]\ntimeout = \"2s\"\nconnect_timeout = \"1s\"\n");
-    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, &extra));
+    common::merge(
+        &mut extra,
+        toml::toml! {
+            [delivery]
+            timeout = "2s"
+            connect_timeout = "1s"
+        },
+    );
+    let mut fleet = Fleet::new(&dir, write_config(&dir, &s, extra));
     fleet.start(0);
     let pid = fleet.pid(0).unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -745,7 +757,13 @@ async fn receiver_outage_books_balance() {
         json!({"event": "temp", "url": receiver.url("/o"), "products": [1, 2]}),
     )
     .await;
-    let extra = "[integrations]\nsource = \"kafka\"\n[traffic]\nflush_interval = \"500ms\"\n";
+    let extra = toml::toml! {
+        [integrations]
+        source = "kafka"
+
+        [traffic]
+        flush_interval = "500ms"
+    };
     let mut fleet = Fleet::new(&dir, write_config(&dir, &s, extra));
     fleet.start(0);
     fleet.start(1);
@@ -986,19 +1004,18 @@ async fn scale_out_and_in_under_a_limit() {
     let s = settings(&broker);
     common::create_topics(&broker, &s, 6).await;
     let hook = json!({"id": "h", "product_id": 5, "event": "temp", "url": receiver.url("/in")});
-    let extra = format!(
-        "{}[limits]\nrate = {rate:?}\nburst = 5\nmax_deferrals = 1000\n",
-        integrations_dir(&dir, &[hook])
+    let mut extra = integrations_dir(&dir, &[hook]);
+    // `config_sections` writes a [limits] table of its own: these keys win.
+    common::merge(
+        &mut extra,
+        toml::toml! {
+            [limits]
+            rate = (toml::Value::Float(rate))
+            burst = 5
+            max_deferrals = 1000
+        },
     );
-    // `config_sections` writes a [limits] table of its own: this one wins.
-    let config = write_config(&dir, &s, "")
-        .to_str()
-        .map(|p| std::fs::read_to_string(p).unwrap())
-        .unwrap()
-        .replace("[limits]\nrate = 0.0\nburst = 400\n", "")
-        + &extra;
-    let config_path = dir.join("hookd.toml");
-    std::fs::write(&config_path, config).unwrap();
+    let config_path = write_config(&dir, &s, extra);
     let mut fleet = Fleet::new(&dir, config_path);
     fleet.start(0);
     tokio::time::sleep(Duration::from_secs(4)).await;

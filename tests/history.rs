@@ -10,8 +10,8 @@ mod common;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use common::*;
-use hookd::control::traffic::book::minute_of;
-use hookd::control::traffic::book::StatsDelta;
+use hookd::pipeline::traffic::minute_of;
+use hookd::pipeline::traffic::StatsDelta;
 use hyper::Method;
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -30,7 +30,7 @@ fn expected(
     counted
         .iter()
         .filter(|(i, p, at, ..)| {
-            i == integration && at.date_naive() == day && product.map_or(true, |want| want == *p)
+            i == integration && at.date_naive() == day && product.is_none_or(|want| want == *p)
         })
         .fold((0, 0, 0), |acc, (.., s, e, k)| {
             (acc.0 + s, acc.1 + e, acc.2 + k)
@@ -47,7 +47,7 @@ fn expected_since(
     counted
         .iter()
         .filter(|(i, p, at, ..)| {
-            i == integration && at.date_naive() >= since && product.map_or(true, |want| want == *p)
+            i == integration && at.date_naive() >= since && product.is_none_or(|want| want == *p)
         })
         .fold((0, 0, 0), |acc, (.., s, e, k)| {
             (acc.0 + s, acc.1 + e, acc.2 + k)

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use hookd::model::event::{DeviceEvent, Origin};
 use hookd::model::integration::Integration;
-use hookd::pipeline::render::{render, EventContext, SecretMode};
+use hookd::model::variables::{EventContext, SecretMode};
+use hookd::pipeline::render::render;
 use hookd::template::{Template, TemplateLimits};
 use proptest::prelude::*;
 use serde_json::{json, Value};

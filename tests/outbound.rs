@@ -9,8 +9,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::Receiver;
 use hookd::model::integration::Method;
-use hookd::pipeline::deliver::{Deliverer, DeliveryError};
-use hookd::pipeline::render::RenderedRequest;
+use hookd::model::outcome::DeliveryError;
+use hookd::model::request::RenderedRequest;
+use hookd::pipeline::deliver::Deliverer;
 use hookd::runtime::config::Settings;
 
 fn deliverer(allow: &[&str]) -> Deliverer {

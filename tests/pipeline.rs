@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{create_topics, produce, settings, wait_until, Broker, Receiver};
 use hookd::model::integration::Integration;
+use hookd::model::request::{idempotency_key, USER_AGENT};
 use hookd::pipeline::consume::Worker;
-use hookd::pipeline::render::{idempotency_key, USER_AGENT};
 use hookd::pipeline::resolve::{Index, IndexHandle};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;

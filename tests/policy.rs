@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use common::{create_topics, produce, settings, start_worker, wait_until, Broker, Mode, Receiver};
-use hookd::pipeline::render::idempotency_key;
+use hookd::model::request::idempotency_key;
 use hookd::policy::dead_letter::DeadLetter;
 use hookd::policy::throttle::HostLimit;
 use serde_json::{json, Value};

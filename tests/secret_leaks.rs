@@ -315,20 +315,42 @@ fn integrations(echo: &str) -> Vec<(&'static str, Value)> {
 /// The worker binary's config: the test's topics, the config log as its
 /// source, debug logging, and the secrets granted to org acme.
 fn write_config(dir: &Path, s: &Settings, port: u16) -> PathBuf {
-    let config = format!(
-        "{}[integrations]\nsource = \"kafka\"\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\
-         [log]\nfilter = \"debug,rdkafka=warn\"\n[traffic]\nflush_interval = \"200ms\"\n\
-         [sleeping]\ntrip_errors = 1000000000.0\n\
-         [delivery]\ntimeout = \"5s\"\nconnect_timeout = \"2s\"\n\
-         [templates]\nmax_output_bytes = {MAX_OUTPUT}\n\
-         [secrets]\nLEAKY_KEY = {}\nHOST_KEY = {}\n\
-         [secret_scopes]\nLEAKY_KEY = [\"org:acme\"]\nHOST_KEY = [\"org:acme\"]\n",
-        common::config_sections(s),
-        serde_json::to_string(SECRET).unwrap(),
-        serde_json::to_string(HOST_SECRET).unwrap(),
-    );
     let path = dir.join("hookd.toml");
-    std::fs::write(&path, config).unwrap();
+    common::write_config_file(
+        &path,
+        s,
+        toml::toml! {
+            [integrations]
+            source = "kafka"
+
+            [metrics]
+            listen = (format!("127.0.0.1:{port}"))
+
+            [log]
+            filter = "debug,rdkafka=warn"
+
+            [traffic]
+            flush_interval = "200ms"
+
+            [sleeping]
+            trip_errors = 1000000000.0
+
+            [delivery]
+            timeout = "5s"
+            connect_timeout = "2s"
+
+            [templates]
+            max_output_bytes = (MAX_OUTPUT)
+
+            [secrets]
+            LEAKY_KEY = (SECRET)
+            HOST_KEY = (HOST_SECRET)
+
+            [secret_scopes]
+            LEAKY_KEY = ["org:acme"]
+            HOST_KEY = ["org:acme"]
+        },
+    );
     path
 }
 

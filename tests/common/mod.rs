@@ -229,46 +229,77 @@ pub async fn create_topics(broker: &Broker, s: &Settings, partitions: i32) {
 
 /// The `[kafka]`, `[retry]`, `[limits]` and `[outbound]` sections of a config
 /// file for the worker binary, matching `s`.
-pub fn config_sections(s: &Settings) -> String {
-    let mut client = String::new();
-    for (k, v) in &s.kafka.client {
-        client.push_str(&format!("\"{k}\" = \"{v}\"\n"));
-    }
-    let mut consumer = String::new();
-    for (k, v) in &s.kafka.consumer {
-        consumer.push_str(&format!("\"{k}\" = \"{v}\"\n"));
-    }
-    let mut producer = String::new();
-    for (k, v) in &s.kafka.producer {
-        producer.push_str(&format!("\"{k}\" = \"{v}\"\n"));
-    }
-    let delays: Vec<String> = s
+pub fn config_sections(s: &Settings) -> toml::Table {
+    // librdkafka properties: keys with dots in them, each one key.
+    let properties = |m: &BTreeMap<String, String>| -> toml::Table {
+        m.iter()
+            .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+            .collect()
+    };
+    let delays: Vec<toml::Value> = s
         .retry
         .delays
         .iter()
-        .map(|d| format!("\"{}ms\"", d.as_millis()))
+        .map(|d| toml::Value::String(format!("{}ms", d.as_millis())))
         .collect();
-    format!(
-        "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\nevents_topic = \"{}\"\ndead_letter_topic = \"{}\"\nresponses_topic = \"{}\"\ncreate_topics = {}\n\
-         config_topic = \"{}\"\nstats_topic = \"{}\"\nlog_topic = \"{}\"\n\
-         [kafka.client]\n{client}[kafka.consumer]\n{consumer}[kafka.producer]\n{producer}\
-         [retry]\ntopic_prefix = \"{}\"\ndelays = [{}]\n\
-         [limits]\nrate = {:?}\nburst = {}\n\
-         [outbound]\nallow_networks = [\"127.0.0.0/8\"]\n",
-        s.kafka.brokers,
-        s.kafka.group_id,
-        s.kafka.events_topic,
-        s.kafka.dead_letter_topic,
-        s.kafka.responses_topic,
-        s.kafka.create_topics,
-        s.kafka.config_topic,
-        s.kafka.stats_topic,
-        s.kafka.log_topic,
-        s.retry.topic_prefix,
-        delays.join(", "),
-        s.limits.rate,
-        s.limits.burst,
-    )
+    toml::toml! {
+        [kafka]
+        brokers = (s.kafka.brokers.as_str())
+        group_id = (s.kafka.group_id.as_str())
+        events_topic = (s.kafka.events_topic.as_str())
+        dead_letter_topic = (s.kafka.dead_letter_topic.as_str())
+        responses_topic = (s.kafka.responses_topic.as_str())
+        create_topics = (s.kafka.create_topics)
+        config_topic = (s.kafka.config_topic.as_str())
+        stats_topic = (s.kafka.stats_topic.as_str())
+        log_topic = (s.kafka.log_topic.as_str())
+        client = (properties(&s.kafka.client))
+        consumer = (properties(&s.kafka.consumer))
+        producer = (properties(&s.kafka.producer))
+
+        [retry]
+        topic_prefix = (s.retry.topic_prefix.as_str())
+        delays = (toml::Value::Array(delays))
+
+        [limits]
+        rate = (toml::Value::Float(s.limits.rate))
+        burst = (toml::Value::Integer(i64::from(s.limits.burst)))
+
+        [outbound]
+        allow_networks = ["127.0.0.0/8"]
+    }
+}
+
+/// `extra` over `base`: a table in both is merged key by key (recursively);
+/// any other value of `extra` replaces `base`'s.
+pub fn merge(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match value {
+            toml::Value::Table(over) => match base.get_mut(&key) {
+                Some(toml::Value::Table(under)) => merge(under, over),
+                _ => {
+                    base.insert(key, toml::Value::Table(over));
+                }
+            },
+            value => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Writes `config` to `path` as a TOML file.
+pub fn write_toml(path: &std::path::Path, config: &toml::Table) {
+    let text = toml::to_string(config).expect("config as TOML");
+    std::fs::write(path, text).unwrap();
+}
+
+/// Writes a config file for the worker binary to `path`: the sections of
+/// `s` (`config_sections`) with `extra` merged over them.
+pub fn write_config_file(path: &std::path::Path, s: &Settings, extra: toml::Table) {
+    let mut config = config_sections(s);
+    merge(&mut config, extra);
+    write_toml(path, &config);
 }
 
 /// Produces `(key, payload)` records and waits for every acknowledgement.

@@ -121,14 +121,22 @@ impl Drop for ApiProcess {
 /// integrations from the config log, the operator's and org acme's tokens,
 /// room for every tenant's integrations. Each api's address comes from its
 /// environment.
-fn control_config() -> String {
-    let entry =
-        |token: &str, scope: &str| format!("[[api.tokens]]\ntoken = \"{token}\"\n{scope}\n");
-    format!(
-        "[integrations]\nsource = \"kafka\"\n[api]\nmax_integrations_per_tenant = 100000\n{}{}",
-        entry(common::OPERATOR, "operator = true"),
-        entry(common::ACME, "org = \"acme\""),
-    )
+fn control_config() -> toml::Table {
+    toml::toml! {
+        [integrations]
+        source = "kafka"
+
+        [api]
+        max_integrations_per_tenant = 100000
+
+        [[api.tokens]]
+        token = (common::OPERATOR)
+        operator = true
+
+        [[api.tokens]]
+        token = (common::ACME)
+        org = "acme"
+    }
 }
 
 /// Org acme (enterprise: org integrations allowed) and its `products`,
@@ -309,7 +317,7 @@ async fn config_convergence() {
     let broker = Broker::at(&tansu.bootstrap());
     let s = settings(&broker);
     common::create_topics(&broker, &s, PARTITIONS).await;
-    let config = write_config(&dir, &s, &control_config());
+    let config = write_config(&dir, &s, control_config());
     let mut api = ApiProcess::start(&dir, &config, "api");
     api.ready().await;
     let operator = api.client(common::OPERATOR);
@@ -987,7 +995,7 @@ async fn api_killed_mid_write() {
     let broker = Broker::at(&tansu.bootstrap());
     let s = settings(&broker);
     common::create_topics(&broker, &s, 2).await;
-    let config = write_config(&dir, &s, &control_config());
+    let config = write_config(&dir, &s, control_config());
     let mut api = ApiProcess::start(&dir, &config, "api");
     api.ready().await;
     acme_catalog(&api.client(common::OPERATOR), [5, 6, 7]).await;
@@ -1149,11 +1157,15 @@ async fn clean_stops() {
     let s = settings(&broker);
     // The publisher writes to each of PARTITIONS partitions.
     common::create_topics(&broker, &s, PARTITIONS).await;
-    let config = write_config(
-        &dir,
-        &s,
-        &(control_config() + "[worker]\nshutdown_grace = \"10s\"\n"),
+    let mut extra = control_config();
+    common::merge(
+        &mut extra,
+        toml::toml! {
+            [worker]
+            shutdown_grace = "10s"
+        },
     );
+    let config = write_config(&dir, &s, extra);
     let mut api = ApiProcess::start(&dir, &config, "api");
     api.ready().await;
     acme_catalog(&api.client(common::OPERATOR), [5]).await;
