@@ -442,7 +442,8 @@ struct Limit {
 
 /// A bare hyper client sending `n` requests, rendered beforehand.
 async fn bare_client_limit(receiver: SocketAddr, n: usize) -> Limit {
-    use hookd::pipeline::render::{render, EventContext, SecretMode};
+    use hookd::model::variables::{EventContext, SecretMode};
+    use hookd::pipeline::render::render;
     let index = hookd::pipeline::resolve::Index::build(
         integrations(receiver)
             .into_iter()

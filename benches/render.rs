@@ -10,7 +10,8 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hookd::model::event::{DeviceEvent, Origin};
 use hookd::model::integration::Integration;
-use hookd::pipeline::render::{render, EventContext, SecretMode};
+use hookd::model::variables::{EventContext, SecretMode};
+use hookd::pipeline::render::render;
 use serde_json::json;
 
 /// The allocator of the `hookd` binary, so figures are what it runs.
