@@ -108,7 +108,7 @@ fn bench_compile(c: &mut Criterion) {
         });
     }
     // The largest integration the defaults allow: four fields of 64 KiB.
-    let field = big_template(limits.max_template_bytes - 64);
+    let field = big_template(limits.max_template_bytes.get() - 64);
     let mut n = 0u64;
     group.throughput(Throughput::Bytes(4 * field.len() as u64));
     group.bench_function("largest_integration", |b| {

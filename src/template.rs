@@ -39,6 +39,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use std::num::{NonZeroU32, NonZeroUsize};
 
 /// Config `[templates]`: the bounds every integration's templates are
 /// compiled and rendered under. Checked where records are validated (the
@@ -48,38 +49,72 @@ use serde_json::{Map, Value};
 #[serde(deny_unknown_fields)]
 pub struct TemplateLimits {
     /// Bytes of one template (one field, one key or value of an object).
-    pub max_template_bytes: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_template_bytes: NonZeroUsize,
     /// Bytes of all of one integration's templates together.
-    pub max_integration_bytes: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_integration_bytes: NonZeroUsize,
     /// Sections inside sections. Rendering recurses once per level, so this
     /// also bounds the stack a render uses.
-    pub max_section_depth: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_section_depth: NonZeroUsize,
     /// Bytes one template may render to.
-    pub max_output_bytes: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_output_bytes: NonZeroUsize,
     /// Steps one render may take: every tag and text piece visited, every
     /// repetition of a section over an array, every scope and path segment
     /// looked through, every array item shown. The work a device's data can
     /// cause.
-    pub max_render_steps: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_render_steps: NonZeroUsize,
     /// Steps all the renders of one event may take together (every field of
     /// every integration it fires).
-    pub max_event_render_steps: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_event_render_steps: NonZeroUsize,
     /// Bytes all the renders of one event may produce together.
-    pub max_event_output_bytes: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_event_output_bytes: NonZeroUsize,
 }
 
 impl Default for TemplateLimits {
     fn default() -> TemplateLimits {
         TemplateLimits {
-            max_template_bytes: 64 * 1024,
-            max_integration_bytes: 256 * 1024,
-            max_section_depth: 16,
-            max_output_bytes: 1024 * 1024,
-            max_render_steps: 100_000,
-            max_event_render_steps: 1_000_000,
-            max_event_output_bytes: 4 * 1024 * 1024,
+            max_template_bytes: nonzero(64 * 1024),
+            max_integration_bytes: nonzero(256 * 1024),
+            max_section_depth: nonzero(16),
+            max_output_bytes: nonzero(1024 * 1024),
+            max_render_steps: nonzero(100_000),
+            max_event_render_steps: nonzero(1_000_000),
+            max_event_output_bytes: nonzero(4 * 1024 * 1024),
         }
     }
+}
+
+/// `n`, known not to be zero.
+const fn nonzero(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => panic!("a default limit is never 0"),
+    }
+}
+
+/// A count that must be at least 1: refused at load, naming the value, in
+/// the words the config's own checks use.
+pub(crate) fn at_least_one<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<NonZeroUsize, D::Error> {
+    let n = usize::deserialize(d)?;
+    NonZeroUsize::new(n)
+        .ok_or_else(|| serde::de::Error::custom(format!("must be at least 1, got {n}")))
+}
+
+/// As [`at_least_one`], for a `u32`.
+pub(crate) fn at_least_one_u32<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<NonZeroU32, D::Error> {
+    let n = u32::deserialize(d)?;
+    NonZeroU32::new(n)
+        .ok_or_else(|| serde::de::Error::custom(format!("must be at least 1, got {n}")))
 }
 
 /// Hard ceiling on `max_section_depth`: the renderer recurses once per level
@@ -143,8 +178,8 @@ impl Budget {
         Budget {
             steps: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
-            max_steps: limits.max_event_render_steps,
-            max_bytes: limits.max_event_output_bytes,
+            max_steps: limits.max_event_render_steps.get(),
+            max_bytes: limits.max_event_output_bytes.get(),
         }
     }
 
@@ -260,10 +295,10 @@ impl Template {
         limits: &TemplateLimits,
         cache: Option<&TemplateCache>,
     ) -> Result<Template, TemplateError> {
-        if source.len() > limits.max_template_bytes {
+        if source.len() > limits.max_template_bytes.get() {
             return Err(TemplateError::TooLarge {
                 bytes: source.len(),
-                max: limits.max_template_bytes,
+                max: limits.max_template_bytes.get(),
             });
         }
         if !source.contains("{{") {
@@ -273,7 +308,7 @@ impl Template {
         if let Some(c) = cache.and_then(|c| c.get(&key)) {
             return Ok(Template::Compiled(c));
         }
-        let nodes = parse(source, limits.max_section_depth)?;
+        let nodes = parse(source, limits.max_section_depth.get())?;
         if nodes.is_empty() {
             return Ok(Template::Literal(String::new()));
         }
@@ -284,8 +319,8 @@ impl Template {
         let compiled = Arc::new(Compiled {
             text_len: text_len(&nodes),
             nodes: nodes.into_boxed_slice(),
-            max_output_bytes: limits.max_output_bytes,
-            max_render_steps: limits.max_render_steps,
+            max_output_bytes: limits.max_output_bytes.get(),
+            max_render_steps: limits.max_render_steps.get(),
         });
         if let Some(c) = cache {
             c.insert(key, &compiled);
@@ -1068,8 +1103,8 @@ mod tests {
     #[test]
     fn size_and_depth_are_bounded_at_compile() {
         let limits = TemplateLimits {
-            max_template_bytes: 100,
-            max_section_depth: 3,
+            max_template_bytes: nonzero(100),
+            max_section_depth: nonzero(3),
             ..TemplateLimits::default()
         };
         let big = "x".repeat(101);
@@ -1090,7 +1125,7 @@ mod tests {
         // Ten thousand nested sections: refused at once, parsing never recurses.
         let deep = "{{#a}}".repeat(10_000) + &"{{/a}}".repeat(10_000);
         let limits = TemplateLimits {
-            max_template_bytes: usize::MAX,
+            max_template_bytes: NonZeroUsize::MAX,
             ..TemplateLimits::default()
         };
         assert!(matches!(
@@ -1102,7 +1137,7 @@ mod tests {
     #[test]
     fn nested_sections_over_device_arrays_stop_at_the_step_budget() {
         let limits = TemplateLimits {
-            max_render_steps: 10_000,
+            max_render_steps: nonzero(10_000),
             ..TemplateLimits::default()
         };
         let t = Template::compile_with("{{#a}}{{#a}}{{#a}}x{{/a}}{{/a}}{{/a}}", &limits).unwrap();
@@ -1120,7 +1155,7 @@ mod tests {
     #[test]
     fn output_is_bounded() {
         let limits = TemplateLimits {
-            max_output_bytes: 1000,
+            max_output_bytes: nonzero(1000),
             ..TemplateLimits::default()
         };
         let t = Template::compile_with("{{#a}}{{{v}}}{{/a}}", &limits).unwrap();
@@ -1148,8 +1183,8 @@ mod tests {
     #[test]
     fn the_renders_of_one_event_share_its_budget() {
         let limits = TemplateLimits {
-            max_output_bytes: 1000,
-            max_event_output_bytes: 2500,
+            max_output_bytes: nonzero(1000),
+            max_event_output_bytes: nonzero(2500),
             ..TemplateLimits::default()
         };
         let t = Template::compile_with("{{{v}}}", &limits).unwrap();
@@ -1162,8 +1197,8 @@ mod tests {
             RenderError::EventOutputTooLarge { max: 2500 }
         );
         let limits = TemplateLimits {
-            max_render_steps: 1000,
-            max_event_render_steps: 1500,
+            max_render_steps: nonzero(1000),
+            max_event_render_steps: nonzero(1500),
             ..TemplateLimits::default()
         };
         let t = Template::compile_with("{{#a}}.{{/a}}", &limits).unwrap();
@@ -1179,7 +1214,7 @@ mod tests {
     #[test]
     fn lookups_and_shown_arrays_are_charged_as_steps() {
         let limits = TemplateLimits {
-            max_render_steps: 1000,
+            max_render_steps: nonzero(1000),
             ..TemplateLimits::default()
         };
         // A 30-segment path inside 10 sections: a few lookups cost the lot.

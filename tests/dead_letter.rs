@@ -118,7 +118,7 @@ async fn records_too_large_are_dead_lettered_bounded_and_the_partition_flows_on(
     let failing = Receiver::start().await;
     failing.set_mode(common::Mode::Status(503));
     let mut s = settings(&broker);
-    s.worker.max_event_bytes = 40_000;
+    s.worker.max_event_bytes = std::num::NonZero::new(40_000).unwrap();
     s.kafka
         .producer
         .insert("message.max.bytes".into(), "60000".into());

@@ -105,7 +105,7 @@ async fn tls_is_verified_unless_reject_unauthorized_is_false() {
 async fn plain_http_keeps_alive_and_caps_the_response_body() {
     let r = Receiver::start().await;
     r.set_mode(Mode::Big(1_000_000));
-    let d = deliverer(|s| s.delivery.max_response_bytes = 1000);
+    let d = deliverer(|s| s.delivery.max_response_bytes = std::num::NonZero::new(1000).unwrap());
     let out = d.send(&request(r.url("/big")), true).await;
     assert_eq!(out.result, Ok(200));
     assert_eq!(out.body.len(), 1000);

@@ -126,13 +126,13 @@ fn data() -> impl Strategy<Value = Value> {
 /// Small limits, so that the bounds themselves are what the cases reach.
 fn limits() -> TemplateLimits {
     TemplateLimits {
-        max_template_bytes: 4096,
-        max_integration_bytes: 16384,
-        max_section_depth: 8,
-        max_output_bytes: 64 * 1024,
-        max_render_steps: 20_000,
-        max_event_render_steps: 50_000,
-        max_event_output_bytes: 128 * 1024,
+        max_template_bytes: std::num::NonZero::new(4096).unwrap(),
+        max_integration_bytes: std::num::NonZero::new(16384).unwrap(),
+        max_section_depth: std::num::NonZero::new(8).unwrap(),
+        max_output_bytes: std::num::NonZero::new(64 * 1024).unwrap(),
+        max_render_steps: std::num::NonZero::new(20_000).unwrap(),
+        max_event_render_steps: std::num::NonZero::new(50_000).unwrap(),
+        max_event_output_bytes: std::num::NonZero::new(128 * 1024).unwrap(),
     }
 }
 
@@ -144,7 +144,7 @@ proptest! {
         let limits = limits();
         if let Ok(t) = Template::compile_with(&source, &limits) {
             match t.render(&data) {
-                Ok(out) => prop_assert!(out.len() <= limits.max_output_bytes, "{} bytes", out.len()),
+                Ok(out) => prop_assert!(out.len() <= limits.max_output_bytes.get(), "{} bytes", out.len()),
                 Err(e) => prop_assert!(!e.to_string().is_empty()),
             }
         }
@@ -189,7 +189,7 @@ proptest! {
                 // The event's bound, plus what the integration holds
                 // literally and the defaults (the data, 16 KiB at most,
                 // escaped).
-                prop_assert!(request.body.len() <= limits.max_event_output_bytes + 3 * 16384 + 1024);
+                prop_assert!(request.body.len() <= limits.max_event_output_bytes.get() + 3 * 16384 + 1024);
             }
         }
     }

@@ -232,7 +232,7 @@ async fn a_slow_rate_limited_destination_does_not_hold_up_the_others() {
     let healthy = Receiver::start().await;
     let mut s = settings(&broker);
     // Few events in flight, so blocking behind the slow host would show at once.
-    s.worker.max_inflight_events = 16;
+    s.worker.max_inflight_events = std::num::NonZero::new(16).unwrap();
     s.limits.max_wait = Duration::from_millis(500);
     s.limits.hosts.insert(
         "localhost".into(),
@@ -299,7 +299,7 @@ async fn a_host_limited_to_a_low_rate_never_holds_the_intake_for_others() {
     let other = Receiver::start().await;
     let mut s = settings(&broker);
     // A small intake, so records parked behind the limit would fill it at once.
-    s.worker.max_inflight_events = 64;
+    s.worker.max_inflight_events = std::num::NonZero::new(64).unwrap();
     s.limits.max_wait = Duration::from_secs(600);
     s.limits.hosts.insert(
         "localhost".into(),
@@ -367,7 +367,7 @@ async fn a_retry_waiting_for_its_due_time_holds_up_no_other() {
     b.set_mode(Mode::Status(503));
     let mut s = settings(&broker);
     s.retry.delays = vec![Duration::from_secs(1), Duration::from_secs(20)];
-    s.retry.max_waiting = 1;
+    s.retry.max_waiting = std::num::NonZero::new(1).unwrap();
     create_topics(&broker, &s, 2).await;
     let worker = start_worker(
         &s,

@@ -402,10 +402,10 @@ async fn no_secret_leaks_through_any_failure_path_or_output_channel() {
     for name in ["LEAKY_KEY", "HOST_KEY"] {
         s.secret_scopes.insert(name.into(), vec!["org:acme".into()]);
     }
-    s.templates.max_output_bytes = MAX_OUTPUT;
+    s.templates.max_output_bytes = std::num::NonZero::new(MAX_OUTPUT).unwrap();
     s.delivery.timeout = Duration::from_secs(5);
     s.delivery.connect_timeout = Duration::from_secs(2);
-    s.api.test_calls_per_minute = 100;
+    s.api.test_calls_per_minute = std::num::NonZero::new(100).unwrap();
     create_topics(&broker, &s, 1).await;
     let (echo, base) = Echo::start().await;
     let api = start_api(&s).await;

@@ -213,7 +213,7 @@ async fn a_hostile_tenant_cannot_crash_or_stall_the_worker() {
 async fn the_api_validates_under_its_configured_template_limits() {
     let broker = Broker::start();
     let mut s = with_api(settings(&broker));
-    s.templates.max_template_bytes = 1000;
+    s.templates.max_template_bytes = std::num::NonZero::new(1000).unwrap();
     create_topics(&broker, &s, 1).await;
     let api = start_api(&s).await;
     catalog(&api.client).await;
@@ -251,8 +251,8 @@ async fn integrations_per_tenant_and_test_calls_are_capped() {
     let broker = Broker::start();
     let receiver = Receiver::start().await;
     let mut s = with_api(settings(&broker));
-    s.api.max_integrations_per_tenant = 2;
-    s.api.test_calls_per_minute = 2;
+    s.api.max_integrations_per_tenant = std::num::NonZero::new(2).unwrap();
+    s.api.test_calls_per_minute = std::num::NonZero::new(2).unwrap();
     create_topics(&broker, &s, 1).await;
     let api = start_api(&s).await;
     catalog(&api.client).await;

@@ -689,7 +689,7 @@ struct Templates<'l> {
 fn compile_field(t: &Templates, field: &str, source: &str) -> Result<Template, InvalidIntegration> {
     let bytes = t.bytes.get() + source.len();
     t.bytes.set(bytes);
-    if bytes > t.limits.max_integration_bytes {
+    if bytes > t.limits.max_integration_bytes.get() {
         return Err(invalid(
             field,
             format!(

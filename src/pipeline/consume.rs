@@ -376,7 +376,7 @@ impl Worker {
             )?),
             consumed: metrics::counter!(EVENTS_CONSUMED),
             unmatched: metrics::counter!(EVENTS_UNMATCHED),
-            max_event_bytes: s.worker.max_event_bytes,
+            max_event_bytes: s.worker.max_event_bytes.get(),
             templates: s.templates,
         };
         let tasks = TaskTracker::new();
@@ -458,7 +458,7 @@ impl Running {
             &self.events,
             &self.pipeline,
             &self.tasks,
-            s.worker.max_inflight_events,
+            s.worker.max_inflight_events.get(),
             shutdown,
             accept_event,
         );
@@ -468,7 +468,7 @@ impl Running {
                     r,
                     &self.pipeline,
                     &self.tasks,
-                    s.retry.max_waiting,
+                    s.retry.max_waiting.get(),
                     shutdown,
                     accept_retry,
                 );

@@ -62,7 +62,7 @@ impl Deliverer {
             verified: client(settings, &policy, verified_tls),
             unverified: client(settings, &policy, unverified_tls),
             timeout: settings.timeout,
-            max_response_bytes: settings.max_response_bytes,
+            max_response_bytes: settings.max_response_bytes.get(),
         }
     }
 

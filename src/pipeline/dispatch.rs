@@ -130,7 +130,7 @@ impl Dispatcher {
         Ok(Dispatcher {
             deliverer: Deliverer::new(&s.delivery, &s.outbound),
             recorder,
-            deliveries: Arc::new(Semaphore::new(s.worker.max_inflight_deliveries)),
+            deliveries: Arc::new(Semaphore::new(s.worker.max_inflight_deliveries.get())),
             throttle,
             waiting: Arc::new(Semaphore::new(s.limits.max_waiting)),
             sleeping,

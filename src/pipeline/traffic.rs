@@ -276,8 +276,8 @@ fn shown(s: Sample, secrets: &Secrets) -> LogEntry {
     // No event-wide bound here: the request rendered within the configured
     // one when it was sent; each template's own bounds still hold.
     let unbounded = crate::template::TemplateLimits {
-        max_event_render_steps: usize::MAX,
-        max_event_output_bytes: usize::MAX,
+        max_event_render_steps: std::num::NonZeroUsize::MAX,
+        max_event_output_bytes: std::num::NonZeroUsize::MAX,
         ..Default::default()
     };
     let ctx = EventContext::new(s.event.clone(), secrets.clone(), SecretMode::Mask)

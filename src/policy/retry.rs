@@ -8,6 +8,7 @@
 //! retries pending loses none, as they are records in Kafka whose offsets are
 //! committed only once handled.
 
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -23,7 +24,8 @@ pub struct RetrySettings {
     pub delays: Vec<Duration>,
     pub topic_prefix: String,
     /// Retries held by this worker waiting for their due time.
-    pub max_waiting: usize,
+    #[serde(deserialize_with = "crate::template::at_least_one")]
+    pub max_waiting: NonZeroUsize,
 }
 
 fn durations<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
@@ -229,7 +231,7 @@ mod tests {
         RetrySettings {
             delays: vec![Duration::from_secs(30), Duration::from_secs(60)],
             topic_prefix: "hookd.retry".into(),
-            max_waiting: 100,
+            max_waiting: NonZeroUsize::new(100).unwrap(),
         }
     }
 

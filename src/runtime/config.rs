@@ -7,12 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
+
+use crate::template::{at_least_one, at_least_one_u32};
 
 /// The embedded defaults; every key is documented there.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -112,12 +115,15 @@ pub struct ApiSettings {
     #[serde(with = "humantime_serde")]
     pub apply_timeout: Duration,
     /// Days of daily history kept and shown.
-    pub history_days: u32,
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub history_days: NonZeroU32,
     /// Integrations one tenant (an org, a product, a user's sandbox) may
     /// have; creating one more is refused (403).
-    pub max_integrations_per_tenant: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_integrations_per_tenant: NonZeroUsize,
     /// `test` calls per minute for one token's scope; past it, 429.
-    pub test_calls_per_minute: u32,
+    #[serde(deserialize_with = "at_least_one_u32")]
+    pub test_calls_per_minute: NonZeroU32,
     /// The console's cookies are `Secure` (and `__Host-` named): set when
     /// the api is reached over TLS (a proxy in front of it).
     #[serde(default)]
@@ -181,13 +187,16 @@ impl std::fmt::Debug for TokenSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
-    pub max_inflight_events: usize,
-    pub max_inflight_deliveries: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_inflight_events: NonZeroUsize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_inflight_deliveries: NonZeroUsize,
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
     /// Event records larger than this are dead-lettered whole at decode
     /// (`record_too_large`), before anything copies them.
-    pub max_event_bytes: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_event_bytes: NonZeroUsize,
     /// A partition whose commit point has not moved for this long while
     /// records of it are in flight is reported stalled (`/healthz`, metric).
     #[serde(with = "humantime_serde")]
@@ -201,7 +210,8 @@ pub struct DeliverySettings {
     pub timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    pub max_response_bytes: usize,
+    #[serde(deserialize_with = "at_least_one")]
+    pub max_response_bytes: NonZeroUsize,
     pub pool_max_idle_per_host: usize,
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
@@ -281,9 +291,7 @@ impl Settings {
             // file's (numbers, booleans, strings), and a bad key is refused.
             figment = figment.merge(Toml::string(&overrides));
         }
-        let mut settings: Settings = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        let mut settings: Settings = figment.extract().map_err(refusal)?;
         settings.secrets.extend(secrets);
         settings.validate()?;
         Ok(settings)
@@ -291,28 +299,10 @@ impl Settings {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let w = &self.worker;
-        if w.max_inflight_events == 0 {
-            return Err(invalid(
-                "worker.max_inflight_events",
-                "must be at least 1, got 0".into(),
-            ));
-        }
-        if w.max_event_bytes == 0 {
-            return Err(invalid(
-                "worker.max_event_bytes",
-                "must be at least 1, got 0".into(),
-            ));
-        }
         if w.stall_after.is_zero() {
             return Err(invalid(
                 "worker.stall_after",
                 "must be longer than 0s, got 0s".into(),
-            ));
-        }
-        if w.max_inflight_deliveries == 0 {
-            return Err(invalid(
-                "worker.max_inflight_deliveries",
-                "must be at least 1, got 0".into(),
             ));
         }
         let d = &self.delivery;
@@ -326,12 +316,6 @@ impl Settings {
             return Err(invalid(
                 "delivery.connect_timeout",
                 "must be longer than 0s, got 0s".into(),
-            ));
-        }
-        if d.max_response_bytes == 0 {
-            return Err(invalid(
-                "delivery.max_response_bytes",
-                "must be at least 1, got 0".into(),
             ));
         }
         let k = &self.kafka;
@@ -365,12 +349,6 @@ impl Settings {
         self.limits
             .validate()
             .map_err(|(key, reason)| invalid(&key, reason))?;
-        if self.retry.max_waiting == 0 {
-            return Err(invalid(
-                "retry.max_waiting",
-                "must be at least 1, got 0".into(),
-            ));
-        }
         if let Some(d) = self.retry.delays.iter().find(|d| d.is_zero()) {
             return Err(invalid(
                 "retry.delays",
@@ -387,21 +365,8 @@ impl Settings {
             ));
         }
         let t = &self.templates;
-        for (key, value) in [
-            ("templates.max_template_bytes", t.max_template_bytes),
-            ("templates.max_integration_bytes", t.max_integration_bytes),
-            ("templates.max_section_depth", t.max_section_depth),
-            ("templates.max_output_bytes", t.max_output_bytes),
-            ("templates.max_render_steps", t.max_render_steps),
-            ("templates.max_event_render_steps", t.max_event_render_steps),
-            ("templates.max_event_output_bytes", t.max_event_output_bytes),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1, got 0".into()));
-            }
-        }
         let ceiling = crate::template::MAX_SECTION_DEPTH_CEILING;
-        if t.max_section_depth > ceiling {
+        if t.max_section_depth.get() > ceiling {
             return Err(invalid(
                 "templates.max_section_depth",
                 format!("must be at most {ceiling}, got {}", t.max_section_depth),
@@ -447,24 +412,6 @@ impl Settings {
             return Err(invalid(
                 "traffic.flush_interval",
                 "must be longer than 0s, got 0s".into(),
-            ));
-        }
-        if self.api.max_integrations_per_tenant == 0 {
-            return Err(invalid(
-                "api.max_integrations_per_tenant",
-                "must be at least 1, got 0".into(),
-            ));
-        }
-        if self.api.test_calls_per_minute == 0 {
-            return Err(invalid(
-                "api.test_calls_per_minute",
-                "must be at least 1, got 0".into(),
-            ));
-        }
-        if self.api.history_days == 0 {
-            return Err(invalid(
-                "api.history_days",
-                "must be at least 1, got 0".into(),
             ));
         }
         let mut seen = std::collections::HashSet::new();
@@ -561,6 +508,18 @@ fn toml_string(s: &str) -> String {
 }
 
 /// figment's message names the key; add the value's source.
+/// A value refused while reading (a count of 0) is named with its key as
+/// validation names it; anything else figment could not read is described
+/// with where it came from.
+fn refusal(e: figment::Error) -> ConfigError {
+    if let figment::error::Kind::Message(m) = &e.kind {
+        if m.starts_with("must be at least") && !e.path.is_empty() && e.clone().count() == 1 {
+            return invalid(&e.path.join("."), m.clone());
+        }
+    }
+    ConfigError::Parse(describe(e))
+}
+
 fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
@@ -606,7 +565,7 @@ mod tests {
         let s = Settings::load_from(None, vec![]).unwrap();
         assert_eq!(s.kafka.events_topic, "device-events");
         assert_eq!(s.delivery.timeout, Duration::from_secs(20));
-        assert_eq!(s.worker.max_inflight_events, 1024);
+        assert_eq!(s.worker.max_inflight_events.get(), 1024);
         assert!(s.metrics.integration_label);
     }
 
@@ -619,7 +578,7 @@ mod tests {
         .unwrap();
         assert_eq!(s.kafka.brokers, "a:1");
         assert_eq!(s.kafka.client["fetch.wait.max.ms"], "10");
-        assert_eq!(s.worker.max_inflight_events, 7);
+        assert_eq!(s.worker.max_inflight_events.get(), 7);
         assert_eq!(s.delivery.timeout, Duration::from_secs(3));
         assert_eq!(s.secrets["API_KEY"], "k");
     }
@@ -724,6 +683,39 @@ mod tests {
         assert_eq!(err, "kafka.topic_partitions: must be at least 1, got 0");
     }
 
+    /// Counts are non-zero types, refused as they are read, from the file or
+    /// the environment, in the words of the other checks.
+    #[test]
+    fn a_zero_count_is_refused_naming_its_key() {
+        let err = |toml: &str, env: &[(&str, &str)]| load(toml, env).unwrap_err().to_string();
+        for key in [
+            "worker.max_inflight_events",
+            "worker.max_inflight_deliveries",
+            "worker.max_event_bytes",
+            "delivery.max_response_bytes",
+            "retry.max_waiting",
+            "api.max_integrations_per_tenant",
+            "api.test_calls_per_minute",
+            "api.history_days",
+            "templates.max_template_bytes",
+            "templates.max_event_output_bytes",
+        ] {
+            let (table, name) = key.split_once('.').unwrap();
+            assert_eq!(
+                err(&format!("[{table}]\n{name} = 0\n"), &[]),
+                format!("{key}: must be at least 1, got 0")
+            );
+            let var = format!("HOOKD_{}__{}", table, name).to_ascii_uppercase();
+            assert_eq!(
+                err("", &[(var.as_str(), "0")]),
+                format!("{key}: must be at least 1, got 0"),
+                "{var}"
+            );
+        }
+        let err = err("[worker]\nmax_inflight_events = -3\n", &[]);
+        assert!(err.starts_with("worker.max_inflight_events:"), "{err}");
+    }
+
     #[test]
     fn retry_delays_must_grow_and_template_limits_be_positive() {
         let err = |toml: &str| load(toml, &[]).unwrap_err().to_string();
@@ -744,9 +736,10 @@ mod tests {
             "templates.max_section_depth: must be at most 128, got 1000"
         );
         let s = load("[templates]\nmax_template_bytes = 100\n", &[]).unwrap();
-        assert_eq!(s.templates.max_template_bytes, 100);
+        assert_eq!(s.templates.max_template_bytes.get(), 100);
         assert_eq!(
-            s.templates.max_section_depth, 16,
+            s.templates.max_section_depth.get(),
+            16,
             "the rest from the defaults"
         );
     }

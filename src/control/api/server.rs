@@ -103,7 +103,7 @@ pub async fn start(
             .await?;
     }
     let log = ConfigLog::start(k, None, settings.templates, shutdown.clone()).await?;
-    let history = Arc::new(History::new(settings.api.history_days));
+    let history = Arc::new(History::new(settings.api.history_days.get()));
     let following = history.clone().follow(k, shutdown.clone()).await?;
     let producer: FutureProducer = crate::runtime::kafka::producer_config(k).create()?;
     let repairing = tokio::spawn(repair(log.clone(), producer.clone(), shutdown.clone()));
@@ -119,8 +119,8 @@ pub async fn start(
         tokens: Tokens::new(&settings.api.tokens),
         deliverer: Deliverer::new(&settings.delivery, &settings.outbound),
         secrets: SecretPolicy::scoped(&settings.secrets, &settings.secret_scopes),
-        max_per_tenant: settings.api.max_integrations_per_tenant,
-        test_calls: test_call_limit(settings.api.test_calls_per_minute),
+        max_per_tenant: settings.api.max_integrations_per_tenant.get(),
+        test_calls: test_call_limit(settings.api.test_calls_per_minute.get()),
         console: Default::default(),
         secure_cookies: settings.api.secure_cookies,
     });
