@@ -39,8 +39,7 @@ use criterion::{
 };
 use hookd::model::event::{DeviceEvent, Origin};
 use hookd::model::integration::Integration;
-use hookd::model::outcome::Outcome;
-use hookd::model::outcome::OutcomeKind;
+use hookd::model::outcome::{Outcome, OutcomeKind};
 use hookd::pipeline::resolve::Match;
 use hookd::pipeline::tally::{Recorder, Tally};
 use hookd::pipeline::traffic::TrafficBook;

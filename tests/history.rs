@@ -10,8 +10,7 @@ mod common;
 
 use chrono::{DateTime, Days, NaiveDate, TimeDelta, Utc};
 use common::*;
-use hookd::pipeline::traffic::minute_of;
-use hookd::pipeline::traffic::StatsDelta;
+use hookd::pipeline::traffic::{minute_of, StatsDelta};
 use hyper::Method;
 use serde_json::{json, Value};
 use std::time::Duration;

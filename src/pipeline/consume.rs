@@ -49,8 +49,7 @@ use crate::policy::dead_letter::{DeadLetter, Dropped};
 use crate::policy::retry::{RetryDropped, RetryRecord};
 use crate::policy::sleeping::SleepingHosts;
 use crate::policy::throttle::Throttle;
-use crate::runtime::config::IntegrationSource;
-use crate::runtime::config::Settings;
+use crate::runtime::config::{IntegrationSource, Settings};
 use crate::runtime::health::Readiness;
 use crate::runtime::telemetry::{
     EVENTS_CONSUMED, EVENTS_FAILED, EVENTS_INVALID, EVENTS_UNMATCHED, PARTITIONS_STALLED,

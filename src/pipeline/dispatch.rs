@@ -18,8 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::model::event::Origin;
-use crate::model::outcome::Outcome;
-use crate::model::outcome::OutcomeKind;
+use crate::model::outcome::{Outcome, OutcomeKind};
 use crate::model::request::RenderFailure;
 use crate::model::variables::EventContext;
 use crate::pipeline::deliver::Deliverer;

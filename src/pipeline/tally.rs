@@ -10,8 +10,7 @@ use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
-use crate::model::outcome::Outcome;
-use crate::model::outcome::{CountKey, Counts, OutcomeKind};
+use crate::model::outcome::{CountKey, Counts, Outcome, OutcomeKind};
 use crate::pipeline::resolve::Match;
 use crate::pipeline::traffic::TrafficBook;
 use crate::runtime::telemetry::{WEBHOOK_ATTEMPTS, WEBHOOK_DURATION};

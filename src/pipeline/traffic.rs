@@ -28,8 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::event::DeviceEvent;
 use crate::model::integration::Integration;
-use crate::model::outcome::Outcome;
-use crate::model::outcome::{CountKey, Counts, OutcomeKind};
+use crate::model::outcome::{CountKey, Counts, Outcome, OutcomeKind};
 use crate::model::secret_scopes::SecretPolicy;
 use crate::model::secrets::Secrets;
 use crate::model::variables::{EventContext, SecretMode};

@@ -185,8 +185,7 @@ fn day_counts(day: NaiveDate, c: Counts) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::traffic::minute_of;
-    use crate::pipeline::traffic::StatsDelta;
+    use crate::pipeline::traffic::{minute_of, StatsDelta};
 
     /// Every day of every series, with traffic on several past days: each
     /// day shows that day's counts, per product and summed, not another
