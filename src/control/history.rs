@@ -84,9 +84,10 @@ pub struct History {
 }
 
 impl History {
-    pub fn new(days: u32) -> History {
+    /// A history of the last `days` days (today included).
+    pub fn new(days: std::num::NonZeroU32) -> History {
         History {
-            days,
+            days: days.get(),
             inner: RwLock::default(),
         }
     }
@@ -261,7 +262,7 @@ mod tests {
 
     #[test]
     fn deltas_of_several_workers_add_up_per_day_and_product() {
-        let h = History::new(30);
+        let h = History::new(std::num::NonZeroU32::new(30).unwrap());
         let now = minute_of(Utc::now());
         h.add_delta(&delta("o", 1, now, 5));
         h.add_delta(&delta("o", 1, now, 7));
@@ -281,7 +282,7 @@ mod tests {
 
     #[test]
     fn keeps_the_newest_ten_in_time_order() {
-        let h = History::new(30);
+        let h = History::new(std::num::NonZeroU32::new(30).unwrap());
         let base = Utc::now();
         for n in (0..15).rev() {
             h.add_entry(LogEntry {

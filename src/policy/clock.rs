@@ -1,5 +1,5 @@
 //! The clock seam: monotonic time as a duration since an arbitrary origin, so
-//! time-dependent rules (sleeping hosts) run against a manual clock in tests.
+//! time-dependent rules (sleeping hosts, the throttle) run against a manual clock in tests.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

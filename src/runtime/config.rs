@@ -507,19 +507,19 @@ fn toml_string(s: &str) -> String {
     serde_json::to_string(s).expect("strings always serialize")
 }
 
-/// figment's message names the key; add the value's source.
 /// A value refused while reading (a count of 0) is named with its key as
 /// validation names it; anything else figment could not read is described
 /// with where it came from.
 fn refusal(e: figment::Error) -> ConfigError {
     if let figment::error::Kind::Message(m) = &e.kind {
-        if m.starts_with("must be at least") && !e.path.is_empty() && e.clone().count() == 1 {
+        if m.starts_with("must be at least") && !e.path.is_empty() && e.count() == 1 {
             return invalid(&e.path.join("."), m.clone());
         }
     }
     ConfigError::Parse(describe(e))
 }
 
+/// figment's message names the key; add the value's source.
 fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|e| {
@@ -698,6 +698,11 @@ mod tests {
             "api.test_calls_per_minute",
             "api.history_days",
             "templates.max_template_bytes",
+            "templates.max_integration_bytes",
+            "templates.max_section_depth",
+            "templates.max_output_bytes",
+            "templates.max_render_steps",
+            "templates.max_event_render_steps",
             "templates.max_event_output_bytes",
         ] {
             let (table, name) = key.split_once('.').unwrap();

@@ -103,7 +103,7 @@ pub async fn start(
             .await?;
     }
     let log = ConfigLog::start(k, None, settings.templates, shutdown.clone()).await?;
-    let history = Arc::new(History::new(settings.api.history_days.get()));
+    let history = Arc::new(History::new(settings.api.history_days));
     let following = history.clone().follow(k, shutdown.clone()).await?;
     let producer: FutureProducer = crate::runtime::kafka::producer_config(k).create()?;
     let repairing = tokio::spawn(repair(log.clone(), producer.clone(), shutdown.clone()));

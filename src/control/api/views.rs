@@ -195,7 +195,7 @@ mod tests {
         let i = Integration::from_value(json!({"id": "o", "org": "acme", "products": [1, 2],
             "event": "temp", "url": "https://example.com/in"}))
         .unwrap();
-        let h = History::new(30);
+        let h = History::new(std::num::NonZeroU32::new(30).unwrap());
         let now = minute_of(chrono::Utc::now());
         // (days ago, product, successes)
         let traffic = [(0, 1, 5), (0, 2, 3), (2, 1, 4), (10, 2, 7), (29, 1, 1)];
