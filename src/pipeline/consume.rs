@@ -19,7 +19,7 @@
 //! are abandoned at once, to be read again by the next owner); then the commit
 //! points are committed synchronously and [`Worker::run`] returns.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +110,13 @@ struct WorkerContext {
     share: Arc<Share>,
     /// [`EVENTS`] or [`RETRIES`].
     consumer: usize,
+    /// Set once the consumer is about to close (its [`Subscription`] is
+    /// dropped, after the final commit). A revocation served while it closes
+    /// then commits nothing more: librdkafka aborts the process when a commit
+    /// reaches a group that has already begun to terminate
+    /// (`rd_kafka_cgrp_terminated` asserts no commit is outstanding), and the
+    /// final commit covered those partitions anyway.
+    closing: AtomicBool,
 }
 
 impl ClientContext for WorkerContext {}
@@ -121,6 +128,9 @@ impl ConsumerContext for WorkerContext {
             let unstored = self
                 .ledger
                 .revoke(elements.iter().map(|e| (e.topic(), e.partition())));
+            if self.closing.load(Ordering::Acquire) {
+                return;
+            }
             // Stored and committed before letting go, so the next owner
             // starts after everything finished here (else it redelivers it).
             // Not when the assignment was lost (this member was evicted):
@@ -240,20 +250,34 @@ impl Subscription {
         }
     }
 
+    /// Commits every partition's commit point before the consumer closes.
+    /// A commit refused because the group is rebalancing as this worker stops
+    /// is not tried again: waiting for the rebalance would hold the stop for
+    /// seconds, and the next owner reads those records again (at least once).
     fn commit_final(&self) {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in self.ledger.committable() {
             let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
         }
-        if tpl.count() == 0 {
-            return;
-        }
-        match self.consumer.commit(&tpl, CommitMode::Sync) {
-            Ok(()) => tracing::info!(partitions = tpl.count(), "final offsets committed"),
-            Err(e) => {
-                tracing::warn!(error = %e, "final commit failed; the last records may be redelivered")
+        if tpl.count() > 0 {
+            match self.consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => tracing::info!(partitions = tpl.count(), "final offsets committed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "final commit failed; the last records may be redelivered")
+                }
             }
         }
+    }
+}
+
+impl Drop for Subscription {
+    /// Whatever path drops it (a drain, or a start that failed half way),
+    /// the consumer's close then commits nothing more.
+    fn drop(&mut self) {
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Release);
     }
 }
 
@@ -519,6 +543,7 @@ fn subscription(
         ledger: ledger.clone(),
         share: share.clone(),
         consumer: which,
+        closing: AtomicBool::new(false),
     })?;
     Ok(Subscription {
         consumer: Arc::new(consumer),

@@ -36,8 +36,45 @@ pub struct Broker {
     bootstrap: String,
 }
 
+/// A panicking test must fail, not hang: the panic unwinds the test's
+/// future, dropping the mock cluster while the worker it served still runs,
+/// and closing that worker's consumer (when the runtime drops its task)
+/// then waits for a broker that is gone, so the test binary never ends and
+/// its captured panic message is never shown. Installed by every helper
+/// that starts a broker or receiver: after a panic on a test's own thread
+/// (not a runtime worker's, where a task's panic is the task's result),
+/// the message goes straight to stderr and the process exits with failure
+/// if it has not ended [`PANIC_EXIT_AFTER`] later.
+pub fn fail_fast_on_panic() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            previous(info);
+            let thread = std::thread::current();
+            let name = thread.name().unwrap_or("").to_owned();
+            if name.starts_with("tokio-runtime-worker") {
+                return;
+            }
+            let message = format!("test thread '{name}' panicked: {info}\n");
+            std::thread::spawn(move || {
+                use std::io::Write;
+                std::thread::sleep(PANIC_EXIT_AFTER);
+                let mut err = std::io::stderr();
+                let _ = err.write_all(message.as_bytes());
+                let _ = err.write_all(b"the test binary did not end after the panic; exiting\n");
+                std::process::exit(101);
+            });
+        }));
+    });
+}
+
+/// How long a test binary may take to end after a test's panic.
+pub const PANIC_EXIT_AFTER: Duration = Duration::from_secs(30);
+
 impl Broker {
     pub fn start() -> Broker {
+        fail_fast_on_panic();
         match std::env::var("E2E_BROKERS") {
             Ok(b) if !b.is_empty() => Broker {
                 mock: None,
@@ -56,6 +93,7 @@ impl Broker {
 
     /// The real broker at `bootstrap`, whatever `E2E_BROKERS` says.
     pub fn at(bootstrap: &str) -> Broker {
+        fail_fast_on_panic();
         Broker {
             mock: None,
             bootstrap: bootstrap.to_owned(),
@@ -401,6 +439,7 @@ impl Receiver {
     /// A receiver on loopback address `ip` (127.0.0.0/8: a host name of its
     /// own for per-host rules).
     pub async fn start_on(ip: &str) -> Receiver {
+        fail_fast_on_panic();
         let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let r = Receiver {
             addr: listener.local_addr().unwrap(),
@@ -562,6 +601,9 @@ pub struct RunningWorker {
 }
 
 /// Starts a worker with `integrations` (JSON records).
+/// How long a test waits for a worker to stop.
+pub const STOP_PATIENCE: Duration = Duration::from_secs(60);
+
 pub fn start_worker(s: &Settings, integrations: Vec<serde_json::Value>) -> RunningWorker {
     // Shown with --nocapture; RUST_LOG overrides.
     hookd::runtime::telemetry::init_tracing("warn");
@@ -584,10 +626,15 @@ pub fn start_worker(s: &Settings, integrations: Vec<serde_json::Value>) -> Runni
 }
 
 impl RunningWorker {
-    /// Graceful stop; panics if the worker failed.
+    /// Graceful stop; panics if the worker failed or has not stopped after
+    /// [`STOP_PATIENCE`] (its grace in these tests is seconds).
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.run.await.expect("worker task").expect("worker ran");
+        tokio::time::timeout(STOP_PATIENCE, self.run)
+            .await
+            .expect("the worker stops")
+            .expect("worker task")
+            .expect("worker ran");
     }
 }
 
@@ -649,7 +696,10 @@ impl RunningApi {
 
     pub async fn stop(self) {
         self.shutdown.cancel();
-        self.task.await.expect("api task");
+        tokio::time::timeout(STOP_PATIENCE, self.task)
+            .await
+            .expect("the api stops")
+            .expect("api task");
     }
 }
 
