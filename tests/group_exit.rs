@@ -30,7 +30,8 @@ async fn workers_stopped_mid_rebalance_exit_cleanly_and_lose_nothing() {
     let mut s = settings(&broker);
     s.worker.shutdown_grace = Duration::from_secs(2);
     // A member stopped while it joins is waited for until its session ends:
-    // a short session keeps the rounds short.
+    // a short session keeps the rounds short (below a real Kafka's
+    // group.min.session.timeout.ms, 6 s: this test is for the mock cluster).
     s.kafka
         .consumer
         .insert("session.timeout.ms".into(), "3000".into());

@@ -110,12 +110,12 @@ struct WorkerContext {
     share: Arc<Share>,
     /// [`EVENTS`] or [`RETRIES`].
     consumer: usize,
-    /// Set once the consumer is about to close (its [`Subscription`] is
-    /// dropped, after the final commit). A revocation served while it closes
-    /// then commits nothing more: librdkafka aborts the process when a commit
-    /// reaches a group that has already begun to terminate
-    /// (`rd_kafka_cgrp_terminated` asserts no commit is outstanding), and the
-    /// final commit covered those partitions anyway.
+    /// Set as the consumer closes (its last handle dropped, after the final
+    /// commit). A revocation served while it closes then stores and commits
+    /// nothing: librdkafka aborts the process when a commit reaches a group
+    /// that has already begun to terminate (`rd_kafka_cgrp_terminated`
+    /// asserts no commit is outstanding). What the final commit did not
+    /// cover is redelivered by the partitions' next owner.
     closing: AtomicBool,
 }
 
@@ -183,10 +183,28 @@ impl ConsumerContext for WorkerContext {
 
 type RecordConsumer = StreamConsumer<WorkerContext>;
 
+/// The consumer, which tells its context it is closing as the last handle
+/// to it goes (just before librdkafka's close runs, on the same thread).
+struct ClosingConsumer(RecordConsumer);
+
+impl std::ops::Deref for ClosingConsumer {
+    type Target = RecordConsumer;
+
+    fn deref(&self) -> &RecordConsumer {
+        &self.0
+    }
+}
+
+impl Drop for ClosingConsumer {
+    fn drop(&mut self) {
+        self.0.context().closing.store(true, Ordering::Release);
+    }
+}
+
 /// A consumer of one topic set and the offsets of what it handed out.
 #[derive(Clone)]
 struct Subscription {
-    consumer: Arc<RecordConsumer>,
+    consumer: Arc<ClosingConsumer>,
     ledger: Arc<OffsetLedger>,
 }
 
@@ -221,7 +239,36 @@ fn commit<C: ConsumerContext>(consumer: &impl Consumer<C>, mode: CommitMode) {
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
 const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// How long a stopping worker waits for its partitions to be revoked once
+/// it has left the group.
+const LEAVE_PATIENCE: Duration = Duration::from_secs(5);
+
 impl Subscription {
+    /// Leaves the group and waits (at most [`LEAVE_PATIENCE`]) until the
+    /// partitions are revoked, before the consumer closes. librdkafka
+    /// (2.12) can wait for ever in a close that serves a revocation: the
+    /// unassign it then asks of the group is never answered once the group
+    /// has terminated. Letting go here, while the group still runs, leaves
+    /// the close nothing to revoke. The revocation commits what finished,
+    /// as any other; records read meanwhile are dropped unhandled (their
+    /// next owner reads them).
+    async fn leave(&self) {
+        self.consumer.unsubscribe();
+        let released = async {
+            while self.consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                // Revocations are served while the consumer is read.
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
+            }
+        };
+        if tokio::time::timeout(LEAVE_PATIENCE, released)
+            .await
+            .is_err()
+        {
+            tracing::warn!("partitions not revoked before closing");
+        }
+    }
+
     /// Marks a record handled; its commit point is stored with the next batch.
     fn finish(&self, ticket: &Ticket) {
         self.ledger.finish(ticket);
@@ -237,12 +284,12 @@ impl Subscription {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    store(self.consumer.as_ref(), &self.ledger.unstored());
+                    store(&**self.consumer, &self.ledger.unstored());
                     // Every interval, moved or not: a commit that failed
                     // (a rebalance, the broker away) is made again with the
                     // same offsets; one with nothing new ends locally.
                     if last_commit.elapsed() >= COMMIT_INTERVAL {
-                        commit(self.consumer.as_ref(), CommitMode::Async);
+                        commit(&**self.consumer, CommitMode::Async);
                         last_commit = tokio::time::Instant::now();
                     }
                 }
@@ -267,17 +314,6 @@ impl Subscription {
                 }
             }
         }
-    }
-}
-
-impl Drop for Subscription {
-    /// Whatever path drops it (a drain, or a start that failed half way),
-    /// the consumer's close then commits nothing more.
-    fn drop(&mut self) {
-        self.consumer
-            .context()
-            .closing
-            .store(true, Ordering::Release);
     }
 }
 
@@ -521,8 +557,10 @@ impl Running {
         // close would then talk to a broker the caller may have stopped).
         join_all(self.stores).await;
         events.commit_final();
+        events.leave().await;
         if let Some(r) = &self.retries {
             r.commit_final();
+            r.leave().await;
         }
         self.traffic_stop.cancel();
         if let Some(t) = self.traffic {
@@ -546,7 +584,7 @@ fn subscription(
         closing: AtomicBool::new(false),
     })?;
     Ok(Subscription {
-        consumer: Arc::new(consumer),
+        consumer: Arc::new(ClosingConsumer(consumer)),
         ledger,
     })
 }

@@ -72,6 +72,19 @@ pub fn fail_fast_on_panic() {
 /// How long a test binary may take to end after a test's panic.
 pub const PANIC_EXIT_AFTER: Duration = Duration::from_secs(30);
 
+impl Drop for Broker {
+    /// A test that panics leaves the mock cluster running: the worker it
+    /// served is still running, and its consumer's close (when the runtime
+    /// drops the worker's task) would otherwise wait for a broker that is gone.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(mock) = self.mock.take() {
+                Box::leak(Box::new(mock));
+            }
+        }
+    }
+}
+
 impl Broker {
     pub fn start() -> Broker {
         fail_fast_on_panic();
