@@ -110,12 +110,13 @@ struct WorkerContext {
     share: Arc<Share>,
     /// [`EVENTS`] or [`RETRIES`].
     consumer: usize,
-    /// Set as the consumer closes (its last handle dropped, after the final
-    /// commit). A revocation served while it closes then stores and commits
-    /// nothing: librdkafka aborts the process when a commit reaches a group
-    /// that has already begun to terminate (`rd_kafka_cgrp_terminated`
-    /// asserts no commit is outstanding). What the final commit did not
-    /// cover is redelivered by the partitions' next owner.
+    /// Set once the final commit is made, as the worker leaves the group
+    /// (or its consumer closes: the last handle dropped). A revocation served
+    /// after that stores and commits nothing: a commit waiting on an absent
+    /// coordinator would hold the stop for seconds, and librdkafka aborts the
+    /// process when a commit is outstanding as the group terminates
+    /// (`rd_kafka_cgrp_terminated` asserts none is). What the final commit
+    /// did not cover is redelivered by the partitions' next owner.
     closing: AtomicBool,
 }
 
@@ -245,17 +246,28 @@ const LEAVE_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Subscription {
     /// Leaves the group and waits (at most [`LEAVE_PATIENCE`]) until the
-    /// partitions are revoked, before the consumer closes. librdkafka
-    /// (2.12) can wait for ever in a close that serves a revocation: the
-    /// unassign it then asks of the group is never answered once the group
-    /// has terminated. Letting go here, while the group still runs, leaves
-    /// the close nothing to revoke. The revocation commits what finished,
-    /// as any other; records read meanwhile are dropped unhandled (their
-    /// next owner reads them).
+    /// subscription and the partitions are let go of, before the consumer
+    /// closes. librdkafka (2.12) can wait for ever in a close that serves a
+    /// revocation: the unassign it then asks of the group is never answered
+    /// once the group has terminated. Letting go here, while the group still
+    /// runs, leaves the close nothing to revoke. A group in the middle of a
+    /// rebalance applies the unsubscribe once the rebalance is over, so the
+    /// subscription is watched too, not only the assignment (empty while a
+    /// member is still joining). The final commit came just before: the
+    /// revocations here commit nothing (see [`WorkerContext::closing`]), and
+    /// records read meanwhile are dropped unhandled, for the next owner.
     async fn leave(&self) {
+        self.consumer
+            .context()
+            .closing
+            .store(true, Ordering::Release);
         self.consumer.unsubscribe();
+        let holding = || {
+            let subscribed = self.consumer.subscription().is_ok_and(|s| s.count() > 0);
+            subscribed || self.consumer.assignment().is_ok_and(|a| a.count() > 0)
+        };
         let released = async {
-            while self.consumer.assignment().is_ok_and(|a| a.count() > 0) {
+            while holding() {
                 // Revocations are served while the consumer is read.
                 let _ =
                     tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
@@ -265,7 +277,7 @@ impl Subscription {
             .await
             .is_err()
         {
-            tracing::warn!("partitions not revoked before closing");
+            tracing::warn!("partitions not let go of before closing");
         }
     }
 
@@ -368,7 +380,12 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let running = self.wire(&shutdown).await?;
         running.consume(&self.settings, &shutdown).await;
-        running.drain(self.settings.worker.shutdown_grace).await;
+        running
+            .drain(
+                self.settings.worker.shutdown_grace,
+                !self.settings.kafka.instance_id.is_empty(),
+            )
+            .await;
         Ok(())
     }
 
@@ -539,7 +556,7 @@ impl Running {
 
     /// Lets the work in flight finish within `grace`, then commits what was
     /// handled, publishes the last traffic and flushes the producers.
-    async fn drain(self, grace: Duration) {
+    async fn drain(self, grace: Duration, static_member: bool) {
         self.tasks.close();
         let events = &self.events;
         tracing::info!(in_flight = events.ledger.in_flight(), ?grace, "draining");
@@ -557,10 +574,19 @@ impl Running {
         // close would then talk to a broker the caller may have stopped).
         join_all(self.stores).await;
         events.commit_final();
-        events.leave().await;
         if let Some(r) = &self.retries {
             r.commit_final();
-            r.leave().await;
+        }
+        // A static member (`kafka.instance_id`) keeps its partitions while it
+        // restarts, so it does not leave; its close may then still serve a
+        // revocation (see Subscription::leave).
+        if !static_member {
+            let retries = async {
+                if let Some(r) = &self.retries {
+                    r.leave().await;
+                }
+            };
+            tokio::join!(events.leave(), retries);
         }
         self.traffic_stop.cancel();
         if let Some(t) = self.traffic {
