@@ -27,10 +27,12 @@ use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use futures::FutureExt;
 use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
+    StreamConsumer,
 };
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::panic::AssertUnwindSafe;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -123,6 +125,47 @@ struct WorkerContext {
 impl ClientContext for WorkerContext {}
 
 impl ConsumerContext for WorkerContext {
+    /// rdkafka's own handling (`pre_rebalance`, the assignment changed as
+    /// the protocol wants, `post_rebalance`), but for a rebalance served by a
+    /// closing consumer whose group has already terminated: that one is not
+    /// answered. librdkafka (2.12) never replies to an assign or unassign
+    /// sent to a terminated group, and the close would wait for that reply
+    /// for ever (upstream issues 4527 and 4884); with the group gone there is
+    /// nothing left to hand back. [`Subscription::leave`] makes this rare; a
+    /// group that terminates between the check and the unassign still hangs.
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        let rebalance = match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => Rebalance::Assign(tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => Rebalance::Revoke(tpl),
+            other => Rebalance::Error(KafkaError::Rebalance(other.into())),
+        };
+        self.pre_rebalance(consumer, &rebalance);
+        if self.closing.load(Ordering::Acquire) && consumer.closed() {
+            tracing::debug!("rebalance after the group terminated; not answered");
+            return;
+        }
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        let answered = match (&rebalance, cooperative) {
+            (Rebalance::Assign(tpl), true) => consumer.incremental_assign(tpl),
+            (Rebalance::Assign(tpl), false) => consumer.assign(tpl),
+            (Rebalance::Revoke(tpl), true) => consumer.incremental_unassign(tpl),
+            (Rebalance::Error(_), true) => consumer.incremental_unassign(tpl),
+            (_, false) => consumer.unassign(),
+        };
+        if let Err(e) = answered {
+            tracing::warn!(error = %e, "rebalance not applied");
+        }
+        self.post_rebalance(consumer, &rebalance);
+    }
+
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let elements = tpl.elements();
@@ -246,14 +289,15 @@ const LEAVE_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Subscription {
     /// Leaves the group and waits (at most [`LEAVE_PATIENCE`]) until the
-    /// subscription and the partitions are let go of, before the consumer
-    /// closes. librdkafka (2.12) can wait for ever in a close that serves a
-    /// revocation: the unassign it then asks of the group is never answered
-    /// once the group has terminated. Letting go here, while the group still
-    /// runs, leaves the close nothing to revoke. A group in the middle of a
-    /// rebalance applies the unsubscribe once the rebalance is over, so the
-    /// subscription is watched too, not only the assignment (empty while a
-    /// member is still joining). The final commit came just before: the
+    /// partitions are revoked, before the consumer closes. librdkafka (2.12)
+    /// can wait for ever in a close that serves a revocation: the unassign
+    /// it then asks of the group is never answered once the group has
+    /// terminated. Letting go here, while the group still runs, leaves the
+    /// close nothing to revoke in the usual case. Not always: a group in the
+    /// middle of a rebalance applies the unsubscribe only once the rebalance
+    /// is over (a member still joining holds nothing yet), and the close then
+    /// serves those rebalances ([`WorkerContext::rebalance`] covers the group
+    /// having terminated by then). The final commit came just before: the
     /// revocations here commit nothing (see [`WorkerContext::closing`]), and
     /// records read meanwhile are dropped unhandled, for the next owner.
     async fn leave(&self) {
@@ -262,12 +306,8 @@ impl Subscription {
             .closing
             .store(true, Ordering::Release);
         self.consumer.unsubscribe();
-        let holding = || {
-            let subscribed = self.consumer.subscription().is_ok_and(|s| s.count() > 0);
-            subscribed || self.consumer.assignment().is_ok_and(|a| a.count() > 0)
-        };
         let released = async {
-            while holding() {
+            while self.consumer.assignment().is_ok_and(|a| a.count() > 0) {
                 // Revocations are served while the consumer is read.
                 let _ =
                     tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
@@ -277,7 +317,7 @@ impl Subscription {
             .await
             .is_err()
         {
-            tracing::warn!("partitions not let go of before closing");
+            tracing::warn!("partitions not revoked before closing");
         }
     }
 
@@ -383,7 +423,12 @@ impl Worker {
         running
             .drain(
                 self.settings.worker.shutdown_grace,
-                !self.settings.kafka.instance_id.is_empty(),
+                !self.settings.kafka.instance_id.is_empty()
+                    || self
+                        .settings
+                        .kafka
+                        .consumer
+                        .contains_key("group.instance.id"),
             )
             .await;
         Ok(())
