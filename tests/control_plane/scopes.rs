@@ -462,3 +462,50 @@ async fn refusals_come_in_one_order() {
         .unwrap();
     assert_eq!(status, 403, "{answer}");
 }
+
+/// A body refused as too large is answered with `Connection: close`: the
+/// server drops the connection with the rest of the body unread, and a
+/// client reusing it for its next request would fail there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_large_body_closes_its_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ControlPlane {
+        broker: _broker,
+        api,
+        acme,
+        ..
+    } = ControlPlane::start().await;
+    let base = acme.base().trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&base).await.unwrap();
+    let body = vec![b'x'; 3 << 20];
+    let head = format!(
+        "POST /v1/orgs/acme/integrations HTTP/1.1\r\nhost: {base}\r\n\
+         authorization: Bearer {OPERATOR}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may stop reading part way: the answer is read either way.
+    let _ = stream.write_all(&body).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    let head = answer.split("\r\n\r\n").next().unwrap();
+    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    // And through the client, a refusal then a request, again and again.
+    let big = json!({"event": "t", "url": "https://x.example.com/", "products": [1], "name": "x".repeat(3 << 20)});
+    for _ in 0..10 {
+        let (status, _) = acme
+            .raw(Method::POST, "/v1/orgs/acme/integrations", Some(&big))
+            .await
+            .unwrap();
+        assert_eq!(status, 413);
+        let (status, answer) = acme
+            .raw(Method::GET, "/v1/orgs/acme/integrations", None)
+            .await
+            .unwrap();
+        assert_eq!(status, 200, "{answer}");
+    }
+    api.stop().await;
+}

@@ -84,6 +84,24 @@ fn router(api: Arc<Api>) -> Router {
         .merge(console::routes())
         .with_state(api)
         .layer(axum::middleware::from_fn(p::particle_clients))
+        .layer(axum::middleware::from_fn(close_after_refused_body))
+}
+
+/// A body refused as too large is left partly unread, so the server closes
+/// the connection after answering; saying so (`Connection: close`) keeps a
+/// client from sending its next request down that connection as it closes.
+async fn close_after_refused_body(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut response = next.run(request).await;
+    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        response.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 /// A running api: where it listens and its task.
