@@ -92,3 +92,52 @@ async fn workers_stopped_mid_rebalance_exit_cleanly_and_lose_nothing() {
     .await;
     last.stop().await;
 }
+
+/// A static member fenced by another with the same `group.instance.id`
+/// (here the broker says so on a heartbeat) cannot consume again: the worker
+/// stops by itself with an error naming the cause, instead of retrying a
+/// dead consumer for ever while it reports itself ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_static_member_stops_with_an_error() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let broker = Broker::start();
+    let Some(mock) = broker.mock() else {
+        return; // the fence is made by the mock cluster
+    };
+    let receiver = Receiver::start().await;
+    let mut s = settings(&broker);
+    s.kafka.instance_id = "worker-a".into();
+    s.worker.shutdown_grace = Duration::from_secs(2);
+    s.kafka
+        .consumer
+        .insert("heartbeat.interval.ms".into(), "300".into());
+    create_topics(&broker, &s, 2).await;
+    let worker = start_worker(
+        &s,
+        vec![json!({"id": "h", "event": "temp", "url": receiver.url("/h"), "product_id": 5})],
+    );
+    produce(&broker, &s.kafka.events_topic, &batch(0, 10)).await;
+    wait_until(
+        "the first events delivered",
+        Duration::from_secs(60),
+        || receiver.count() >= 10,
+    )
+    .await;
+    mock.request_errors(
+        RDKafkaApiKey::Heartbeat,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_FENCED_INSTANCE_ID],
+    );
+    // It stops by itself: nothing here asks it to.
+    wait_until(
+        "the fenced worker stopping",
+        Duration::from_secs(30),
+        || worker.stopping(),
+    )
+    .await;
+    let error = worker
+        .ended(Duration::from_secs(30))
+        .await
+        .expect_err("a fenced worker ends with an error")
+        .to_string();
+    assert!(error.contains("kafka.instance_id"), "{error}");
+}

@@ -193,9 +193,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // this function returns): the devices' producer, the worker, the api
     // and the worker's config log reader.
     let produced = devices.await.unwrap_or(0);
-    worker_task.await.context("worker task")??;
+    // A worker failing for good cancels `shutdown` itself; its error is
+    // returned once the others have stopped too.
+    let worker = worker_task.await.context("worker task");
     let _ = api.task.await;
     log.stopped().await;
+    worker??;
     print_counts(started, &tally, &received);
     println!("demo stopped after {produced} events");
     Ok(())

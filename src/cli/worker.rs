@@ -84,7 +84,9 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     // On the runtime's threads, not this one: records finishing wake the
     // intake loop, and a wake-up within the runtime's pool is cheaper than
     // unparking the thread blocked in `main`.
-    let result = tokio::spawn(worker.run(shutdown))
+    // A worker whose consumer fails for good cancels `shutdown` itself, so
+    // the rest stops with it and the error is the process's exit.
+    let result = tokio::spawn(worker.run(shutdown.clone()))
         .await
         .expect("the worker does not panic");
     endpoints_stop.cancel();

@@ -64,6 +64,23 @@ use crate::template::TemplateLimits;
 pub enum WorkerError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
+    /// A consumer that cannot go on: librdkafka set a fatal error on it
+    /// (with static membership, another worker joined with the same
+    /// `kafka.instance_id` and fenced this one).
+    #[error("kafka consumer stopped for good: {reason}{}", fatal_hint(*.code))]
+    Fatal {
+        code: RDKafkaErrorCode,
+        reason: String,
+    },
+}
+
+fn fatal_hint(code: RDKafkaErrorCode) -> &'static str {
+    match code {
+        RDKafkaErrorCode::FencedInstanceId => {
+            " (another worker runs with the same kafka.instance_id; each needs its own)"
+        }
+        _ => "",
+    }
 }
 
 /// This worker's share of the fleet's rate limits: the partitions it owns
@@ -416,10 +433,13 @@ impl Worker {
         self.readiness.clone()
     }
 
-    /// Runs until `shutdown` is cancelled, then drains and commits.
+    /// Runs until `shutdown` is cancelled, then drains and commits. A
+    /// consumer that fails for good ([`WorkerError::Fatal`]) cancels
+    /// `shutdown` itself (the process has nothing left to run for), drains
+    /// the same way and returns that error.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let running = self.wire(&shutdown).await?;
-        running.consume(&self.settings, &shutdown).await;
+        let consumed = running.consume(&self.settings, &shutdown).await;
         running
             .drain(
                 self.settings.worker.shutdown_grace,
@@ -431,7 +451,7 @@ impl Worker {
                         .contains_key("group.instance.id"),
             )
             .await;
-        Ok(())
+        consumed
     }
 
     /// Topics made, consumers subscribed, the pipeline built and the
@@ -573,8 +593,15 @@ struct Running {
 }
 
 impl Running {
-    /// The consume loops of the events and the retries, until `shutdown`.
-    async fn consume(&self, s: &Settings, shutdown: &CancellationToken) {
+    /// The consume loops of the events and the retries, until `shutdown`,
+    /// which a consumer's fatal error cancels.
+    async fn consume(&self, s: &Settings, shutdown: &CancellationToken) -> Result<(), WorkerError> {
+        let stop_all_on_fatal = |consumed: Result<(), WorkerError>| {
+            if consumed.is_err() {
+                shutdown.cancel();
+            }
+            consumed
+        };
         let events_loop = consume(
             &self.events,
             &self.pipeline,
@@ -582,7 +609,8 @@ impl Running {
             s.worker.max_inflight_events.get(),
             shutdown,
             accept_event,
-        );
+        )
+        .map(stop_all_on_fatal);
         match &self.retries {
             Some(r) => {
                 let retry_loop = consume(
@@ -592,8 +620,10 @@ impl Running {
                     s.retry.max_waiting.get(),
                     shutdown,
                     accept_retry,
-                );
-                tokio::join!(events_loop, retry_loop);
+                )
+                .map(stop_all_on_fatal);
+                let (events, retries) = tokio::join!(events_loop, retry_loop);
+                events.and(retries)
             }
             None => events_loop.await,
         }
@@ -764,7 +794,7 @@ async fn consume(
     max_inflight: usize,
     shutdown: &CancellationToken,
     accept: fn(&Pipeline, &BorrowedMessage<'_>, &Origin) -> Work,
-) {
+) -> Result<(), WorkerError> {
     let permits = Arc::new(Semaphore::new(max_inflight));
     // Permits for records that waited for their due time (retries), taken
     // when they are due: as many again as the intake's.
@@ -785,7 +815,7 @@ async fn consume(
         if spent {
             taken = Some(tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return,
+                _ = shutdown.cancelled() => return Ok(()),
                 p = permits.clone().acquire_many_owned(batch) => p.expect("the semaphore is never closed"),
             });
         }
@@ -795,15 +825,19 @@ async fn consume(
             .expect("a batch holds at least one permit");
         let message = tokio::select! {
             biased;
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return Ok(()),
             m = subscription.consumer.recv() => m,
         };
         let message = match message {
             Ok(m) => m,
             Err(e) => {
+                if let Some((code, reason)) = subscription.consumer.client().fatal_error() {
+                    tracing::error!(error = %e, %reason, "consumer failed for good; the worker stops");
+                    return Err(WorkerError::Fatal { code, reason });
+                }
                 tracing::warn!(error = %e, "consume failed; retrying");
                 tokio::select! {
-                    _ = shutdown.cancelled() => return,
+                    _ = shutdown.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
                 }
             }

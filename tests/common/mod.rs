@@ -121,6 +121,12 @@ impl Broker {
         self.mock.is_none()
     }
 
+    /// The embedded mock cluster (none on a real broker), to make its
+    /// requests fail.
+    pub fn mock(&self) -> Option<&MockCluster<'static, rdkafka::producer::DefaultProducerContext>> {
+        self.mock.as_ref()
+    }
+
     pub async fn create_topic(&self, name: &str, partitions: i32) {
         match &self.mock {
             Some(m) => m.create_topic(name, partitions, 1).expect("create topic"),
@@ -648,6 +654,19 @@ impl RunningWorker {
             .expect("the worker stops")
             .expect("worker task")
             .expect("worker ran");
+    }
+
+    /// Whether the worker's stop has begun (asked for, or its own).
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_cancelled()
+    }
+
+    /// What the worker returned, once it ended by itself (within `limit`).
+    pub async fn ended(self, limit: Duration) -> Result<(), hookd::pipeline::consume::WorkerError> {
+        tokio::time::timeout(limit, self.run)
+            .await
+            .expect("the worker ends")
+            .expect("worker task")
     }
 }
 
