@@ -7,10 +7,13 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use common::{create_topics, produce, settings, wait_until, Broker, Mode, Receiver};
+use common::{
+    create_topics, produce, settings, spawn_worker_binary, temp_events, wait_until, Broker, Mode,
+    Receiver,
+};
 use hookd::model::request::idempotency_key;
 use hookd::runtime::config::Settings;
 use serde_json::json;
@@ -65,22 +68,11 @@ fn spawn_worker(config: &Path, log: &Path) -> Child {
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_hookd"))
-        .args(["worker", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start hookd worker")
+    spawn_worker_binary(config, log.into())
 }
 
 fn events(n: usize) -> Vec<(String, String)> {
-    (0..n)
-        .map(|i| {
-            let device = format!("{:024x}", i % 11);
-            (device.clone(), json!({"name": "temp", "data": i.to_string(), "coreid": device, "productID": 5, "id": format!("c-{i}")}).to_string())
-        })
-        .collect()
+    temp_events(0, n, 11, Some("c"))
 }
 
 /// Requests by idempotency key.

@@ -3,21 +3,18 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{create_topics, free_port, http_get, produce, settings, wait_until, Broker, Receiver};
+use common::{
+    create_topics, free_port, http_get, produce, settings, spawn_worker_binary, wait_until, Broker,
+    Receiver,
+};
 use serde_json::json;
 
 /// The real worker binary on `config`.
 fn spawn_worker(config: &std::path::Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_hookd"))
-        .args(["worker", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    spawn_worker_binary(config, Stdio::null())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,16 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{create_topics, produce, settings, start_worker, wait_until, Broker, Mode, Receiver};
+use common::{
+    create_topics, produce, settings, start_worker, temp_events, wait_until, Broker, Mode, Receiver,
+};
 use serde_json::json;
 
 fn batch(from: usize, n: usize) -> Vec<(String, String)> {
-    (from..from + n)
-        .map(|i| {
-            let device = format!("{:024x}", i % 7);
-            (device.clone(), json!({"name": "temp", "data": i.to_string(), "coreid": device, "productID": 5, "id": format!("f-{i}")}).to_string())
-        })
-        .collect()
+    temp_events(from, n, 7, Some("f"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

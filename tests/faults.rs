@@ -137,6 +137,9 @@ fn full() -> bool {
     std::env::var("FAULTS_FULL").is_ok_and(|v| v == "1")
 }
 
+/// The scenarios whose pass/fail line is printed.
+static VERDICTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
 /// The pass/fail line of a scenario, printed whatever the outcome, then the
 /// assertion.
 fn verdict(name: &str, ok: bool, figures: &str) {
@@ -145,7 +148,25 @@ fn verdict(name: &str, ok: bool, figures: &str) {
         if ok { "pass" } else { "FAIL" }
     );
     println!("{line}");
+    VERDICTS.lock().unwrap().push(name.to_owned());
     assert!(ok, "{line}");
+}
+
+/// Prints a scenario's FAIL line when it panics before its verdict (a
+/// helper's assertion, a wait that ran out), so every scenario run ends in
+/// one line whatever stopped it.
+struct VerdictGuard(&'static str);
+
+impl Drop for VerdictGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !VERDICTS.lock().is_ok_and(|v| v.iter().any(|n| n == self.0))
+        {
+            println!(
+                "fault {}: FAIL panicked before its figures (the panic is in target/faults.log)",
+                self.0
+            );
+        }
+    }
 }
 
 /// A fleet of `hookd worker` processes sharing one config file.
@@ -325,6 +346,7 @@ fn duplicates(by_key: &BTreeMap<String, Vec<String>>) -> (usize, bool) {
 async fn kill_9_under_load() {
     let n = if full() { 20_000 } else { 12_000 };
     let kills = 10;
+    let _verdict = VerdictGuard("kill_9_under_load");
     let dir = scenario_dir("kill_9_under_load");
     let tansu = Tansu::start(&dir);
     let receiver = Receiver::start().await;
@@ -434,6 +456,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 async fn broker_restart_under_load() {
     let n = if full() { 20_000 } else { 6_000 };
     let down = Duration::from_secs(if full() { 15 } else { 8 });
+    let _verdict = VerdictGuard("broker_restart_under_load");
     let dir = scenario_dir("broker_restart_under_load");
     let mut tansu = Tansu::start(&dir);
     let receiver = Receiver::start().await;
@@ -579,6 +602,7 @@ fn rss_mib(pid: u32) -> f64 {
 #[ignore = "needs tansu (scripts/faults)"]
 async fn misbehaving_destinations() {
     let n = if full() { 6_000 } else { 1_500 };
+    let _verdict = VerdictGuard("misbehaving_destinations");
     let dir = scenario_dir("misbehaving_destinations");
     let tansu = Tansu::start(&dir);
     let good = Receiver::start().await;
@@ -729,6 +753,7 @@ const OUTCOMES: [&str; 3] = ["success", "error", "skipped"];
 async fn receiver_outage_books_balance() {
     use hyper::Method;
     let outage = Duration::from_secs(if full() { 60 } else { 20 });
+    let _verdict = VerdictGuard("receiver_outage_books_balance");
     let dir = scenario_dir("receiver_outage_books_balance");
     let tansu = Tansu::start(&dir);
     let receiver = Receiver::start().await;
@@ -997,6 +1022,7 @@ async fn scale_out_and_in_under_a_limit() {
     let phase = Duration::from_secs(if full() { 40 } else { 20 });
     // A change of size settles (partitions move) before its phase is measured.
     let settle = Duration::from_secs(6);
+    let _verdict = VerdictGuard("scale_out_and_in_under_a_limit");
     let dir = scenario_dir("scale_out_and_in_under_a_limit");
     let tansu = Tansu::start(&dir);
     let receiver = Receiver::start().await;

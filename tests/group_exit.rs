@@ -9,18 +9,13 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{create_topics, produce, settings, start_worker, wait_until, Broker, Receiver};
+use common::{
+    create_topics, produce, settings, start_worker, temp_events, wait_until, Broker, Receiver,
+};
 use serde_json::json;
 
 fn batch(from: usize, n: usize) -> Vec<(String, String)> {
-    (from..from + n)
-        .map(|i| {
-            let device = format!("{:024x}", i % 11);
-            let event =
-                json!({"name": "temp", "data": i.to_string(), "coreid": device, "productID": 5});
-            (device, event.to_string())
-        })
-        .collect()
+    temp_events(from, n, 11, None)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

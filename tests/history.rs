@@ -18,39 +18,42 @@ use std::time::Duration;
 /// One counted minute: (integration, product, minute, success, error, skipped).
 type Counted = (String, Option<u32>, DateTime<Utc>, u64, u64, u64);
 
-/// The sum of `counted` for `integration` on `day`, for one product
-/// (`Some(p)`: only `p`; `None`: every product, including none).
-fn expected(
+/// The sum of `counted` for `integration` on the days `day` admits, for
+/// one product (`Some(p)`: only `p`; `None`: every product, and none).
+fn summed(
     counted: &[Counted],
     integration: &str,
-    product: Option<Option<u32>>,
-    day: NaiveDate,
+    product: Option<u32>,
+    day: impl Fn(NaiveDate) -> bool,
 ) -> (u64, u64, u64) {
     counted
         .iter()
         .filter(|(i, p, at, ..)| {
-            i == integration && at.date_naive() == day && product.is_none_or(|want| want == *p)
+            i == integration && day(at.date_naive()) && product.is_none_or(|want| Some(want) == *p)
         })
         .fold((0, 0, 0), |acc, (.., s, e, k)| {
             (acc.0 + s, acc.1 + e, acc.2 + k)
         })
 }
 
-/// The sum of `counted` for `integration` from `since` on.
+/// The sum on `day`.
+fn expected(
+    counted: &[Counted],
+    integration: &str,
+    product: Option<u32>,
+    day: NaiveDate,
+) -> (u64, u64, u64) {
+    summed(counted, integration, product, |d| d == day)
+}
+
+/// The sum from `since` on.
 fn expected_since(
     counted: &[Counted],
     integration: &str,
-    product: Option<Option<u32>>,
+    product: Option<u32>,
     since: NaiveDate,
 ) -> (u64, u64, u64) {
-    counted
-        .iter()
-        .filter(|(i, p, at, ..)| {
-            i == integration && at.date_naive() >= since && product.is_none_or(|want| want == *p)
-        })
-        .fold((0, 0, 0), |acc, (.., s, e, k)| {
-            (acc.0 + s, acc.1 + e, acc.2 + k)
-        })
+    summed(counted, integration, product, |d| d >= since)
 }
 
 fn triple(v: &Value) -> (u64, u64, u64) {
@@ -66,7 +69,7 @@ fn triple(v: &Value) -> (u64, u64, u64) {
 fn check_series(
     counted: &[Counted],
     integration: &str,
-    product: Option<Option<u32>>,
+    product: Option<u32>,
     series: &Value,
     days: usize,
     what: &str,
@@ -269,7 +272,7 @@ async fn every_day_of_every_series_shows_what_was_counted() {
         check_series(
             &counted,
             &org,
-            Some(Some(id)),
+            Some(id),
             &p["days"],
             30,
             &format!("org, product {id}"),
@@ -295,19 +298,12 @@ async fn every_day_of_every_series_shows_what_was_counted() {
         )
         .await
         .unwrap();
-    check_series(
-        &counted,
-        &org,
-        Some(Some(2)),
-        &h2["aggregate"],
-        30,
-        "org under 2",
-    );
+    check_series(&counted, &org, Some(2), &h2["aggregate"], 30, "org under 2");
     assert_eq!(h2["per_product"].as_array().unwrap().len(), 1, "{h2}");
     check_series(
         &counted,
         &org,
-        Some(Some(2)),
+        Some(2),
         &h2["per_product"][0]["days"],
         30,
         "org under 2, per product",
@@ -326,7 +322,7 @@ async fn every_day_of_every_series_shows_what_was_counted() {
     check_series(
         &counted,
         &product,
-        Some(Some(3)),
+        Some(3),
         &hp["per_product"][0]["days"],
         30,
         "product 3",
@@ -348,7 +344,7 @@ async fn every_day_of_every_series_shows_what_was_counted() {
     check_series(
         &counted,
         &sandbox,
-        Some(Some(9)),
+        Some(9),
         &sp[0]["days"],
         30,
         "sandbox, 9",
@@ -368,8 +364,8 @@ async fn every_day_of_every_series_shows_what_was_counted() {
     let first = today - Days::new(29);
     for (client, path, id, product) in [
         (&acme, "/v1/orgs/acme/integrations", &org, None),
-        (&acme, "/v1/products/1/integrations", &org, Some(Some(1))),
-        (&acme, "/v1/products/2/integrations", &org, Some(Some(2))),
+        (&acme, "/v1/products/1/integrations", &org, Some(1)),
+        (&acme, "/v1/products/2/integrations", &org, Some(2)),
         (&acme, "/v1/products/3/integrations", &product, None),
         (&alice, "/v1/integrations", &sandbox, None),
     ] {
@@ -408,7 +404,7 @@ async fn every_day_of_every_series_shows_what_was_counted() {
     check_series(
         &counted,
         &org,
-        Some(Some(1)),
+        Some(1),
         &from_cli["per_product"][0]["days"],
         30,
         "cli product 1",
@@ -418,8 +414,8 @@ async fn every_day_of_every_series_shows_what_was_counted() {
     let mut want = Vec::new();
     for (label, product) in [
         ("(all)".to_owned(), None),
-        ("1 Product 1".to_owned(), Some(Some(1))),
-        ("2 Product 2".to_owned(), Some(Some(2))),
+        ("1 Product 1".to_owned(), Some(1)),
+        ("2 Product 2".to_owned(), Some(2)),
     ] {
         for n in 0..30 {
             let day = first + Days::new(n);
@@ -443,7 +439,7 @@ async fn every_day_of_every_series_shows_what_was_counted() {
             + expected_since(&counted, &sandbox, None, first).1
             + expected_since(&counted, &sandbox, None, first).2
             + {
-                let (s, e, k) = expected_since(&counted, &sandbox, Some(Some(9)), first);
+                let (s, e, k) = expected_since(&counted, &sandbox, Some(9), first);
                 s + e + k
             },
         "{table}"

@@ -359,6 +359,42 @@ pub fn write_config_file(path: &std::path::Path, s: &Settings, extra: toml::Tabl
     write_toml(path, &config);
 }
 
+/// Events `from..from + n` named `temp` on product 5, as `(device, event)`
+/// records over `devices` devices (the number as `data`), with the id
+/// `{id_prefix}-{number}` when a prefix is given.
+pub fn temp_events(
+    from: usize,
+    n: usize,
+    devices: usize,
+    id_prefix: Option<&str>,
+) -> Vec<(String, String)> {
+    (from..from + n)
+        .map(|i| {
+            let device = format!("{:024x}", i % devices);
+            let mut event =
+                serde_json::json!({"name": "temp", "data": i.to_string(), "coreid": device, "productID": 5});
+            if let Some(prefix) = id_prefix {
+                event["id"] = format!("{prefix}-{i}").into();
+            }
+            (device, event.to_string())
+        })
+        .collect()
+}
+
+/// Starts the `hookd worker` binary on `config`, its log to `stderr`.
+pub fn spawn_worker_binary(
+    config: &std::path::Path,
+    stderr: std::process::Stdio,
+) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_hookd"))
+        .args(["worker", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("start hookd worker")
+}
+
 /// Produces `(key, payload)` records and waits for every acknowledgement.
 pub async fn produce(broker: &Broker, topic: &str, records: &[(String, String)]) {
     let producer = broker.producer();

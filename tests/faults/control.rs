@@ -19,6 +19,7 @@ use serde_json::{json, Map, Value};
 use super::common::{self, free_port, produce, Broker, Receiver};
 use super::{
     append, background, full, scenario_dir, settings, verdict, write_config, Fleet, Tansu,
+    VerdictGuard,
 };
 
 /// Partitions of the events topic in `config_convergence`.
@@ -311,6 +312,7 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
 async fn config_convergence() {
     let (seeded, writes) = if full() { (10_000, 100) } else { (1_000, 20) };
     let limit = Duration::from_secs(if full() { 30 } else { 10 });
+    let _verdict = VerdictGuard("config_convergence");
     let dir = scenario_dir("config_convergence");
     let tansu = Tansu::start(&dir);
     let receiver = Receiver::start().await;
@@ -989,6 +991,7 @@ async fn worker_mismatches(
 #[ignore = "needs tansu (scripts/faults)"]
 async fn api_killed_mid_write() {
     let kills = if full() { 20 } else { 5 };
+    let _verdict = VerdictGuard("api_killed_mid_write");
     let dir = scenario_dir("api_killed_mid_write");
     let tansu = Tansu::start(&dir);
     let receiver = Receiver::start().await;
@@ -1130,6 +1133,7 @@ fn errors_after(log: &Path, from: usize) -> Vec<String> {
 #[ignore = "needs tansu (scripts/faults)"]
 async fn clean_stops() {
     let running = Duration::from_secs(if full() { 180 } else { 45 });
+    let _verdict = VerdictGuard("clean_stops");
     let dir = scenario_dir("clean_stops");
 
     // The demo: everything in one process, stopped by Ctrl-C.
