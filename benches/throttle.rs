@@ -16,7 +16,7 @@ fn bench_throttle(c: &mut Criterion) {
         burst: 1_000_000,
         max_wait: Duration::from_secs(1),
         max_deferrals: 10,
-        max_waiting: 10_000,
+        max_waiting: std::num::NonZeroUsize::new(10_000).unwrap(),
         hosts: BTreeMap::new(),
     });
     let hosts: Vec<String> = (0..1000).map(|i| format!("h{i}.example.com")).collect();

@@ -119,13 +119,13 @@ pub(crate) fn at_least_one_u32<'de, D: serde::Deserializer<'de>>(
 
 /// Hard ceiling on `max_section_depth`: the renderer recurses once per level
 /// on a runtime thread's stack.
-pub const MAX_SECTION_DEPTH_CEILING: usize = 128;
+pub(crate) const MAX_SECTION_DEPTH_CEILING: usize = 128;
 
 /// Segments one variable name may have (`a.b.0` has 3).
-pub const MAX_PATH_SEGMENTS: usize = 32;
+pub(crate) const MAX_PATH_SEGMENTS: usize = 32;
 
 /// A template that cannot be compiled, with what was wrong. Tags are quoted
-/// cut to [`QUOTE_LIMIT`] characters.
+/// cut to `QUOTE_LIMIT` characters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TemplateError {
     #[error("section {{{{#{0}}}}} is never closed")]

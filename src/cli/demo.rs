@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cli::simulate::Fleet;
 use crate::control::api::client::ApiClient;
 use crate::control::config_log::follower::ConfigLog;
+use crate::control::config_log::state::Key;
 use crate::model::integration::Integration;
 use crate::pipeline::consume::Worker;
 use crate::pipeline::resolve::{Index, IndexHandle};
@@ -234,7 +235,7 @@ async fn seed(settings: &Settings, api: &str, receiver: &str) -> anyhow::Result<
         spec.url = spec.url.map(|u| u.replace(SAMPLE_ORIGIN, receiver));
         spec.version = 1;
         let record = serde_json::to_vec(&spec)?;
-        let key = format!("integration/{}", spec.id);
+        let key = Key::Integration(spec.id.clone()).to_string();
         producer
             .send(
                 FutureRecord::<str, [u8]>::to(&settings.kafka.config_topic)

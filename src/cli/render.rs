@@ -90,7 +90,7 @@ fn placed_for(fields: &mut serde_json::Map<String, Value>, event: &DeviceEvent) 
 }
 
 /// The answer for one integration and one event.
-pub fn dry_run(integration: &Integration, event: DeviceEvent, settings: &Settings) -> Value {
+pub(crate) fn dry_run(integration: &Integration, event: DeviceEvent, settings: &Settings) -> Value {
     if let Err(miss) = check(integration, &event) {
         return json!({"fires": false, "reason": miss.to_string()});
     }

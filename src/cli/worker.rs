@@ -181,7 +181,7 @@ async fn exit_if_stuck(token: CancellationToken, limit: std::time::Duration) {
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.
-pub async fn cancel_on_signal(token: CancellationToken) {
+pub(crate) async fn cancel_on_signal(token: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -21,7 +21,7 @@ use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
-use crate::model::outcome::Counts;
+use crate::model::outcome::{Counts, OutcomeKind};
 use crate::pipeline::traffic::{LogEntry, StatsDelta, KEPT};
 use crate::runtime::config::KafkaSettings;
 
@@ -52,7 +52,7 @@ pub struct Recent {
 
 impl Recent {
     fn add(&mut self, e: LogEntry) {
-        let list = if e.outcome == "success" {
+        let list = if e.outcome == OutcomeKind::Success {
             &mut self.successes
         } else {
             &mut self.errors
@@ -289,7 +289,7 @@ mod tests {
                 integration: "o".into(),
                 product: Some(n % 2),
                 at: base + chrono::TimeDelta::seconds(n.into()),
-                outcome: "success".into(),
+                outcome: OutcomeKind::Success,
                 event: serde_json::Value::Null,
                 request: None,
                 response: None,

@@ -13,13 +13,14 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Longest event name a device may publish (README, "Integrations": events).
+/// Longest event name a device may publish (docs/behaviour.md, "Device events").
 pub const MAX_NAME_LEN: usize = 64;
-/// Largest event data, in bytes (README, "Integrations": events).
+/// Largest event data, in bytes (docs/behaviour.md, "Device events").
 pub const MAX_DATA_LEN: usize = 16384;
 
 /// Prefixes of the events hookd itself publishes back; they never trigger
-/// integrations, so a webhook can never feed itself (README, "Integrations": trigger).
+/// integrations, so a webhook can never feed itself (docs/behaviour.md,
+/// "`event` (trigger)").
 pub const RESPONSE_EVENT_PREFIXES: [&str; 3] = ["hook-sent/", "hook-response/", "hook-error/"];
 
 /// Where a record was read from; the fallback event id and the idempotency key
@@ -43,7 +44,8 @@ pub struct EventInner {
     /// Event data as published; empty when the device sent none.
     pub data: String,
     /// Normalised to ISO-8601 with milliseconds (`2016-04-16T13:37:08.728Z`),
-    /// the form the default fields carry (README, "Integrations").
+    /// the form the default fields carry (docs/behaviour.md, "Default fields
+    /// and `noDefaults`").
     pub published_at: String,
     /// Device id (`coreid` on the wire).
     pub device_id: String,

@@ -94,7 +94,7 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> InvalidIntegr
     }
 }
 
-/// Where an integration fires (README, "Integrations": scopes).
+/// Where an integration fires (docs/behaviour.md, "Scope").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// Events of devices claimed by this user.
@@ -196,7 +196,7 @@ impl EventPrefix {
         Ok(EventPrefix(prefix.to_owned()))
     }
 
-    /// Case-sensitive prefix match (README, "Integrations": trigger).
+    /// Case-sensitive prefix match (docs/behaviour.md, "`event` (trigger)").
     pub fn matches(&self, event_name: &str) -> bool {
         event_name.starts_with(&self.0)
     }
@@ -275,8 +275,8 @@ pub struct RequestTemplate {
     pub method: Method,
     pub url: Template,
     /// The length of the URL template's leading text when that text is
-    /// already a normalised `http(s)://host/...` start (see
-    /// [`url_prefix`]); 0 otherwise.
+    /// already a normalised `http(s)://host/...` start (see `url_prefix`
+    /// below); 0 otherwise.
     pub url_prefix: usize,
     pub body: BodyTemplate,
     pub query: Vec<(Template, Template)>,
@@ -757,8 +757,8 @@ fn scheme_may_follow(leading: &str) -> bool {
 /// The length of a templated URL's leading text when that text is the start
 /// of an http(s) URL, normalised, and through its host into the path
 /// (`http://host:8080/org/` before `{{{PRODUCT_ID}}}`): rendering then need
-/// not parse the URL when the rest is plain path characters
-/// ([`crate::pipeline::render`]). 0 when that does not hold.
+/// not parse the URL when the rest is plain path characters (the
+/// renderer's fast path). 0 when that does not hold.
 pub(crate) fn url_prefix(template: &Template) -> usize {
     let Some(text) = template.leading_text() else {
         return 0;

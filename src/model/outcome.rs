@@ -6,8 +6,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-/// What an attempt counts as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// What an attempt counts as; its label in the metrics, the delivery log
+/// and the api.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutcomeKind {
     Success,
     Error,
@@ -36,7 +38,7 @@ impl OutcomeKind {
 pub type CountKey = (std::sync::Arc<str>, Option<u32>);
 
 /// Counts of one (integration, product).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
     pub success: u64,
     pub error: u64,

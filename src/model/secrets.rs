@@ -16,7 +16,8 @@ pub const SENSITIVE: &str = "[[SENSITIVE]]";
 /// Named secret values from config, usable as `{{{NAME}}}` in any field.
 pub type Secrets = Arc<BTreeMap<String, String>>;
 
-/// Secret names are `[A-Z_][A-Z0-9_]*` (README, "Integrations": variables).
+/// Secret names are `[A-Z_][A-Z0-9_]*` (docs/behaviour.md, "Secrets and
+/// `[[SENSITIVE]]`").
 pub fn is_secret_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars

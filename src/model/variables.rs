@@ -46,7 +46,7 @@ pub struct EventContext {
     masks: OnceLock<Vec<String>>,
 }
 
-/// The predefined variables (README, "Integrations": variables).
+/// The predefined variables (docs/behaviour.md, "Variables").
 pub(crate) const PREDEFINED: [&str; 12] = [
     "PARTICLE_DEVICE_ID",
     "PARTICLE_EVENT_NAME",
@@ -121,7 +121,7 @@ impl EventContext {
     }
 
     /// For integrations none of which names the whole-event variables
-    /// ([`Integration::uses_whole_event`]).
+    /// (an integration's `uses_whole_event`).
     pub fn without_whole_event(mut self) -> EventContext {
         self.whole_event = false;
         self

@@ -5,7 +5,7 @@
 //! and `<group_id>.retry`) and the live [`IndexHandle`]. Out: webhooks sent,
 //! outcomes recorded, response events, retries and dead letters produced, and
 //! offsets committed only behind completely handled records
-//! ([`OffsetLedger`]).
+//! (`OffsetLedger`).
 //!
 //! Backpressure: a permit per record in flight is taken before a record is
 //! pulled (`worker.max_inflight_events` for events, `retry.max_waiting` for
@@ -1242,7 +1242,7 @@ mod tests {
             burst: 10,
             max_wait: Duration::from_secs(1),
             max_deferrals: 1,
-            max_waiting: 1,
+            max_waiting: std::num::NonZeroUsize::MIN,
             hosts: Default::default(),
         };
         Share {

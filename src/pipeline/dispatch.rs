@@ -131,7 +131,7 @@ impl Dispatcher {
             recorder,
             deliveries: Arc::new(Semaphore::new(s.worker.max_inflight_deliveries.get())),
             throttle,
-            waiting: Arc::new(Semaphore::new(s.limits.max_waiting)),
+            waiting: Arc::new(Semaphore::new(s.limits.max_waiting.get())),
             sleeping,
             producer: crate::runtime::kafka::producer_config(k).create()?,
             // Reports only for failures: a report per record is an

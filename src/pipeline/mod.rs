@@ -3,10 +3,10 @@
 //!
 //! 1. [`consume`]: the [`consume::Worker`] reads the events and retry topics
 //!    with backpressure and stops gracefully;
-//! 2. [`offsets`]: at-least-once commit points per partition;
+//! 2. `offsets`: at-least-once commit points per partition;
 //! 3. [`resolve`]: the index from product and owner to integrations;
 //! 4. [`render`]: integration + event → the request to send;
-//! 5. [`dispatch`]: one attempt under the delivery policy ([`crate::policy`]);
+//! 5. `dispatch`: one attempt under the delivery policy ([`crate::policy`]);
 //! 6. [`deliver`]: the pooled HTTP client → an outcome;
 //! 7. [`tally`]: outcomes → metrics and per-(integration, product) counts,
 //!    and the [`traffic`] book publishing them per minute with delivery

@@ -116,9 +116,9 @@ impl Index {
         self.by_id.values()
     }
 
-    /// Every integration `event` fires (README, "Integrations": scopes and
-    /// trigger). A claimed product device fires both its product's and its
-    /// user's integrations.
+    /// Every integration `event` fires (docs/behaviour.md, "Which
+    /// integrations an event fires"). A claimed product device fires both
+    /// its product's and its user's integrations.
     pub fn resolve(&self, event: &DeviceEvent) -> Vec<Match> {
         let mut out = Vec::new();
         self.resolve_into(event, &mut out);

@@ -58,8 +58,8 @@ pub struct LogEntry {
     pub integration: String,
     pub product: Option<u32>,
     pub at: DateTime<Utc>,
-    /// `success` or `error`.
-    pub outcome: String,
+    /// `success` or `error` (skips are counted, not logged).
+    pub outcome: OutcomeKind,
     /// The event as published.
     pub event: Value,
     /// `{"method","url","headers","body"}` as sent, secrets masked.
@@ -283,16 +283,16 @@ fn shown(s: Sample, secrets: &Secrets) -> LogEntry {
         .with_limits(&unbounded);
     let request = render(&s.integration, &ctx).ok().map(|r| r.to_json());
     let outcome = if s.status.is_some_and(|st| (200..300).contains(&st)) {
-        "success"
+        OutcomeKind::Success
     } else {
-        "error"
+        OutcomeKind::Error
     };
 
     LogEntry {
         integration: s.integration.id.to_string(),
         product: s.event.product_id,
         at: s.at,
-        outcome: outcome.into(),
+        outcome,
         event: serde_json::from_str(&s.event.raw).unwrap_or(Value::String(s.event.raw.clone())),
         request,
         response: s.status.map(|status| {
@@ -320,7 +320,7 @@ pub fn shown_body(body: &[u8], secrets: &Secrets) -> String {
 }
 
 /// Replaces every configured secret's value in `text`, raw or in the
-/// encodings destinations echo it in ([`crate::model::secrets::secret_forms`]).
+/// encodings destinations echo it in (`model::secrets::secret_forms`).
 pub fn mask(text: &str, secrets: &Secrets) -> String {
     crate::model::secrets::mask_forms(text.into(), &crate::model::secrets::secret_forms(secrets))
         .into_owned()
@@ -386,7 +386,10 @@ mod tests {
         let text = serde_json::to_string(&entries).unwrap();
         assert!(!text.contains("s3cr3t"), "{text}");
         assert!(text.contains("Bearer [[SENSITIVE]]"), "{text}");
-        assert_eq!(entries[KEPT].outcome, "error");
+        assert_eq!(
+            serde_json::to_value(&entries[KEPT]).unwrap()["outcome"],
+            "error"
+        );
         assert_eq!(
             entries[KEPT].error.as_deref(),
             Some("refused [[SENSITIVE]]")

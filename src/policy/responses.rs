@@ -1,5 +1,6 @@
-//! Response events: what a device is told about its webhooks (README,
-//! "Delivery policy", response events), published to the responses topic.
+//! Response events: what a device is told about its webhooks
+//! (`docs/behaviour.md`, "Response events"), published to the responses
+//! topic.
 //!
 //! In: the integration, the event's template context and the attempt's
 //! outcome. Out: device events: `hook-sent/<event>` for each request sent,

@@ -180,12 +180,15 @@ impl RetryDropped {
 /// A delivery waiting for its next attempt. The event travels whole (its
 /// original record and origin), so the retry renders exactly what the first
 /// attempt did and carries the same idempotency key.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RetryRecord {
     /// The original record's text.
     pub event: String,
     pub origin: Origin,
     pub integration: String,
+    /// Written even when `None` (`"product":null`), as before.
+    #[serialize_always]
     pub product: Option<u32>,
     /// The attempt to make (1-based; 2 is the first retry). A deferred
     /// attempt keeps its number.
@@ -194,7 +197,7 @@ pub struct RetryRecord {
     pub history: Vec<AttemptLog>,
     /// The event's `published_at` as the first attempt rendered it, for
     /// events that carried none (they take their record's time).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub published_at: Option<String>,
 }
 

@@ -12,6 +12,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 use crate::model::request::RenderedRequest;
+use crate::model::secrets::SENSITIVE;
 
 /// Why a request could not be signed. Never carries a byte of the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +33,7 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Signer([[SENSITIVE]])")
+        write!(f, "Signer({SENSITIVE})")
     }
 }
 

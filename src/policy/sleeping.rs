@@ -1,5 +1,5 @@
 //! Sleeping hosts: skip attempts to a destination host that is failing many
-//! times in quick succession (README, "Delivery policy").
+//! times in quick succession (docs/behaviour.md, "Sleeping hosts").
 //!
 //! In: every outcome per tenant and target hostname
 //! ([`SleepingHosts::observe`]) and the question whether to attempt now

@@ -19,6 +19,7 @@
 //! quota in proportion to the partitions it owns ([`Throttle::set_share`]).
 
 use std::collections::BTreeMap;
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -52,7 +53,8 @@ pub struct LimitSettings {
     pub max_deferrals: u32,
     /// Deliveries waiting for their hosts' quotas at once, across hosts, on
     /// one worker; past it, deliveries are deferred.
-    pub max_waiting: usize,
+    #[serde(deserialize_with = "crate::template::at_least_one")]
+    pub max_waiting: NonZeroUsize,
     #[serde(default)]
     pub hosts: BTreeMap<String, HostLimit>,
 }
@@ -94,12 +96,6 @@ impl LimitSettings {
         for (host, l) in &self.hosts {
             check(format!("limits.hosts.{host:?}"), *l)?;
         }
-        if self.max_waiting == 0 {
-            return Err((
-                "limits.max_waiting".to_owned(),
-                "must be at least 1, got 0".to_owned(),
-            ));
-        }
         Ok(())
     }
 }
@@ -128,10 +124,10 @@ const MIN_SHARE: f64 = 1e-3;
 /// The smallest rate a limit may have, per second: one request in about 17
 /// minutes. Below it (with the least share) periods would not fit a
 /// `Duration`'s arithmetic comfortably.
-pub const MIN_RATE: f64 = 1e-3;
+pub(crate) const MIN_RATE: f64 = 1e-3;
 
 /// The largest burst a limit may have.
-pub const MAX_BURST: u32 = 1_000_000;
+pub(crate) const MAX_BURST: u32 = 1_000_000;
 
 /// How far ahead a host's queue is ever kept: one day.
 const MAX_AHEAD: Duration = Duration::from_secs(24 * 3600);
@@ -210,7 +206,7 @@ impl<C: Clock> Throttle<C> {
 
     /// This worker's share of the fleet's limits, `owned / total`
     /// partitions (of the events and retry topics together), at least
-    /// [`MIN_SHARE`]. Host states stay: a reservation made under the old
+    /// `MIN_SHARE`. Host states stay: a reservation made under the old
     /// share keeps its slot.
     pub fn set_share(&self, owned: usize, total: usize) {
         let share = if total == 0 {
@@ -276,7 +272,7 @@ mod tests {
             burst,
             max_wait: Duration::from_secs(1),
             max_deferrals: 3,
-            max_waiting: 100,
+            max_waiting: NonZeroUsize::new(100).unwrap(),
             hosts: BTreeMap::new(),
         }
     }
@@ -468,15 +464,6 @@ mod tests {
         assert_eq!(
             settings(5.0, 2_000_000).validate().unwrap_err().0,
             "limits.burst"
-        );
-        let mut s = settings(5.0, 1);
-        s.max_waiting = 0;
-        assert_eq!(
-            s.validate().unwrap_err(),
-            (
-                "limits.max_waiting".into(),
-                "must be at least 1, got 0".into()
-            )
         );
     }
 }

@@ -15,10 +15,11 @@ use figment::providers::{Format, Toml};
 use figment::Figment;
 use serde::Deserialize;
 
+use crate::model::secrets::SENSITIVE;
 use crate::template::{at_least_one, at_least_one_u32};
 
 /// The embedded defaults; every key is documented there.
-pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -167,7 +168,7 @@ impl std::ops::DerefMut for SecretValues {
 impl std::fmt::Debug for SecretValues {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_map()
-            .entries(self.0.keys().map(|k| (k, "[[SENSITIVE]]")))
+            .entries(self.0.keys().map(|k| (k, SENSITIVE)))
             .finish()
     }
 }
@@ -176,7 +177,7 @@ impl std::fmt::Debug for SecretValues {
 impl std::fmt::Debug for TokenSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenSettings")
-            .field("token", &"[[SENSITIVE]]")
+            .field("token", &SENSITIVE)
             .field("org", &self.org)
             .field("user", &self.user)
             .field("operator", &self.operator)
@@ -694,6 +695,7 @@ mod tests {
             "worker.max_event_bytes",
             "delivery.max_response_bytes",
             "retry.max_waiting",
+            "limits.max_waiting",
             "api.max_integrations_per_tenant",
             "api.test_calls_per_minute",
             "api.history_days",

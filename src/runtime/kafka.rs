@@ -12,7 +12,7 @@ use crate::runtime::config::KafkaSettings;
 
 /// Base config for every client: brokers, then `[kafka.client]` verbatim, so
 /// an operator's security and tuning settings reach every connection.
-pub fn client_config(k: &KafkaSettings) -> ClientConfig {
+pub(crate) fn client_config(k: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &k.brokers);
     c.set("client.id", concat!("hookd/", env!("CARGO_PKG_VERSION")));
@@ -31,7 +31,7 @@ pub fn client_config(k: &KafkaSettings) -> ClientConfig {
 /// partitions that move, so work in flight elsewhere is not redone), and a
 /// worker that died is noticed after 10 s rather than librdkafka's 45 s (its
 /// partitions stand still until then).
-pub fn consumer_config(k: &KafkaSettings) -> ClientConfig {
+pub(crate) fn consumer_config(k: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("group.id", &k.group_id)
         .set("partition.assignment.strategy", "cooperative-sticky")
@@ -75,7 +75,7 @@ fn overlay<'a>(
 
 /// Creates `topics` that do not exist yet, with `topic_partitions` each;
 /// existing ones are left alone.
-pub async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), KafkaError> {
+pub(crate) async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), KafkaError> {
     let specs: Vec<TopicSpec<'_>> = topics
         .iter()
         .map(|name| TopicSpec {
@@ -88,14 +88,14 @@ pub async fn ensure_topics(k: &KafkaSettings, topics: &[&str]) -> Result<(), Kaf
 }
 
 /// A topic to create: its partition count and topic-level configs.
-pub struct TopicSpec<'a> {
+pub(crate) struct TopicSpec<'a> {
     pub name: &'a str,
     pub partitions: i32,
     pub configs: &'a [(&'a str, &'a str)],
 }
 
 /// Creates the topics of `specs` that do not exist yet.
-pub async fn ensure_topic_specs(
+pub(crate) async fn ensure_topic_specs(
     k: &KafkaSettings,
     specs: &[TopicSpec<'_>],
 ) -> Result<(), KafkaError> {
@@ -129,7 +129,7 @@ pub async fn ensure_topic_specs(
 
 /// The stats and log topics: plain retention long enough for the api to
 /// rebuild 31 days of history after a restart.
-pub fn traffic_topics(k: &KafkaSettings) -> [TopicSpec<'_>; 2] {
+pub(crate) fn traffic_topics(k: &KafkaSettings) -> [TopicSpec<'_>; 2] {
     const RETENTION: &[(&str, &str)] = &[("retention.ms", "2678400000")];
     [
         TopicSpec {
@@ -148,7 +148,7 @@ pub fn traffic_topics(k: &KafkaSettings) -> [TopicSpec<'_>; 2] {
 /// A consumer that reads whole topics from the beginning by assignment, for
 /// readers that need every record rather than a share (the config log, the
 /// api's traffic history): no group join, no commits.
-pub fn reader_config(k: &KafkaSettings) -> ClientConfig {
+pub(crate) fn reader_config(k: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("group.id", format!("{}.reader", k.group_id))
         .set("enable.auto.commit", "false")

@@ -12,44 +12,44 @@ use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Records consumed from the events topic, valid or not.
-pub const EVENTS_CONSUMED: &str = "hookd_events_consumed_total";
+pub(crate) const EVENTS_CONSUMED: &str = "hookd_events_consumed_total";
 /// Records refused by decode, by `reason`; each went to the dead-letter topic.
-pub const EVENTS_INVALID: &str = "hookd_events_invalid_total";
+pub(crate) const EVENTS_INVALID: &str = "hookd_events_invalid_total";
 /// Valid events that fired no integration.
-pub const EVENTS_UNMATCHED: &str = "hookd_events_unmatched_total";
+pub(crate) const EVENTS_UNMATCHED: &str = "hookd_events_unmatched_total";
 /// Delivery attempts by `integration`, `product`, `outcome`.
-pub const WEBHOOK_ATTEMPTS: &str = "hookd_webhook_attempts_total";
+pub(crate) const WEBHOOK_ATTEMPTS: &str = "hookd_webhook_attempts_total";
 /// Time from sending a request to its outcome, by `outcome`.
-pub const WEBHOOK_DURATION: &str = "hookd_webhook_duration_seconds";
+pub(crate) const WEBHOOK_DURATION: &str = "hookd_webhook_duration_seconds";
 /// Requests in flight now.
-pub const INFLIGHT_DELIVERIES: &str = "hookd_inflight_deliveries";
+pub(crate) const INFLIGHT_DELIVERIES: &str = "hookd_inflight_deliveries";
 /// Time deliveries waited for their host's rate limit.
-pub const THROTTLE_WAIT: &str = "hookd_throttle_wait_seconds";
+pub(crate) const THROTTLE_WAIT: &str = "hookd_throttle_wait_seconds";
 /// Deliveries handed to the retry topic because their host's limit would
 /// have held them longer than `limits.max_wait`.
-pub const DEFERRED: &str = "hookd_deliveries_deferred_total";
+pub(crate) const DEFERRED: &str = "hookd_deliveries_deferred_total";
 /// Failed or skipped attempts scheduled for a retry.
-pub const RETRIES_SCHEDULED: &str = "hookd_retries_scheduled_total";
+pub(crate) const RETRIES_SCHEDULED: &str = "hookd_retries_scheduled_total";
 /// Deliveries given up on, by `reason` (`retries_exhausted`, `render_failed`).
-pub const DELIVERIES_DEAD_LETTERED: &str = "hookd_deliveries_dead_lettered_total";
+pub(crate) const DELIVERIES_DEAD_LETTERED: &str = "hookd_deliveries_dead_lettered_total";
 /// Records hookd had to write and could not, dropped, by `reason`
 /// (`unproducible`: refused by the broker even shrunk).
-pub const RECORDS_DROPPED: &str = "hookd_records_dropped_total";
+pub(crate) const RECORDS_DROPPED: &str = "hookd_records_dropped_total";
 /// Events whose handling failed in an unexpected way, by `reason` (`panic`);
 /// each was dead-lettered and its partition went on.
-pub const EVENTS_FAILED: &str = "hookd_events_failed_total";
+pub(crate) const EVENTS_FAILED: &str = "hookd_events_failed_total";
 /// Partitions whose commit point has not moved for `worker.stall_after`
 /// while records of them are in flight.
-pub const PARTITIONS_STALLED: &str = "hookd_partitions_stalled";
+pub(crate) const PARTITIONS_STALLED: &str = "hookd_partitions_stalled";
 /// Retries not attempted because their integration no longer applies, by
 /// `reason` (`deleted`, `disabled`, `separated`: the event's product was
 /// separated from the org integration, `out_of_scope`: no longer executing
 /// on the event's product, owner or device otherwise; `invalid`).
-pub const RETRIES_DROPPED: &str = "hookd_retries_dropped_total";
+pub(crate) const RETRIES_DROPPED: &str = "hookd_retries_dropped_total";
 /// Config-log records applied (created, updated, deleted or restated).
-pub const CONFIG_APPLIED: &str = "hookd_config_records_applied_total";
+pub(crate) const CONFIG_APPLIED: &str = "hookd_config_records_applied_total";
 /// Integration records refused at load, by source.
-pub const CONFIG_INVALID: &str = "hookd_config_records_invalid_total";
+pub(crate) const CONFIG_INVALID: &str = "hookd_config_records_invalid_total";
 
 /// Installs the process-wide Prometheus recorder once and returns its handle;
 /// later calls (tests starting several workers) get the same handle.

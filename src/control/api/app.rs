@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::auth::{Place, Tokens};
 use super::error::ApiError;
 use super::sessions::Sessions;
-use super::views::detail;
+use super::views::{detail, IntegrationDetail};
 use crate::control::config_log::follower::ConfigLog;
 use crate::control::config_log::state::{ConfigState, Key};
 use crate::control::config_log::writer::ConfigWriter;
@@ -68,7 +68,7 @@ impl Api {
     }
 
     /// `i` alone as `place` shows it, with its history over the kept days.
-    pub(super) fn show(&self, i: &Integration, place: &Place) -> Value {
+    pub(super) fn show(&self, i: &Integration, place: &Place) -> IntegrationDetail {
         detail(
             i,
             place,
@@ -116,7 +116,7 @@ pub(super) fn test_call_limit(per_minute: u32) -> Throttle {
         burst: per_minute,
         max_wait: Duration::ZERO,
         max_deferrals: 0,
-        max_waiting: 1,
+        max_waiting: std::num::NonZeroUsize::MIN,
         hosts: Default::default(),
     })
 }

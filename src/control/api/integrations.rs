@@ -23,16 +23,16 @@ use super::app::{made_from, visible, Api};
 use super::auth::Place;
 use super::error::ApiError;
 use super::extract::{At, ItemId, ProductAt};
-use super::views::{config_of, summary, PLACEMENT_FIELDS};
+use super::views::{config_of, summary, IntegrationDetail, IntegrationSummary, PLACEMENT_FIELDS};
 use crate::control::config_log::state::Key;
 use crate::model::integration::{Integration, IntegrationSpec, Scope};
 
-type Reply = Result<Json<Value>, ApiError>;
+type Reply = Result<Json<IntegrationDetail>, ApiError>;
 
 /// `{"integrations": […]}`, a [`summary`] of each, by id.
 #[derive(Serialize)]
 pub(super) struct Listed {
-    pub(super) integrations: Vec<Value>,
+    pub(super) integrations: Vec<IntegrationSummary>,
 }
 
 pub(super) async fn list(State(api): State<Arc<Api>>, at: At) -> Json<Listed> {
@@ -58,7 +58,7 @@ pub(super) async fn create(
     State(api): State<Arc<Api>>,
     at: Result<At, ApiError>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<IntegrationDetail>), ApiError> {
     let at = at?;
     let is_org = matches!(at.place(), Place::Org(_));
     let mut config = config_body(&body, if is_org { &["products"] } else { &[] }, true)?;
@@ -179,7 +179,7 @@ pub(super) async fn separate(
     caller: Result<ProductAt, ApiError>,
     ItemId(id): ItemId,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<IntegrationDetail>), ApiError> {
     let (at, p) = caller?.into_parts();
     // The org integration of the product's org, with its products.
     let (shared, products) = {

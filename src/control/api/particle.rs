@@ -26,6 +26,7 @@ use super::app::Api;
 use super::error::ApiError;
 use super::extract::{At, ItemId};
 use super::integrations;
+use super::views::{IntegrationDetail, IntegrationSummary};
 
 /// The largest form body taken (as axum's JSON bodies).
 const MAX_FORM_BYTES: usize = 2 * 1024 * 1024;
@@ -282,20 +283,33 @@ fn insert(object: &mut Map<String, Value>, path: &[String], value: Value) -> Res
     }
 }
 
+/// A webhook created: `{"ok": true}` and the integration.
+#[derive(Serialize)]
+pub(super) struct Created {
+    ok: bool,
+    #[serde(flatten)]
+    integration: IntegrationDetail,
+}
+
 /// `POST /v1/webhooks`: an integration created, answered as the webhooks
 /// API does (`{"ok": true, "id": …}` and the integration).
 pub(super) async fn create_webhook(
     state: State<Arc<Api>>,
     at: Result<At, ApiError>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (status, Json(mut created)) = integrations::create(state, at, body).await?;
-    created["ok"] = true.into();
-    Ok((status, Json(created)))
+) -> Result<(StatusCode, Json<Created>), ApiError> {
+    let (status, Json(integration)) = integrations::create(state, at, body).await?;
+    Ok((
+        status,
+        Json(Created {
+            ok: true,
+            integration,
+        }),
+    ))
 }
 
 /// `GET /v1/webhooks`: the integrations as a bare list.
-pub(super) async fn list_webhooks(state: State<Arc<Api>>, at: At) -> Json<Vec<Value>> {
+pub(super) async fn list_webhooks(state: State<Arc<Api>>, at: At) -> Json<Vec<IntegrationSummary>> {
     let Json(listed) = integrations::list(state, at).await;
     Json(listed.integrations)
 }

@@ -23,9 +23,10 @@ use super::auth::Place;
 use super::error::ApiError;
 use super::extract::{At, ItemId};
 use super::integrations::new_id;
-use super::views::{history_view, products_shown};
+use super::views::{history_view, products_shown, HistoryView};
 use crate::model::event::{DeviceEvent, Origin};
 use crate::model::integration::{Integration, Scope};
+use crate::model::outcome::OutcomeKind;
 use crate::model::variables::{EventContext, SecretMode};
 use crate::pipeline::render::render;
 use crate::pipeline::traffic::{mask, shown_body, LogEntry};
@@ -46,7 +47,7 @@ pub(super) async fn history(
     ItemId(id): ItemId,
     Query(q): Query<DaysQuery>,
     at: At,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HistoryView>, ApiError> {
     let i = api.find(at.place(), &id)?;
     let max = api.history.days();
     let days = q.days.unwrap_or(max);
@@ -89,15 +90,14 @@ pub(super) async fn log(
 /// A test's outcome: `success` or `error`, the request (secrets masked;
 /// null when it does not render), and the response with the time it took,
 /// or the error.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize)]
 pub(super) struct Tested {
-    outcome: &'static str,
+    outcome: OutcomeKind,
+    #[serialize_always]
     request: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     response: Option<TestResponse>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     elapsed_ms: Option<u64>,
 }
 
@@ -111,7 +111,7 @@ impl Tested {
     /// Nothing was sent, for `error`.
     fn unsent(request: Option<Value>, error: String) -> Tested {
         Tested {
-            outcome: "error",
+            outcome: OutcomeKind::Error,
             request,
             response: None,
             error: Some(error),
@@ -171,9 +171,9 @@ pub(super) async fn test(
     let visible = api.secrets.for_integration(&i);
     let elapsed_ms = Some(outcome.elapsed.as_millis() as u64);
     let answered = if outcome.is_success() {
-        "success"
+        OutcomeKind::Success
     } else {
-        "error"
+        OutcomeKind::Error
     };
     Ok(Json(match &outcome.result {
         Ok(status) => Tested {
@@ -187,7 +187,7 @@ pub(super) async fn test(
             elapsed_ms,
         },
         Err(err) => Tested {
-            outcome: "error",
+            outcome: OutcomeKind::Error,
             request: shown,
             response: None,
             error: Some(mask(&err.to_string(), visible)),
@@ -228,12 +228,11 @@ fn sample_event(i: &Integration, place: &Place) -> Result<DeviceEvent, ApiError>
 
 /// A preview: the sample event and the request for it (secrets masked), or
 /// why it does not render.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize)]
 pub(super) struct Preview {
     event: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
     request: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
 

@@ -7,7 +7,9 @@
 //! daily history in aggregate and per product.
 
 use chrono::NaiveDate;
-use serde_json::{json, Map, Value};
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+use serde_json::{Map, Value};
 
 use super::auth::Place;
 use crate::control::config_log::state::ConfigState;
@@ -30,10 +32,6 @@ pub fn config_of(spec: &IntegrationSpec) -> Map<String, Value> {
     std::mem::take(map)
 }
 
-pub fn counts(c: Counts) -> Value {
-    json!({"success": c.success, "error": c.error, "skipped": c.skipped})
-}
-
 /// Whose traffic of `i` is shown under `place`: a shared integration
 /// listed under one product shows that product's traffic.
 pub fn products_shown(i: &Integration, place: &Place) -> Products {
@@ -43,54 +41,175 @@ pub fn products_shown(i: &Integration, place: &Place) -> Products {
     }
 }
 
+/// One line of a list: an integration, where it executes and its traffic.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrationSummary {
+    pub id: String,
+    pub name: String,
+    pub version: u64,
+    /// Always `Webhook`: Particle's tools keep only the items of this type.
+    pub integration_type: &'static str,
+    pub event: String,
+    #[serialize_always]
+    pub url: Option<String>,
+    #[serde(rename = "requestType")]
+    pub request_type: &'static str,
+    pub disabled: bool,
+    pub traffic: Traffic,
+    pub created_at: Option<String>,
+    #[serde(rename = "deviceID")]
+    pub device_id: Option<String>,
+    /// An organization's integration, executing on a list of products.
+    pub shared: bool,
+    #[serde(flatten)]
+    pub placement: Placement,
+}
+
+/// Where an integration executes, as `scope` and the fields that go with it.
+#[serde_with::skip_serializing_none]
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "scope", rename_all = "lowercase")]
+pub enum Placement {
+    Sandbox {
+        owner: String,
+    },
+    Product {
+        product_id: u32,
+    },
+    Organization {
+        org: String,
+        products: Vec<u32>,
+        executes_on: usize,
+        /// Listed under one of its products: the org integration's id (the
+        /// product's own, after a separation, has another).
+        org_integration: Option<String>,
+    },
+}
+
+impl IntegrationSummary {
+    /// The products an org integration executes on (none for the others).
+    pub fn products(&self) -> &[u32] {
+        match &self.placement {
+            Placement::Organization { products, .. } => products,
+            _ => &[],
+        }
+    }
+
+    /// The org of an org integration.
+    pub fn org(&self) -> Option<&str> {
+        match &self.placement {
+            Placement::Organization { org, .. } => Some(org),
+            _ => None,
+        }
+    }
+
+    /// The product of a product's own integration.
+    pub fn product_id(&self) -> Option<u32> {
+        match self.placement {
+            Placement::Product { product_id } => Some(product_id),
+            _ => None,
+        }
+    }
+}
+
+/// Traffic today (UTC) and over the kept days, as
+/// `{"today": …, "last_N_days": …}`.
+#[derive(Debug, Clone, Copy)]
+pub struct Traffic {
+    pub today: Counts,
+    /// N, the kept days.
+    pub days: u32,
+    pub last_days: Counts,
+}
+
+impl Serialize for Traffic {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(2))?;
+        map.serialize_entry("today", &self.today)?;
+        map.serialize_entry(&format!("last_{}_days", self.days), &self.last_days)?;
+        map.end()
+    }
+}
+
+/// One integration alone: its summary, its config and its history.
+#[derive(Debug, Clone, Serialize)]
+pub struct IntegrationDetail {
+    #[serde(flatten)]
+    pub summary: IntegrationSummary,
+    /// As the user edits it (see [`config_of`]): the record's own JSON.
+    pub config: Map<String, Value>,
+    pub history: HistoryView,
+}
+
+/// Daily counts over the last `days` days (zeros included, oldest first),
+/// in aggregate and per product.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryView {
+    pub days: u32,
+    pub aggregate: Vec<DayCounts>,
+    pub per_product: Vec<ProductHistory>,
+}
+
+/// One product's days; its name and catalog link when the caller may see
+/// them (null otherwise).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProductHistory {
+    pub product: u32,
+    pub name: Option<String>,
+    pub link: Option<String>,
+    pub days: Vec<DayCounts>,
+}
+
+/// One day's counts: `{"date": "YYYY-MM-DD", "success", "error", "skipped"}`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct DayCounts {
+    #[serde(serialize_with = "iso_date")]
+    pub date: NaiveDate,
+    #[serde(flatten)]
+    pub counts: Counts,
+}
+
+fn iso_date<S: Serializer>(date: &NaiveDate, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(date)
+}
+
 /// One line of a list.
-pub fn summary(i: &Integration, place: &Place, history: &History) -> Value {
+pub fn summary(i: &Integration, place: &Place, history: &History) -> IntegrationSummary {
     let filter = products_shown(i, place);
-    let mut v = json!({
-        "id": &*i.id,
-        "name": i.name,
-        "version": i.version,
-        // Particle's tools keep only the items of this type.
-        "integration_type": "Webhook",
-        "event": i.trigger.as_str(),
-        "url": i.spec.url,
-        "requestType": i.request.method.as_str(),
-        "disabled": i.disabled,
-        "traffic": {
-            "today": counts(history.total(&i.id, filter, today())),
-            format!("last_{}_days", history.days()): counts(history.total(&i.id, filter, history.window_start())),
+    let placement = match &i.scope {
+        Scope::Sandbox { owner } => Placement::Sandbox {
+            owner: owner.clone(),
         },
-    });
-    let m = v.as_object_mut().expect("an object");
-    if let Some(at) = &i.spec.created_at {
-        m.insert("created_at".into(), at.as_str().into());
+        Scope::Product { product } => Placement::Product {
+            product_id: *product,
+        },
+        Scope::Org { org, products } => Placement::Organization {
+            org: org.clone(),
+            products: products.ids().to_vec(),
+            executes_on: products.ids().len(),
+            org_integration: matches!(place, Place::Product(_)).then(|| i.id.to_string()),
+        },
+    };
+    IntegrationSummary {
+        id: i.id.to_string(),
+        name: i.name.clone(),
+        version: i.version,
+        integration_type: "Webhook",
+        event: i.trigger.as_str().to_owned(),
+        url: i.spec.url.clone(),
+        request_type: i.request.method.as_str(),
+        disabled: i.disabled,
+        traffic: Traffic {
+            today: history.total(&i.id, filter, today()),
+            days: history.days(),
+            last_days: history.total(&i.id, filter, history.window_start()),
+        },
+        created_at: i.spec.created_at.clone(),
+        device_id: i.device_id.clone(),
+        shared: matches!(i.scope, Scope::Org { .. }),
+        placement,
     }
-    if let Some(d) = &i.device_id {
-        m.insert("deviceID".into(), d.as_str().into());
-    }
-    match &i.scope {
-        Scope::Sandbox { owner } => {
-            m.insert("scope".into(), "sandbox".into());
-            m.insert("owner".into(), owner.as_str().into());
-            m.insert("shared".into(), false.into());
-        }
-        Scope::Product { product } => {
-            m.insert("scope".into(), "product".into());
-            m.insert("product_id".into(), (*product).into());
-            m.insert("shared".into(), false.into());
-        }
-        Scope::Org { org, products } => {
-            m.insert("scope".into(), "organization".into());
-            m.insert("org".into(), org.as_str().into());
-            m.insert("shared".into(), true.into());
-            m.insert("products".into(), products.ids().into());
-            m.insert("executes_on".into(), products.ids().len().into());
-            if let Place::Product(_) = place {
-                m.insert("org_integration".into(), (*i.id).into());
-            }
-        }
-    }
-    v
 }
 
 /// One integration alone: its summary, config and history.
@@ -100,15 +219,12 @@ pub fn detail(
     history: &History,
     state: &ConfigState,
     days: u32,
-) -> Value {
-    let mut v = summary(i, place, history);
-    let m = v.as_object_mut().expect("an object");
-    m.insert("config".into(), Value::Object(config_of(&i.spec)));
-    m.insert(
-        "history".into(),
-        history_view(i, place, history, state, days),
-    );
-    v
+) -> IntegrationDetail {
+    IntegrationDetail {
+        summary: summary(i, place, history),
+        config: config_of(&i.spec),
+        history: history_view(i, place, history, state, days),
+    }
 }
 
 /// Daily counts over the last `days` days (zeros included, oldest first),
@@ -119,22 +235,22 @@ pub fn history_view(
     history: &History,
     state: &ConfigState,
     days: u32,
-) -> Value {
+) -> HistoryView {
     let last = today();
     let first = last - chrono::Days::new(u64::from(days.max(1)) - 1);
     let daily = history.daily(&i.id);
-    let series = |want: Products| -> Vec<Value> {
+    let series = |want: Products| -> Vec<DayCounts> {
         let mut day = first;
         let mut out = Vec::new();
         while day <= last {
-            let c = daily
+            let counts = daily
                 .iter()
                 .filter(|(d, p, _)| *d == day && want.admits(*p))
                 .fold(Counts::default(), |mut acc, (_, _, c)| {
                     acc += *c;
                     acc
                 });
-            out.push(day_counts(day, c));
+            out.push(DayCounts { date: day, counts });
             day = day.succ_opt().expect("not the end of time");
         }
         out
@@ -151,7 +267,7 @@ pub fn history_view(
             ps
         }
     };
-    let per_product: Vec<Value> = products
+    let per_product = products
         .iter()
         .map(|p| {
             // A sandbox's devices may belong to any organization's products:
@@ -161,31 +277,26 @@ pub fn history_view(
                 Scope::Sandbox { .. } => None,
                 _ => state.product(*p),
             };
-            let (name, link) = match found {
-                Some(found) => (
-                    Value::from(found.name.as_str()),
-                    Value::from(format!("/v1/orgs/{}/products/{p}", found.org)),
-                ),
-                None => (Value::Null, Value::Null),
-            };
-            json!({"product": p, "name": name, "link": link, "days": series(Products::One(*p))})
+            ProductHistory {
+                product: *p,
+                name: found.map(|f| f.name.clone()),
+                link: found.map(|f| format!("/v1/orgs/{}/products/{p}", f.org)),
+                days: series(Products::One(*p)),
+            }
         })
         .collect();
-    json!({
-        "days": days,
-        "aggregate": series(products_shown(i, place)),
-        "per_product": per_product,
-    })
-}
-
-fn day_counts(day: NaiveDate, c: Counts) -> Value {
-    json!({"date": day.to_string(), "success": c.success, "error": c.error, "skipped": c.skipped})
+    HistoryView {
+        days,
+        aggregate: series(products_shown(i, place)),
+        per_product,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::pipeline::traffic::{minute_of, StatsDelta};
+    use serde_json::json;
 
     /// Every day of every series, with traffic on several past days: each
     /// day shows that day's counts, per product and summed, not another
@@ -228,14 +339,16 @@ mod tests {
                 assert_eq!(d["success"], expect(product, day), "{product:?} on {day}");
             }
         };
-        let org = history_view(&i, &Place::Org("acme".into()), &h, &state, 30);
+        // As the api answers it: the JSON.
+        let view = |place| serde_json::to_value(history_view(&i, &place, &h, &state, 30)).unwrap();
+        let org = view(Place::Org("acme".into()));
         check(&org["aggregate"], None);
         for p in &org["per_product"].as_array().unwrap()[..] {
             check(&p["days"], Some(p["product"].as_u64().unwrap() as u32));
         }
         // Viewed under product 2, the shared integration's aggregate is
         // product 2's.
-        let under = history_view(&i, &Place::Product(2), &h, &state, 30);
+        let under = view(Place::Product(2));
         check(&under["aggregate"], Some(2));
         check(&under["per_product"][0]["days"], Some(2));
     }

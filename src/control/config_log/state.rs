@@ -49,7 +49,7 @@ pub struct Product {
 }
 
 /// An organization. Its plan decides whether it may have organization
-/// integrations (README, "Integrations": scopes).
+/// integrations (docs/behaviour.md, "Scope").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Org {

@@ -6,14 +6,14 @@
 //! and the body, or a [`RenderFailure`] saying which field failed and why; a
 //! failure is an error outcome of that delivery, never a panic.
 //!
-//! The [`body`] encoders and the [`urls`] each have a module; this one puts a
+//! The `body` encoders and the `urls` each have a module; this one puts a
 //! request together from the event's template variables
 //! ([`crate::model::variables`]).
 
 mod body;
 mod urls;
 
-pub use urls::url_host;
+pub(crate) use urls::url_host;
 
 use body::{encode_form, json_body, literal_keys, render_json, render_pairs, write_json_body};
 use urls::build_url;

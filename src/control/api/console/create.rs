@@ -103,8 +103,7 @@ async fn create_at(api: &Arc<Api>, here: &Here, body: Bytes) -> Result<Response,
         integrations::create(State(api.clone()), Ok(here.at.clone()), body).await?;
     Ok(redirect(&format!(
         "{}/integrations/{}",
-        here.base,
-        created["id"].as_str().unwrap_or_default()
+        here.base, created.summary.id
     )))
 }
 

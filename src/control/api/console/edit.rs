@@ -28,6 +28,7 @@ use crate::control::api::app::Api;
 use crate::control::api::extract::{ItemId, PlacePath, ProductAt, ProductPath};
 use crate::control::api::integrations;
 use crate::control::api::sessions::Session;
+use crate::control::api::views::IntegrationDetail;
 
 pub(super) async fn edit_form(
     State(api): State<Arc<Api>>,
@@ -37,9 +38,9 @@ pub(super) async fn edit_form(
 ) -> PageResult {
     let (s, here) = session_at(&api, &headers, &path)?;
     let i = shown(&api, &here.at, &id).await?;
-    let mut config = i["config"].as_object().cloned().unwrap_or_default();
-    if let Some(p) = i.get("products") {
-        config.insert("products".into(), p.clone());
+    let mut config = i.config.clone();
+    if i.summary.shared {
+        config.insert("products".into(), i.summary.products().into());
     }
     edit_page(&api, &s, &here, &id, &i, &FormValues(config), None).await
 }
@@ -50,13 +51,13 @@ async fn edit_page(
     s: &Session,
     here: &Here,
     id: &str,
-    i: &Value,
+    i: &IntegrationDetail,
     values: &FormValues,
     error: Option<(String, String)>,
 ) -> PageResult {
     let names = product_names(api, &here.at).await;
     let spec = FormSpec {
-        version: i["version"].as_u64(),
+        version: Some(i.summary.version),
         action: format!("{}/integrations/{id}/edit", here.base),
         submit: "Save",
         error,
@@ -69,15 +70,15 @@ async fn edit_page(
         StatusCode::OK
     };
     let content = html! {
-        @if i["shared"] == true {
+        @if i.summary.shared {
             div.banner role="note" {
                 "Saving changes this integration for every product it executes on: "
-                (product_list(&i["products"], &names)) "."
+                (product_list(i.summary.products(), &names)) "."
             }
         }
         (integration_form(s, values, &spec))
     };
-    let title = format!("{} → Edit {}", here.title, i["name"].as_str().unwrap_or(id));
+    let title = format!("{} → Edit {}", here.title, i.summary.name);
     Ok((status, page(&title, Some(s), content)).into_response())
 }
 
@@ -96,7 +97,7 @@ pub(super) async fn edit(
         Err(e) => return edit_page(&api, &s, &here, &id, &i, &echo(&f), Some(e)).await,
     };
     // The form holds the whole config: what it leaves out is removed.
-    for (k, _) in i["config"].as_object().into_iter().flatten() {
+    for k in i.config.keys() {
         if !KEPT_FIELDS.contains(&k.as_str()) {
             config.entry(k.clone()).or_insert(Value::Null);
         }
@@ -105,8 +106,8 @@ pub(super) async fn edit(
     // someone else is a conflict, not silently undone.
     let version = field(&f, "version")
         .and_then(|v| v.parse::<u64>().ok())
-        .map_or(i["version"].clone(), Value::from);
-    config.insert("version".into(), version);
+        .unwrap_or(i.summary.version);
+    config.insert("version".into(), version.into());
     match integrations::edit(
         State(api.clone()),
         Ok(here.at.clone()),
@@ -151,10 +152,10 @@ pub(super) async fn separate_form(
     let leaving = separating(&api, &s, path)?;
     let i = shown(&api, leaving.caller.at(), &id).await?;
     // Only a shared integration has a product to separate.
-    if i["shared"] != true {
+    if !i.summary.shared {
         return Err(not_found());
     }
-    let config = i["config"].as_object().cloned().unwrap_or_default();
+    let config = i.config.clone();
     separate_page(&api, &s, &leaving, &id, &i, &FormValues(config), None).await
 }
 
@@ -165,7 +166,7 @@ async fn separate_page(
     s: &Session,
     leaving: &Separating,
     id: &str,
-    i: &Value,
+    i: &IntegrationDetail,
     values: &FormValues,
     error: Option<(String, String)>,
 ) -> PageResult {
@@ -187,7 +188,7 @@ async fn separate_page(
     let content = html! {
         div.banner role="note" {
             "Product " (p) " leaves the shared integration (which keeps executing on "
-            (product_list(&i["products"], &names))
+            (product_list(i.summary.products(), &names))
             " without it) and gets its own integration with this config. Change at least one field."
         }
         (integration_form(s, values, &spec))
@@ -220,7 +221,7 @@ pub(super) async fn separate(
         Err(e) => return separate_page(&api, &s, &leaving, &id, &i, &echo(&f), Some(e)).await,
     };
     // Fields the form does not show come from the shared config.
-    for (k, v) in i["config"].as_object().into_iter().flatten() {
+    for (k, v) in &i.config {
         if KEPT_FIELDS.contains(&k.as_str()) && k != "created_at" {
             config.entry(k.clone()).or_insert(v.clone());
         }
@@ -235,8 +236,7 @@ pub(super) async fn separate(
     {
         Ok((_, Json(own))) => Ok(redirect(&format!(
             "/products/{}/integrations/{}",
-            leaving.product,
-            own["id"].as_str().unwrap_or_default()
+            leaving.product, own.summary.id
         ))),
         Err(e) => {
             let error = form_error(e, &[StatusCode::BAD_REQUEST])?;

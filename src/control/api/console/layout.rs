@@ -8,11 +8,11 @@ use axum::http::header::LOCATION;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
-use serde_json::Value;
 
 use crate::control::api::auth::Principal;
 use crate::control::api::error::ApiError;
 use crate::control::api::sessions::Session;
+use crate::model::outcome::Counts;
 
 /// A page for a signed-in person, or why there is none.
 pub(super) enum Failure {
@@ -124,19 +124,16 @@ pub(super) fn csrf_input(s: &Session) -> Markup {
 }
 
 /// Success, error and skipped counts as table cells.
-pub(super) fn counts(v: &Value) -> Markup {
+pub(super) fn counts(c: &Counts) -> Markup {
     html! {
-        td { (v["success"]) } td { (v["error"]) } td { (v["skipped"]) }
+        td { (c.success) } td { (c.error) } td { (c.skipped) }
     }
 }
 
 /// Product ids as `name (id)` where the name is known.
-pub(super) fn product_list(ids: &Value, names: &HashMap<u64, String>) -> String {
-    ids.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_u64)
-        .map(|p| match names.get(&p) {
+pub(super) fn product_list(ids: &[u32], names: &HashMap<u64, String>) -> String {
+    ids.iter()
+        .map(|&p| match names.get(&u64::from(p)) {
             Some(n) => format!("{n} ({p})"),
             None => p.to_string(),
         })

@@ -7,18 +7,16 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
-use axum::http::HeaderMap;
-use axum::response::IntoResponse;
-use axum::Json;
-use maud::html;
-use serde_json::Value;
-
 use super::layout::{counts, page, product_list, PageResult};
 use super::request::{product_names, session_at};
 use crate::control::api::app::Api;
 use crate::control::api::extract::PlacePath;
 use crate::control::api::integrations;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use axum::Json;
+use maud::html;
 
 pub(super) async fn list(
     State(api): State<Arc<Api>>,
@@ -29,11 +27,7 @@ pub(super) async fn list(
     let Json(listed) = integrations::list(State(api.clone()), here.at.clone()).await;
     let names = product_names(&api, &here.at).await;
     let items = listed.integrations;
-    let days = items
-        .first()
-        .and_then(|i| i["traffic"].as_object())
-        .and_then(|t| t.keys().find(|k| k.starts_with("last_")).cloned())
-        .unwrap_or_else(|| "last_30_days".into());
+    let days = api.history.days();
     let content = html! {
         p { a href={ (here.base) "/integrations/new" } { "Create an integration" } }
         @if items.is_empty() { p { "No integrations yet." } } @else {
@@ -42,24 +36,24 @@ pub(super) async fn list(
                 thead { tr {
                     th scope="col" { "Name" } th scope="col" { "Event" } th scope="col" { "Executes on" }
                     th scope="col" { "Today ok" } th scope="col" { "Today error" } th scope="col" { "Today skipped" }
-                    th scope="col" { (days.replace('_', " ")) " ok/error/skipped" } th scope="col" { "Status" }
+                    th scope="col" { "last " (days) " days ok/error/skipped" } th scope="col" { "Status" }
                 } }
                 tbody {
                     @for i in &items {
-                        @let id = i["id"].as_str().unwrap_or_default();
+                        @let kept = &i.traffic.last_days;
                         tr {
-                            td { a href={ (here.base) "/integrations/" (id) } { (i["name"].as_str().unwrap_or(id)) } }
-                            td { (i["event"].as_str().unwrap_or_default()) }
+                            td { a href={ (here.base) "/integrations/" (i.id) } { (i.name) } }
+                            td { (i.event) }
                             td {
-                                @if i["shared"] == true {
-                                    "shared: " (product_list(&i["products"], &names))
-                                } @else if let Some(p) = i["product_id"].as_u64() {
-                                    (product_list(&Value::from(vec![p]), &names))
+                                @if i.shared {
+                                    "shared: " (product_list(i.products(), &names))
+                                } @else if let Some(p) = i.product_id() {
+                                    (product_list(&[p], &names))
                                 } @else { "sandbox" }
                             }
-                            (counts(&i["traffic"]["today"]))
-                            td { (format!("{}/{}/{}", i["traffic"][&days]["success"], i["traffic"][&days]["error"], i["traffic"][&days]["skipped"])) }
-                            td { @if i["disabled"] == true { "disabled" } @else { "enabled" } }
+                            (counts(&i.traffic.today))
+                            td { (format!("{}/{}/{}", kept.success, kept.error, kept.skipped)) }
+                            td { @if i.disabled { "disabled" } @else { "enabled" } }
                         }
                     }
                 }

@@ -17,7 +17,6 @@ use axum::extract::State;
 use axum::http::header::COOKIE;
 use axum::http::{HeaderMap, HeaderValue};
 use axum::Json;
-use serde_json::Value;
 
 use super::layout::{not_found, Failure};
 use crate::control::api::app::Api;
@@ -25,6 +24,7 @@ use crate::control::api::auth::{Place, Principal};
 use crate::control::api::error::ApiError;
 use crate::control::api::extract::{At, ItemId, OrgAt, PlacePath};
 use crate::control::api::sessions::Session;
+use crate::control::api::views::IntegrationDetail;
 use crate::control::api::{catalog, integrations};
 
 pub(super) const SESSION_COOKIE: &str = "hookd_session";
@@ -210,7 +210,7 @@ pub(super) async fn product_names(api: &Arc<Api>, at: &At) -> HashMap<u64, Strin
 }
 
 /// Integration `id` as the REST `get` shows it to the caller at `at`.
-pub(super) async fn shown(api: &Arc<Api>, at: &At, id: &str) -> Result<Value, Failure> {
+pub(super) async fn shown(api: &Arc<Api>, at: &At, id: &str) -> Result<IntegrationDetail, Failure> {
     let Json(i) = integrations::get(State(api.clone()), at.clone(), ItemId(id.to_owned())).await?;
     Ok(i)
 }

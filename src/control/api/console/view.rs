@@ -23,19 +23,15 @@ use crate::control::api::app::Api;
 use crate::control::api::auth::Principal;
 use crate::control::api::extract::{ItemId, PlacePath};
 use crate::control::api::sessions::Session;
+use crate::control::api::views::DayCounts;
 use crate::control::api::{integrations, traffic};
 
 /// A stacked bar chart of daily success (blue), error (red) and skipped
 /// (grey), with the same numbers in a table.
-fn chart(caption: &str, days: &Value) -> Markup {
-    let days: Vec<&Value> = days
-        .as_array()
-        .map(|d| d.iter().collect())
-        .unwrap_or_default();
-    let n = |d: &Value, k: &str| d[k].as_u64().unwrap_or(0);
+fn chart(caption: &str, days: &[DayCounts]) -> Markup {
     let max = days
         .iter()
-        .map(|d| n(d, "success") + n(d, "error") + n(d, "skipped"))
+        .map(|d| d.counts.total())
         .max()
         .unwrap_or(0)
         .max(1);
@@ -45,19 +41,15 @@ fn chart(caption: &str, days: &Value) -> Markup {
     let mut bars = Vec::new();
     for (i, d) in days.iter().enumerate() {
         let mut y = h;
-        for (key, color) in [
-            ("success", "#1f6fd1"),
-            ("error", "#c62828"),
-            ("skipped", "#9e9e9e"),
+        for (key, n, color) in [
+            ("success", d.counts.success, "#1f6fd1"),
+            ("error", d.counts.error, "#c62828"),
+            ("skipped", d.counts.skipped, "#9e9e9e"),
         ] {
-            let height = n(d, key) * h / max;
+            let height = n * h / max;
             if height > 0 {
                 y -= height;
-                let tip = format!(
-                    "{} {key}: {}",
-                    d["date"].as_str().unwrap_or_default(),
-                    n(d, key)
-                );
+                let tip = format!("{} {key}: {n}", d.date);
                 bars.push((i as u64 * w, y, height, color, tip));
             }
         }
@@ -77,8 +69,8 @@ fn chart(caption: &str, days: &Value) -> Markup {
             table {
                 thead { tr { th scope="col" { "Day" } th scope="col" { "Success" } th scope="col" { "Error" } th scope="col" { "Skipped" } } }
                 tbody {
-                    @for d in &days {
-                        tr { th scope="row" { (d["date"].as_str().unwrap_or_default()) } (counts(d)) }
+                    @for d in days {
+                        tr { th scope="row" { (d.date) } (counts(&d.counts)) }
                     }
                 }
             }
@@ -133,28 +125,29 @@ async fn view_page(
     let log = serde_json::to_value(log).expect("a delivery log serializes");
     let Json(preview) =
         traffic::preview(State(api.clone()), here.at.clone(), ItemId(id.to_owned())).await?;
-    let id = i["id"].as_str().unwrap_or_default().to_owned();
+    let id = i.summary.id.clone();
     let names = product_names(api, &here.at).await;
     let page_path = format!("{}/integrations/{id}", here.base);
-    let shared = i["shared"] == true;
+    let shared = i.summary.shared;
     // A shared integration is edited (and enabled or disabled) at its
     // org's address, by the org or the operator; a product's page links
     // there.
-    let owner_path = match (shared, i["org"].as_str(), &s.who) {
+    let owner_path = match (shared, i.summary.org(), &s.who) {
         (false, _, _) => Some(page_path.clone()),
         (true, Some(org), Principal::Org(mine)) if mine == org => Some(org_path(org, &id)),
         (true, Some(org), Principal::Operator) => Some(org_path(org, &id)),
         _ => None,
     };
-    let mut config = i["config"].clone();
+    let mut config = Value::Object(i.config.clone());
     if config["auth"]["password"].is_string() {
         config["auth"]["password"] = "••••••".into();
     }
+    let today = i.summary.traffic.today;
     let content = html! {
         @if shared {
             div.banner role="note" {
                 "This integration is shared: it executes on "
-                (product_list(&i["products"], &names))
+                (product_list(i.summary.products(), &names))
                 @if here.product.is_some() {
                     ". Editing it here changes it for every one of them; to change it for this product only, separate it."
                 } @else { "." }
@@ -169,17 +162,17 @@ async fn view_page(
         }
         table {
             tbody {
-                tr { th scope="row" { "Event" } td { (i["event"].as_str().unwrap_or_default()) } }
-                tr { th scope="row" { "URL" } td { (i["url"].as_str().unwrap_or_default()) } }
-                tr { th scope="row" { "Status" } td { @if i["disabled"] == true { "disabled" } @else { "enabled" } } }
-                tr { th scope="row" { "Today" } td { "ok " (i["traffic"]["today"]["success"]) ", error " (i["traffic"]["today"]["error"]) ", skipped " (i["traffic"]["today"]["skipped"]) } }
+                tr { th scope="row" { "Event" } td { (i.summary.event) } }
+                tr { th scope="row" { "URL" } td { (i.summary.url.as_deref().unwrap_or_default()) } }
+                tr { th scope="row" { "Status" } td { @if i.summary.disabled { "disabled" } @else { "enabled" } } }
+                tr { th scope="row" { "Today" } td { "ok " (today.success) ", error " (today.error) ", skipped " (today.skipped) } }
             }
         }
         @if let Some(owner) = &owner_path {
             form method="post" action={ (owner) "/toggle" } {
                 (csrf_input(s))
-                input type="hidden" name="disabled" value=(if i["disabled"] == true { "false" } else { "true" });
-                button type="submit" { @if i["disabled"] == true { "Enable" } @else { "Disable" } }
+                input type="hidden" name="disabled" value=(if i.summary.disabled { "false" } else { "true" });
+                button type="submit" { @if i.summary.disabled { "Enable" } @else { "Disable" } }
             }
         }
         form method="post" action={ (page_path) "/test" } {
@@ -192,16 +185,15 @@ async fn view_page(
                 pre { (serde_json::to_string_pretty(t).unwrap_or_default()) }
             }
         }
-        h2 { "History, last " (i["history"]["days"]) " days" }
-        (chart("All products", &i["history"]["aggregate"]))
-        @for p in i["history"]["per_product"].as_array().into_iter().flatten() {
+        h2 { "History, last " (i.history.days) " days" }
+        (chart("All products", &i.history.aggregate))
+        @for p in &i.history.per_product {
             h3 {
-                @if let Some(link) = p["link"].as_str() {
-                    @let pid = p["product"].as_u64().unwrap_or(0);
-                    a href={ "/products/" (pid) "/integrations" } data-api=(link) { (p["name"].as_str().unwrap_or_default()) " (" (pid) ")" }
-                } @else { "Product " (p["product"]) }
+                @if let Some(link) = &p.link {
+                    a href={ "/products/" (p.product) "/integrations" } data-api=(link) { (p.name.as_deref().unwrap_or_default()) " (" (p.product) ")" }
+                } @else { "Product " (p.product) }
             }
-            (chart(&format!("Product {}", p["product"]), &p["days"]))
+            (chart(&format!("Product {}", p.product), &p.days))
         }
         h2 { "Delivery log" }
         (delivery_log(&log))
@@ -211,7 +203,7 @@ async fn view_page(
         h2 { "Config" }
         pre { (serde_json::to_string_pretty(&config).unwrap_or_default()) }
     };
-    let title = format!("{} → {}", here.title, i["name"].as_str().unwrap_or(&id));
+    let title = format!("{} → {}", here.title, i.summary.name);
     Ok(page(&title, Some(s), content).into_response())
 }
 
