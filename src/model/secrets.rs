@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use base64::Engine;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS, NON_ALPHANUMERIC};
 
 /// What `{{{SECRET}}}` shows wherever a request is displayed.
 pub const SENSITIVE: &str = "[[SENSITIVE]]";
@@ -40,16 +41,9 @@ pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
         // As a URL's host carries it: hosts are lowercased.
         forms.push(value.to_ascii_lowercase());
         forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
-        forms.push(percent_encoded(value, |b| {
-            b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
-        }));
-        // As a URL's path and query carry it (the `url` crate's sets).
-        forms.push(percent_encoded(value, |b| {
-            b.is_ascii_graphic() && !b"\"#<>?`{}".contains(&b)
-        }));
-        forms.push(percent_encoded(value, |b| {
-            b.is_ascii_graphic() && !b"\"#<>'".contains(&b)
-        }));
+        for set in [URI_COMPONENT, URL_PATH, URL_QUERY] {
+            forms.push(utf8_percent_encode(value, set).to_string());
+        }
         let json = serde_json::to_string(value).expect("a string always serializes");
         forms.push(json[1..json.len() - 1].to_owned());
         for engine in [&STANDARD, &URL_SAFE] {
@@ -76,19 +70,38 @@ fn base64_core(engine: &base64::engine::GeneralPurpose, value: &[u8], offset: us
     encoded[first..end].to_owned()
 }
 
-/// `value` percent-encoded, the bytes `kept` left as they are
-/// (`encodeURIComponent` keeps `A-Z a-z 0-9 - _ . ! ~ * ' ( )`).
-fn percent_encoded(value: &str, kept: impl Fn(u8) -> bool) -> String {
-    let mut out = String::with_capacity(value.len());
-    for b in value.bytes() {
-        if kept(b) {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
+/// What `encodeURIComponent` encodes: all but `A-Z a-z 0-9 - _ . ! ~ * ' ( )`.
+const URI_COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'!')
+    .remove(b'~')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// What a URL's path encodes (the `url` crate's path set).
+const URL_PATH: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// What a URL's query encodes (the `url` crate's special-query set).
+const URL_QUERY: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\'');
 
 /// `text` with each of `forms` replaced by `[[SENSITIVE]]`; borrowed back
 /// when none occurs.
