@@ -137,6 +137,22 @@ fn full() -> bool {
     std::env::var("FAULTS_FULL").is_ok_and(|v| v == "1")
 }
 
+/// Produces `batches` to `topic`, the i-th at i × `every` from the start
+/// (whatever producing took), so the load is paced, not bursty.
+async fn produce_paced(
+    broker: &Broker,
+    topic: &str,
+    every: Duration,
+    batches: impl IntoIterator<Item = Vec<(String, String)>>,
+) {
+    let began = Instant::now();
+    for (i, batch) in batches.into_iter().enumerate() {
+        produce(broker, topic, &batch).await;
+        let next = began + every * (i as u32 + 1);
+        tokio::time::sleep_until(next.into()).await;
+    }
+}
+
 /// The scenarios whose pass/fail line is printed.
 static VERDICTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
@@ -375,12 +391,8 @@ async fn kill_9_under_load() {
         background(move || async move {
             let broker = Broker::at(&bootstrap);
             let all = events("temp", "k", n);
-            let began = Instant::now();
-            for (i, batch) in all.chunks(n / 250).enumerate() {
-                produce(&broker, &topic, batch).await;
-                let next = began + Duration::from_millis(100 * (i as u64 + 1));
-                tokio::time::sleep_until(next.into()).await;
-            }
+            let batches = all.chunks(n / 250).map(<[_]>::to_vec);
+            produce_paced(&broker, &topic, Duration::from_millis(100), batches).await;
         })
     };
 
@@ -800,16 +812,17 @@ async fn receiver_outage_books_balance() {
     // Ten events a second, products 1, 2 and 3 in turn, through the outage.
     let seconds = outage.as_secs() + 25;
     let per_second = 10;
-    let started = Instant::now();
     let mut sent: BTreeMap<u32, Vec<String>> = BTreeMap::new();
-    for second in 0..seconds {
+    // Made lazily, each batch when its second comes: the outage begins and
+    // ends on its second.
+    let batches = (0..seconds).map(|second| {
         if second == 10 {
             receiver.set_mode(common::Mode::Close);
         }
         if second == 10 + outage.as_secs() {
             receiver.set_mode(common::Mode::Status(200));
         }
-        let batch: Vec<(String, String)> = (0..per_second)
+        (0..per_second)
             .map(|j| {
                 let i = second * per_second + j;
                 let product = 1 + (i % 3) as u32;
@@ -820,11 +833,15 @@ async fn receiver_outage_books_balance() {
                     "productID": product, "id": id});
                 (device, e.to_string())
             })
-            .collect();
-        produce(&broker, &s.kafka.events_topic, &batch).await;
-        let next = started + Duration::from_secs(second + 1);
-        tokio::time::sleep_until(next.into()).await;
-    }
+            .collect::<Vec<_>>()
+    });
+    produce_paced(
+        &broker,
+        &s.kafka.events_topic,
+        Duration::from_secs(1),
+        batches,
+    )
+    .await;
     let total = (seconds * per_second) as usize;
     let matched = |id: &str| -> Vec<&String> {
         if id == p {
@@ -1056,14 +1073,9 @@ async fn scale_out_and_in_under_a_limit() {
         let topic = s.kafka.events_topic.clone();
         background(move || async move {
             let broker = Broker::at(&bootstrap);
-            let began = Instant::now();
-            for second in 0..seconds as usize {
-                let batch: Vec<(String, String)> =
-                    events("temp", "s", n)[second * offered..(second + 1) * offered].to_vec();
-                produce(&broker, &topic, &batch).await;
-                let next = began + Duration::from_secs(second as u64 + 1);
-                tokio::time::sleep_until(next.into()).await;
-            }
+            let all = events("temp", "s", n);
+            let batches = all.chunks(offered).map(<[_]>::to_vec);
+            produce_paced(&broker, &topic, Duration::from_secs(1), batches).await;
         })
     };
     let mut measured = Vec::new();

@@ -217,13 +217,18 @@ impl Broker {
     }
 }
 
-/// A loopback port nothing listens on now.
+/// A loopback port nothing listens on now, for a process started later.
+/// Taken below Linux's ephemeral range (32768-60999): a port the kernel
+/// handed out could be handed out again, as the local port of one of the
+/// many outgoing connections a test makes, before the process binds it.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    for _ in 0..1000 {
+        let port = rand::random_range(20_000..32_000);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between 20000 and 32000");
 }
 
 /// A name no other test (or earlier run against the same real broker) uses.
