@@ -158,6 +158,8 @@ async fn reload_on_sighup(
 }
 
 /// Time a stop may take beyond `worker.shutdown_grace`: the final commit
+/// and leaving the group beside the last traffic and the producers' flush
+/// (each step bounded: `STOP_STEP_PATIENCE` in the worker, 10 s together),
 /// and the consumers' close.
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(15);
 

@@ -304,6 +304,13 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// it has left the group.
 const LEAVE_PATIENCE: Duration = Duration::from_secs(5);
 
+/// How long a stopping worker waits for each other step that needs the
+/// broker (the final commit, the last traffic, the producers' flush). With
+/// the offsets' steps and the traffic's run side by side, a stop takes at
+/// most `worker.shutdown_grace` + 10 s of its own, within the command's
+/// backstop (`STOP_MARGIN`, 15 s), even with the broker gone.
+const STOP_STEP_PATIENCE: Duration = Duration::from_secs(5);
+
 impl Subscription {
     /// Leaves the group and waits (at most [`LEAVE_PATIENCE`]) until the
     /// partitions are revoked, before the consumer closes. librdkafka (2.12)
@@ -366,22 +373,40 @@ impl Subscription {
         }
     }
 
-    /// Commits every partition's commit point before the consumer closes.
-    /// A commit refused because the group is rebalancing as this worker stops
-    /// is not tried again: waiting for the rebalance would hold the stop for
-    /// seconds, and the next owner reads those records again (at least once).
-    fn commit_final(&self) {
+    /// Commits every partition's commit point before the consumer closes,
+    /// waiting [`STOP_STEP_PATIENCE`] at most. A commit refused because the
+    /// group is rebalancing as this worker stops is not tried again: waiting
+    /// for the rebalance would hold the stop for seconds, and the next owner
+    /// reads those records again (at least once). One that is not answered
+    /// in time (no coordinator: the broker gone or failing) is left to finish
+    /// on a thread of its own, which holds the consumer until then, so the
+    /// stop goes on.
+    async fn commit_final(&self) {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, offset) in self.ledger.committable() {
             let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(offset));
         }
-        if tpl.count() > 0 {
-            match self.consumer.commit(&tpl, CommitMode::Sync) {
-                Ok(()) => tracing::info!(partitions = tpl.count(), "final offsets committed"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "final commit failed; the last records may be redelivered")
-                }
+        let partitions = tpl.count();
+        if partitions == 0 {
+            return;
+        }
+        let (done, committed) = tokio::sync::oneshot::channel();
+        let consumer = self.consumer.clone();
+        std::thread::spawn(move || {
+            let _ = done.send(consumer.commit(&tpl, CommitMode::Sync));
+        });
+        match tokio::time::timeout(STOP_STEP_PATIENCE, committed).await {
+            Ok(Ok(Ok(()))) => tracing::info!(partitions, "final offsets committed"),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "final commit failed; the last records may be redelivered")
             }
+            Ok(Err(_)) => tracing::warn!(
+                "final commit ended without an answer; the last records may be redelivered"
+            ),
+            Err(_) => tracing::warn!(
+                patience = ?STOP_STEP_PATIENCE,
+                "final commit not answered in time; the last records may be redelivered"
+            ),
         }
     }
 }
@@ -648,27 +673,48 @@ impl Running {
         // Joined, so no task still holds a consumer once `run` returns (its
         // close would then talk to a broker the caller may have stopped).
         join_all(self.stores).await;
-        events.commit_final();
-        if let Some(r) = &self.retries {
-            r.commit_final();
-        }
-        // A static member (`kafka.instance_id`) keeps its partitions while it
-        // restarts, so it does not leave; its close may then still serve a
-        // revocation (see Subscription::leave).
-        if !static_member {
+        // The offsets (commit, then leave) and the traffic (the last counts,
+        // then the producers) side by side: each waits on the broker.
+        let offsets = async {
             let retries = async {
                 if let Some(r) = &self.retries {
-                    r.leave().await;
+                    r.commit_final().await;
                 }
             };
-            tokio::join!(events.leave(), retries);
-        }
-        self.traffic_stop.cancel();
-        if let Some(t) = self.traffic {
-            let _ = t.await;
-        }
-        // Fire-and-forget response events still queued get out too.
-        self.pipeline.dispatcher.flush(Duration::from_secs(5));
+            tokio::join!(events.commit_final(), retries);
+            // A static member (`kafka.instance_id`) keeps its partitions while
+            // it restarts, so it does not leave; its close may then still
+            // serve a revocation (see Subscription::leave).
+            if !static_member {
+                let retries = async {
+                    if let Some(r) = &self.retries {
+                        r.leave().await;
+                    }
+                };
+                tokio::join!(events.leave(), retries);
+            }
+        };
+        let traffic_stop = self.traffic_stop;
+        let traffic = self.traffic;
+        let dispatcher = self.pipeline.dispatcher.clone();
+        let last_traffic = async move {
+            traffic_stop.cancel();
+            if let Some(mut t) = traffic {
+                if tokio::time::timeout(STOP_STEP_PATIENCE, &mut t)
+                    .await
+                    .is_err()
+                {
+                    t.abort();
+                    tracing::warn!(
+                        patience = ?STOP_STEP_PATIENCE,
+                        "last traffic not published in time; the api's history misses it"
+                    );
+                }
+            }
+            // Fire-and-forget response events still queued get out too.
+            let _ = tokio::task::spawn_blocking(move || dispatcher.flush(STOP_STEP_PATIENCE)).await;
+        };
+        tokio::join!(offsets, last_traffic);
     }
 }
 

@@ -152,12 +152,15 @@ impl Dispatcher {
         &self.producer
     }
 
-    /// Sends what the producers still hold, for at most `timeout` each:
-    /// fire-and-forget response events included.
+    /// Sends what the producers still hold, for at most `timeout` in all:
+    /// fire-and-forget response events included. Blocks the thread.
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer;
+        let deadline = std::time::Instant::now() + timeout;
         let _ = self.responder.flush(timeout);
-        let _ = self.producer.flush(timeout);
+        let _ = self
+            .producer
+            .flush(deadline.saturating_duration_since(std::time::Instant::now()));
     }
 
     pub async fn attempt(
