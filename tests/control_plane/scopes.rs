@@ -463,12 +463,13 @@ async fn refusals_come_in_one_order() {
     assert_eq!(status, 403, "{answer}");
 }
 
-/// A body refused as too large is answered with `Connection: close`: the
+/// A request answered with its body unread (refused as too large, or
+/// refused before it was read) is answered with `Connection: close`: the
 /// server drops the connection with the rest of the body unread, and a
-/// client reusing it for its next request would fail there.
+/// client reusing it for its next request would fail there. A request whose
+/// body was read keeps its connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_large_body_closes_its_connection() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ControlPlane {
         broker: _broker,
         api,
@@ -476,23 +477,46 @@ async fn a_refused_large_body_closes_its_connection() {
         ..
     } = ControlPlane::start().await;
     let base = acme.base().trim_start_matches("http://").to_owned();
-    let mut stream = tokio::net::TcpStream::connect(&base).await.unwrap();
-    let body = vec![b'x'; 3 << 20];
-    let head = format!(
-        "POST /v1/orgs/acme/integrations HTTP/1.1\r\nhost: {base}\r\n\
-         authorization: Bearer {OPERATOR}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // The server may stop reading part way: the answer is read either way.
-    let _ = stream.write_all(&body).await;
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
-    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
-    assert!(answer.starts_with("http/1.1 413"), "{answer}");
-    let head = answer.split("\r\n\r\n").next().unwrap();
-    assert!(head.contains("\r\nconnection: close\r\n"), "{head}");
+    let big = vec![b'x'; 3 << 20];
+    let small = br#"{"event": "t", "url": "https://acme.example.com/h", "products": [1]}"#;
+    for (method, path, token, body, status, closes) in [
+        (
+            "POST",
+            "/v1/orgs/acme/integrations",
+            OPERATOR,
+            &big[..],
+            "413",
+            true,
+        ),
+        ("POST", "/v1/nowhere", OPERATOR, &big[..], "404", true),
+        (
+            "DELETE",
+            "/v1/orgs/acme/integrations/x",
+            "",
+            &big[..],
+            "401",
+            true,
+        ),
+        (
+            "POST",
+            "/v1/orgs/acme/integrations",
+            OPERATOR,
+            &small[..],
+            "201",
+            false,
+        ),
+    ] {
+        let answer = answer_head(&base, method, path, token, body).await;
+        assert!(
+            answer.starts_with(&format!("http/1.1 {status}")),
+            "{method} {path}: {answer}"
+        );
+        assert_eq!(
+            answer.contains("\r\nconnection: close\r\n"),
+            closes,
+            "{method} {path}: {answer}"
+        );
+    }
     // And through the client, a refusal then a request, again and again.
     let big = json!({"event": "t", "url": "https://x.example.com/", "products": [1], "name": "x".repeat(3 << 20)});
     for _ in 0..10 {
@@ -508,4 +532,40 @@ async fn a_refused_large_body_closes_its_connection() {
         assert_eq!(status, 200, "{answer}");
     }
     api.stop().await;
+}
+
+/// The head of the answer to one request sent over a connection of its
+/// own, lowercased; the body is sent whole unless the server stops reading.
+async fn answer_head(base: &str, method: &str, path: &str, token: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(base).await.unwrap();
+    let auth = if token.is_empty() {
+        String::new()
+    } else {
+        format!("authorization: Bearer {token}\r\n")
+    };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {base}\r\n{auth}content-type: application/json\r\n\
+         content-length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    // The server may stop reading part way: the answer is read either way.
+    let _ = stream.write_all(body).await;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Up to the end of the head (a kept connection does not end).
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    answer
+        .split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+        + "\r\n"
 }

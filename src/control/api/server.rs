@@ -84,24 +84,64 @@ fn router(api: Arc<Api>) -> Router {
         .merge(console::routes())
         .with_state(api)
         .layer(axum::middleware::from_fn(p::particle_clients))
-        .layer(axum::middleware::from_fn(close_after_refused_body))
+        .layer(axum::middleware::from_fn(close_if_body_unread))
 }
 
-/// A body refused as too large is left partly unread, so the server closes
-/// the connection after answering; saying so (`Connection: close`) keeps a
+/// A request answered with its body left unread (refused as too large, or
+/// before it was read: a 401, a 404, a 405) makes the server close the
+/// connection after the answer; saying so (`Connection: close`) keeps a
 /// client from sending its next request down that connection as it closes.
-async fn close_after_refused_body(
+async fn close_if_body_unread(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::body::HttpBody;
+    let has_body = !request.body().is_end_stream();
+    let read = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let request = request.map(|inner| {
+        axum::body::Body::new(ReadToEnd {
+            inner,
+            read: read.clone(),
+        })
+    });
     let mut response = next.run(request).await;
-    if response.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+    if has_body && !read.load(std::sync::atomic::Ordering::Acquire) {
         response.headers_mut().insert(
             axum::http::header::CONNECTION,
             axum::http::HeaderValue::from_static("close"),
         );
     }
     response
+}
+
+/// A request body that notes when it was read to its end.
+struct ReadToEnd {
+    inner: axum::body::Body,
+    read: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl axum::body::HttpBody for ReadToEnd {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(None) = polled {
+            self.read.store(true, std::sync::atomic::Ordering::Release);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A running api: where it listens and its task.
