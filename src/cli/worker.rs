@@ -158,13 +158,13 @@ async fn reload_on_sighup(
 }
 
 /// Time a stop may take beyond `worker.shutdown_grace`: the final commit
-/// and leaving the group beside the last traffic and the producers' flush
-/// (each step bounded: `STOP_STEP_PATIENCE` in the worker, 10 s together),
-/// and the consumers' close.
+/// and leaving the groups beside the last traffic and the producers' flush
+/// (each step bounded in the worker, 11 s at most together), and the
+/// consumers' close.
 const STOP_MARGIN: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Once `token` is cancelled, gives the stop `limit`; past it (the final
-/// commit or a consumer's close waiting on a coordinator that is gone) the
+/// Once `token` is cancelled, gives the stop `limit`; past it (a consumer's
+/// close waiting on a coordinator that is gone, say) the
 /// process exits 1 with a message. What was not committed is redelivered by
 /// the partitions' next owners, as after a crash; a stop never hangs. A
 /// thread of its own, so a runtime thread blocked in a Kafka call cannot

@@ -17,7 +17,8 @@
 //! Shutdown: cancelling the token stops both intakes; deliveries in flight get
 //! `worker.shutdown_grace` to finish (retries still waiting for their due time
 //! are abandoned at once, to be read again by the next owner); then the commit
-//! points are committed synchronously and [`Worker::run`] returns.
+//! points are committed (6 s at most) and the groups left, beside the last
+//! traffic and the producers' flush, and [`Worker::run`] returns.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -304,12 +305,18 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(1);
 /// it has left the group.
 const LEAVE_PATIENCE: Duration = Duration::from_secs(5);
 
-/// How long a stopping worker waits for each other step that needs the
-/// broker (the final commit, the last traffic, the producers' flush). With
-/// the offsets' steps and the traffic's run side by side, a stop takes at
-/// most `worker.shutdown_grace` + 10 s of its own, within the command's
-/// backstop (`STOP_MARGIN`, 15 s), even with the broker gone.
+/// How long a stopping worker waits for the last traffic and for the
+/// producers' flush, each.
 const STOP_STEP_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a stopping worker waits for its final commit: a little over a
+/// broker's own commit timeout (`offsets.commit.timeout.ms`, 5 s), so a
+/// slow broker's answer is still taken. With leaving the group after it
+/// (`LEAVE_PATIENCE`), and the traffic's steps side by side, the steps
+/// that wait on the broker take 11 s at most: within the command's
+/// backstop (`worker.shutdown_grace` + 15 s) even with the broker gone,
+/// the consumers' close aside (librdkafka bounds that itself).
+const FINAL_COMMIT_PATIENCE: Duration = Duration::from_secs(6);
 
 impl Subscription {
     /// Leaves the group and waits (at most [`LEAVE_PATIENCE`]) until the
@@ -329,6 +336,13 @@ impl Subscription {
             .context()
             .closing
             .store(true, Ordering::Release);
+        // A consumer whose session expired (its broker gone or failing) is
+        // no member any more: nothing to leave, nothing assigned, and
+        // librdkafka logs an unsubscribe then as an error of its own
+        // (a cooperative revocation it did not expect). Its close leaves.
+        if !joined(&self.consumer) {
+            return;
+        }
         self.consumer.unsubscribe();
         let released = async {
             while self.consumer.assignment().is_ok_and(|a| a.count() > 0) {
@@ -392,10 +406,21 @@ impl Subscription {
         }
         let (done, committed) = tokio::sync::oneshot::channel();
         let consumer = self.consumer.clone();
-        std::thread::spawn(move || {
-            let _ = done.send(consumer.commit(&tpl, CommitMode::Sync));
-        });
-        match tokio::time::timeout(STOP_STEP_PATIENCE, committed).await {
+        let commit = move || {
+            let result = consumer.commit(&tpl, CommitMode::Sync);
+            // The handle goes before the answer: a consumer answered in time
+            // is closed by the worker, not by this thread later.
+            drop(consumer);
+            let _ = done.send(result);
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("final-commit".into())
+            .spawn(commit)
+        {
+            tracing::warn!(error = %e, "no thread for the final commit; the last records may be redelivered");
+            return;
+        }
+        match tokio::time::timeout(FINAL_COMMIT_PATIENCE, committed).await {
             Ok(Ok(Ok(()))) => tracing::info!(partitions, "final offsets committed"),
             Ok(Ok(Err(e))) => {
                 tracing::warn!(error = %e, "final commit failed; the last records may be redelivered")
@@ -404,10 +429,31 @@ impl Subscription {
                 "final commit ended without an answer; the last records may be redelivered"
             ),
             Err(_) => tracing::warn!(
-                patience = ?STOP_STEP_PATIENCE,
-                "final commit not answered in time; the last records may be redelivered"
+                patience = ?FINAL_COMMIT_PATIENCE,
+                "final commit not answered in time; the last records may be redelivered, \
+                 and leaving the group waits on it (the group expires this member after \
+                 session.timeout.ms otherwise)"
             ),
         }
+    }
+}
+
+/// Whether `consumer` is a member of its group now: librdkafka holds a
+/// member id for it (none before the first join, nor after its session
+/// expired, until it rejoins).
+fn joined(consumer: &RecordConsumer) -> bool {
+    let rk = consumer.client().native_ptr();
+    // SAFETY: `rk` is the live handle of `consumer`, borrowed for this call.
+    // rd_kafka_memberid returns NULL or a NUL-terminated string librdkafka
+    // allocated for the caller, read here and freed with rd_kafka_mem_free.
+    unsafe {
+        let id = rdkafka::bindings::rd_kafka_memberid(rk);
+        if id.is_null() {
+            return false;
+        }
+        let joined = *id != 0;
+        rdkafka::bindings::rd_kafka_mem_free(rk, id.cast());
+        joined
     }
 }
 
@@ -671,7 +717,8 @@ impl Running {
         }
         self.storing.cancel();
         // Joined, so no task still holds a consumer once `run` returns (its
-        // close would then talk to a broker the caller may have stopped).
+        // close would then talk to a broker the caller may have stopped);
+        // only a final commit left unanswered keeps one, on its thread.
         join_all(self.stores).await;
         // The offsets (commit, then leave) and the traffic (the last counts,
         // then the producers) side by side: each waits on the broker.

@@ -152,15 +152,17 @@ impl Dispatcher {
         &self.producer
     }
 
-    /// Sends what the producers still hold, for at most `timeout` in all:
-    /// fire-and-forget response events included. Blocks the thread.
+    /// Sends what the producers still hold, both at once, for at most
+    /// `timeout`: fire-and-forget response events included. Blocks the
+    /// thread.
     pub fn flush(&self, timeout: Duration) {
         use rdkafka::producer::Producer;
-        let deadline = std::time::Instant::now() + timeout;
-        let _ = self.responder.flush(timeout);
-        let _ = self
-            .producer
-            .flush(deadline.saturating_duration_since(std::time::Instant::now()));
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let _ = self.responder.flush(timeout);
+            });
+            let _ = self.producer.flush(timeout);
+        });
     }
 
     pub async fn attempt(
