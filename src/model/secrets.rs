@@ -41,7 +41,13 @@ pub fn secret_forms(secrets: &Secrets) -> Vec<String> {
         // As a URL's host carries it: hosts are lowercased.
         forms.push(value.to_ascii_lowercase());
         forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
-        for set in [URI_COMPONENT, URL_PATH, URL_QUERY] {
+        for set in [
+            URI_COMPONENT,
+            URL_PATH,
+            URL_QUERY,
+            URL_USERINFO,
+            URL_FRAGMENT,
+        ] {
             forms.push(utf8_percent_encode(value, set).to_string());
         }
         let json = serde_json::to_string(value).expect("a string always serializes");
@@ -94,6 +100,22 @@ const URL_PATH: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'}');
 
+/// What a URL's userinfo encodes (the `url` crate's userinfo set).
+const URL_USERINFO: &AsciiSet = &URL_PATH
+    .add(b'/')
+    .add(b':')
+    .add(b';')
+    .add(b'=')
+    .add(b'@')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'|');
+
+/// What a URL's fragment encodes (the `url` crate's fragment set).
+const URL_FRAGMENT: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'<').add(b'>').add(b'`');
+
 /// What a URL's query encodes (the `url` crate's special-query set).
 const URL_QUERY: &AsciiSet = &CONTROLS
     .add(b' ')
@@ -113,4 +135,28 @@ pub fn mask_forms<'t>(text: Cow<'t, str>, forms: &[String]) -> Cow<'t, str> {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret in a URL's userinfo or fragment, as the URL parser encodes
+    /// it there (each with a set of its own, unlike any other form), is
+    /// masked.
+    #[test]
+    fn a_secret_in_a_urls_userinfo_or_fragment_is_masked() {
+        for (value, url) in [
+            ("pa=ss$w+rd", "https://u:{}@h.example/p"),
+            ("x`{y}z$", "https://h.example/p#{}"),
+        ] {
+            let secrets: Secrets = Arc::new([("PW".to_owned(), value.to_owned())].into());
+            let url = url.replace("{}", value);
+            let shown = url::Url::parse(&url).unwrap().to_string();
+            assert!(!shown.contains(value), "{shown}");
+            let masked = mask_forms(shown.as_str().into(), &secret_forms(&secrets));
+            assert_eq!(masked.matches(SENSITIVE).count(), 1, "{shown} -> {masked}");
+            assert!(!masked.contains('$'), "{shown} -> {masked}");
+        }
+    }
 }
