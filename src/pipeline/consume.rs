@@ -27,6 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::future::join_all;
 use futures::FutureExt;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, RebalanceProtocol,
     StreamConsumer,
@@ -140,7 +141,23 @@ struct WorkerContext {
     closing: AtomicBool,
 }
 
-impl ClientContext for WorkerContext {}
+impl ClientContext for WorkerContext {
+    /// librdkafka's log as rdkafka logs it, but for one line: a stopping
+    /// worker that leaves a group whose session is expiring (the broker
+    /// gone or failing) makes librdkafka log the revocation of its
+    /// assignment as unexpected, at error level, and carry on as asked. The
+    /// worker asked for it; it is logged as a warning.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        let expected = self.closing.load(Ordering::Acquire)
+            && fac == "REBALANCE"
+            && log_message.contains("unexpected instruction to revoke current assignment");
+        if expected {
+            tracing::warn!(target: "librdkafka", "librdkafka: {fac} {log_message} (leaving the group as the worker stops)");
+        } else {
+            rdkafka::client::DefaultClientContext.log(level, fac, log_message);
+        }
+    }
+}
 
 impl ConsumerContext for WorkerContext {
     /// rdkafka's own handling (`pre_rebalance`, the assignment changed as
@@ -337,9 +354,12 @@ impl Subscription {
             .closing
             .store(true, Ordering::Release);
         // A consumer whose session expired (its broker gone or failing) is
-        // no member any more: nothing to leave, nothing assigned, and
-        // librdkafka logs an unsubscribe then as an error of its own
-        // (a cooperative revocation it did not expect). Its close leaves.
+        // no member any more, and its group may be stuck waiting for a
+        // coordinator: the unsubscribe and assignment calls below wait on
+        // the group without a bound (with them, a full clean_stops run went
+        // past its backstop with nothing logged after the drain; those
+        // calls blocking the runtime's threads are the likely cause). Its
+        // close leaves; an assignment it still holds is revoked there.
         if !joined(&self.consumer) {
             return;
         }
@@ -388,7 +408,7 @@ impl Subscription {
     }
 
     /// Commits every partition's commit point before the consumer closes,
-    /// waiting [`STOP_STEP_PATIENCE`] at most. A commit refused because the
+    /// waiting [`FINAL_COMMIT_PATIENCE`] at most. A commit refused because the
     /// group is rebalancing as this worker stops is not tried again: waiting
     /// for the rebalance would hold the stop for seconds, and the next owner
     /// reads those records again (at least once). One that is not answered
