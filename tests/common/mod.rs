@@ -39,12 +39,14 @@ pub struct Broker {
 /// A panicking test must fail, not hang: the panic unwinds the test's
 /// future, dropping the mock cluster while the worker it served still runs,
 /// and closing that worker's consumer (when the runtime drops its task)
-/// then waits for a broker that is gone, so the test binary never ends and
-/// its captured panic message is never shown. Installed by every helper
-/// that starts a broker or receiver: after a panic on a test's own thread
-/// (not a runtime worker's, where a task's panic is the task's result),
-/// the message goes straight to stderr and the process exits with failure
-/// if it has not ended [`PANIC_EXIT_AFTER`] later.
+/// then waits for a broker that is gone, so the test never ends and its
+/// captured panic message is never shown. Installed by every helper that
+/// starts a broker or receiver: after a panic on a test's own thread (named
+/// after the test; not a runtime worker's, where a task's panic is the
+/// task's result, nor a helper thread's), the message goes straight to
+/// stderr and the process exits with failure if that thread has not ended
+/// [`PANIC_EXIT_AFTER`] later. A test that ends (failed) lets the binary go
+/// on to its next test.
 pub fn fail_fast_on_panic() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
@@ -53,20 +55,49 @@ pub fn fail_fast_on_panic() {
             previous(info);
             let thread = std::thread::current();
             let name = thread.name().unwrap_or("").to_owned();
-            if name.starts_with("tokio-runtime-worker") {
+            if name.is_empty() || name == "main" || name.starts_with("tokio-runtime-worker") {
+                return;
+            }
+            let ended = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let watched = THREAD_END.try_with(|end| {
+                let mut end = end.borrow_mut();
+                if end.is_some() {
+                    return false;
+                }
+                *end = Some(ThreadEnd(ended.clone()));
+                true
+            });
+            if watched != Ok(true) {
                 return;
             }
             let message = format!("test thread '{name}' panicked: {info}\n");
             std::thread::spawn(move || {
                 use std::io::Write;
                 std::thread::sleep(PANIC_EXIT_AFTER);
+                if ended.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
                 let mut err = std::io::stderr();
                 let _ = err.write_all(message.as_bytes());
-                let _ = err.write_all(b"the test binary did not end after the panic; exiting\n");
+                let _ = err.write_all(b"the test did not end after the panic; exiting\n");
                 std::process::exit(101);
             });
         }));
     });
+}
+
+/// Set when the thread that holds it ends (its thread-locals dropped).
+struct ThreadEnd(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for ThreadEnd {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+thread_local! {
+    /// The end of a test thread that panicked, watched by the panic hook.
+    static THREAD_END: std::cell::RefCell<Option<ThreadEnd>> = const { std::cell::RefCell::new(None) };
 }
 
 /// How long a test binary may take to end after a test's panic.
