@@ -360,6 +360,8 @@ impl Subscription {
         // past its backstop with nothing logged after the drain; those
         // calls blocking the runtime's threads are the likely cause). Its
         // close leaves; an assignment it still holds is revoked there.
+        // `joined` itself asks the group too (librdkafka serves the member
+        // id through the group's queue), so it can wait the same way.
         if !joined(&self.consumer) {
             return;
         }
